@@ -1,0 +1,1 @@
+"""pqmim benchmarks: `python -m bench speed` and `python -m bench kodak`."""

@@ -1,0 +1,224 @@
+"""Command line: pqmim encode | decode | info | models | train.
+
+Errors print one line on stderr and exit with status 1; nothing partial is ever left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+USAGE_ERRORS = (ValueError, OSError, FileNotFoundError)
+
+
+class CLIError(Exception):
+    """An error to report as one line."""
+
+
+def read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"no such file: {path}")
+    if p.is_dir():
+        raise CLIError(f"{path} is a folder, not a file")
+    return p.read_bytes()
+
+
+def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None:
+    """Write atomically: a temporary file in the destination folder, then rename."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    dest = Path(path)
+    for src in inputs:
+        if src != "-" and Path(src).exists() and dest.exists() and dest.resolve() == Path(src).resolve():
+            raise CLIError(f"refusing to overwrite the input file {path}")
+    if dest.exists() and not force:
+        raise CLIError(f"{path} exists (use --force to overwrite)")
+    if dest.is_dir():
+        raise CLIError(f"{path} is a folder")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise CLIError(f"no such folder: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_codec(model: str | None, model_file: str | None, data: bytes | None = None):
+    """The codec for --model/--model-file; when decoding with neither, the shipped model whose id
+    the file names (so any shipped model's files decode without options)."""
+    from . import zoo
+    from .codec import Codec
+    from .format import BitstreamError, unpack
+
+    if model_file:
+        return Codec.from_file(model_file)
+    if model:
+        return Codec.from_pretrained(model)
+    if data is not None:
+        header, _ = unpack(data)
+        name = zoo.name_for_id(header.model_id)
+        if name is None:
+            raise BitstreamError(f"file encoded with a model that is not shipped (id {header.model_id.hex()}): pass --model-file")
+        return Codec.from_pretrained(name)
+    return Codec.from_pretrained()
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from .image import load_image
+
+    if args.input == "-":
+        import io
+
+        with Image.open(io.BytesIO(read_input("-"))) as im:
+            im.load()
+            rgb = load_image(im)
+    else:
+        rgb = load_image(args.input)
+    codec = load_codec(args.model, args.model_file)
+    data = codec.compress(rgb)
+    out = args.output or str(Path(args.input).with_suffix(".pqm"))
+    write_output(out, data, args.force, [args.input])
+    if not args.quiet and out != "-":
+        h, w = rgb.shape[:2]
+        print(f"{out}: {w}x{h}, {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp ({codec.name})", file=sys.stderr)
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    import io
+
+    data = read_input(args.input)
+    codec = load_codec(args.model, args.model_file, data)
+    image = codec.decompress(data)
+    out = args.output or str(Path(args.input).with_suffix(".png"))
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format="PNG" if out == "-" else pil_format_for(out))
+    except (KeyError, ValueError) as e:
+        raise CLIError(f"cannot write {out}: {e}") from None
+    write_output(out, buf.getvalue(), args.force, [args.input])
+
+
+def pil_format_for(path: str) -> str:
+    """Pillow's format name for an output file name."""
+    from PIL import Image
+
+    ext = Path(path).suffix.lower()
+    Image.init()
+    if ext not in Image.EXTENSION:
+        raise CLIError(f"unknown output image type {ext!r} (use .png, .webp, .jpg, ...)")
+    return Image.EXTENSION[ext]
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from . import zoo
+    from .format import unpack
+
+    data = read_input(args.input)
+    header, payload = unpack(data)
+    name = zoo.name_for_id(header.model_id) or "unknown model"
+    px = header.width * header.height
+    print(f"model:   {name} (id {header.model_id.hex()})")
+    print(f"image:   {header.width}x{header.height}")
+    print(f"steps:   {header.steps}")
+    print(f"bytes:   {len(data)} (payload {len(payload)}, header and checksum {len(data) - len(payload)})")
+    print(f"bpp:     {len(data) * 8 / px:.4f}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from . import zoo
+
+    cards = zoo.list_models()
+    if not cards:
+        raise CLIError("no shipped models found (looked in: " + ", ".join(map(str, zoo.model_dirs())) + ")")
+    print(f"{'name':<20} {'M':>3} {'K':>5} {'f':>3}  {'Kodak bpp':>9} {'PSNR dB':>8}  description")
+    for c in cards:
+        cfg = c.get("config", {})
+        kodak = c.get("kodak") or {}
+        bpp = f"{kodak['bpp']:.4f}" if "bpp" in kodak else "-"
+        ps = f"{kodak['psnr']:.2f}" if "psnr" in kodak else "-"
+        f = 2 ** len(cfg.get("widths", [])) if cfg else "-"
+        default = " (default)" if c["name"] == zoo.DEFAULT_MODEL else ""
+        print(f"{c['name']:<20} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3}  {bpp:>9} {ps:>8}  {c.get('description', '')}{default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="pqmim", description="Learned image compression (PQ-MIM).")
+    ap.add_argument("--version", action="version", version=f"pqmim {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def model_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-m", "--model", help="shipped model name (see `pqmim models`)")
+        p.add_argument("--model-file", help="a .safetensors model file written by `pqmim train`")
+
+    p = sub.add_parser("encode", help="compress an image into a .pqm file")
+    p.add_argument("input", help="image file (PNG, JPEG, WebP, ...), or - for stdin")
+    p.add_argument("-o", "--output", help="output .pqm file, or - for stdout (default: input name with .pqm)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    model_opts(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decompress a .pqm file into an image")
+    p.add_argument("input", help=".pqm file, or - for stdin")
+    p.add_argument("-o", "--output", help="output image (.png, .webp, ...), or - for PNG on stdout")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    model_opts(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="show what a .pqm file holds")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list the shipped models with their measured Kodak bpp/PSNR")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model (see `pqmim train -h`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from .train import main as train_main
+
+        train_main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("pqmim: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, *USAGE_ERRORS) as e:
+        msg = str(e) or type(e).__name__
+        print(f"pqmim: error: {msg}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback for a user's file; say what happened in one line
+        print(f"pqmim: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The user-facing codec: images in, .pqm bytes out, and back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import format as fmt
+from . import zoo
+from .entropy.coder import CorruptPayloadError, MIMCoder
+from .image import ImageLike, load_image
+from .models import PQMIM
+
+
+class Codec:
+    """A pqmim model ready to compress and decompress images.
+
+    >>> codec = Codec.from_pretrained()          # the default shipped model
+    >>> data = codec.compress("photo.png")       # bytes of a .pqm file
+    >>> image = codec.decompress(data)           # PIL.Image, RGB, original size
+    """
+
+    def __init__(self, model: PQMIM, name: str | None = None) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.cfg = model.cfg
+        self.model_id: bytes = model.model_id()
+        self.coder = MIMCoder(model)
+
+    @classmethod
+    def from_pretrained(cls, name: str | None = None) -> "Codec":
+        """Load a shipped model by name (default: the default model). See `pqmim models`."""
+        name = name or zoo.DEFAULT_MODEL
+        return cls(PQMIM.load(zoo.model_path(name)), name=name)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Codec":
+        """Load a model from a .safetensors file written by `pqmim train`."""
+        return cls(PQMIM.load(path), name=Path(path).stem)
+
+    # -- codes
+    def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """HxWx3 uint8 -> (1, 3, H', W') in [0, 1], padded (edge replication) to multiples of f."""
+        f = self.cfg.f
+        h, w = rgb.shape[:2]
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div_(255)
+        ph, pw = -h % f, -w % f
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x
+
+    def encode_codes(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """RGB uint8 arrays -> code grids (m, h, w); images of equal size share one batch."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(im.shape[:2], []).append(i)
+        for idx in by_size.values():
+            x = torch.cat([self._to_tensor(images[i]) for i in idx])
+            codes = self.model.encode_codes(x)
+            for j, i in enumerate(idx):
+                out[i] = codes[j]
+        return out  # type: ignore[return-value]
+
+    def decode_image(self, codes: torch.Tensor, width: int, height: int) -> Image.Image:
+        x = self.model.decode_codes(codes[None])[0, :, :height, :width]
+        arr = (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+    # -- bitstreams
+    def compress(self, image: ImageLike) -> bytes:
+        """Compress an image (path, PIL.Image or HxWx3 uint8 array) into .pqm bytes."""
+        return self.compress_batch([image])[0]
+
+    def compress_batch(self, images: Sequence[ImageLike]) -> list[bytes]:
+        """Compress several images; the bytes are identical to compressing them one by one
+        (up to the codes the encoder picks, which a batch may change, and which decode exactly)."""
+        arrays = [load_image(im) for im in images]
+        for a in arrays:
+            fmt.check_dimensions(a.shape[1], a.shape[0])
+        out = []
+        for a, codes in zip(arrays, self.encode_codes(arrays)):
+            payload = self.coder.encode(codes)
+            header = fmt.Header(self.model_id, a.shape[1], a.shape[0], self.cfg.steps)
+            out.append(fmt.pack(header, payload))
+        return out
+
+    def decode_codes(self, data: bytes) -> tuple[fmt.Header, torch.Tensor]:
+        """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w))."""
+        header, payload = fmt.unpack(data)
+        if header.model_id != self.model_id:
+            other = zoo.name_for_id(header.model_id)
+            hint = f"model {other!r}" if other else f"an unknown model (id {header.model_id.hex()})"
+            raise fmt.BitstreamError(f"this file was encoded with {hint}, not with {self.name or 'this model'} (id {self.model_id.hex()})")
+        if header.steps != self.cfg.steps:
+            raise fmt.BitstreamError(f"file coded with {header.steps} steps, model uses {self.cfg.steps}")
+        f = self.cfg.f
+        h, w = -(-header.height // f), -(-header.width // f)
+        try:
+            codes = self.coder.decode(payload, h, w)
+        except CorruptPayloadError as e:
+            raise fmt.BitstreamError(str(e)) from None
+        return header, codes
+
+    def decompress(self, data: bytes) -> Image.Image:
+        """Decode .pqm bytes into an RGB PIL.Image of the original size."""
+        header, codes = self.decode_codes(data)
+        return self.decode_image(codes, header.width, header.height)

@@ -1,0 +1,62 @@
+"""Training data: random crops from a folder of photos, held decoded in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images found in {folder}")
+    return files
+
+
+def load_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if max_side and max(im.size) > max_side:
+            s = max_side / max(im.size)
+            im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.LANCZOS)
+        return np.asarray(im, dtype=np.uint8)
+
+
+class CropSampler:
+    """Random crops (with horizontal flips) from images decoded once into memory."""
+
+    def __init__(self, folder: str | Path, seed: int = 0, max_side: int | None = None) -> None:
+        self.images = [load_rgb(p, max_side) for p in list_images(folder)]
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch: int, crop: int) -> torch.Tensor:
+        """A float batch (B, 3, crop, crop) in [0, 1]."""
+        pool = [im for im in self.images if min(im.shape[:2]) >= crop]
+        if not pool:
+            raise ValueError(f"no training image is at least {crop}x{crop} pixels")
+        out = np.empty((batch, crop, crop, 3), dtype=np.uint8)
+        for i in range(batch):
+            im = pool[self.rng.integers(len(pool))]
+            y = self.rng.integers(im.shape[0] - crop + 1)
+            x = self.rng.integers(im.shape[1] - crop + 1)
+            c = im[y : y + crop, x : x + crop]
+            out[i] = c[:, ::-1] if self.rng.random() < 0.5 else c
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
+
+
+def center_crops(folder: str | Path, size: int, limit: int) -> torch.Tensor:
+    """Deterministic validation batch: the central size x size crop of the first `limit` images."""
+    crops = []
+    for p in list_images(folder)[:limit]:
+        im = load_rgb(p)
+        h, w = im.shape[:2]
+        if min(h, w) < size:
+            continue
+        y, x = (h - size) // 2, (w - size) // 2
+        crops.append(im[y : y + size, x : x + size])
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255)

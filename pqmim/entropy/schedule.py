@@ -1,0 +1,44 @@
+"""The fixed, seeded schedule that says which latent positions are coded at which step.
+
+A latent grid is tiled into windows; within a window the positions are put in a pseudo-random
+order (splitmix64 hash of the position index with a fixed seed: no RNG library whose stream
+could change between versions), and revealed in S groups whose cumulative size grows like
+(s/S)**alpha: few positions first, while the context is poor, many at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+SCHEDULE_SEED = 0x5EED_0F_C0DE5  # part of the bitstream format: changing it breaks old files
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def window_tiles(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
+    """Tiles (y0, x0, height, width) covering an h x w grid in raster order."""
+    return [(y, x, min(window, h - y), min(window, w - x)) for y in range(0, h, window) for x in range(0, w, window)]
+
+
+@lru_cache(maxsize=1024)
+def reveal_groups(hh: int, ww: int, window: int, steps: int, alpha: float) -> tuple[np.ndarray, ...]:
+    """For a window with hh x ww real positions, the flat indices (into window*window) coded at
+    each of the `steps` steps. Every position appears exactly once; groups may be empty."""
+    n = hh * ww
+    keys = [_splitmix64(SCHEDULE_SEED ^ (i * 0x100000001B3)) for i in range(n)]
+    order = sorted(range(n), key=lambda i: keys[i])
+    flat = np.array([(i // ww) * window + (i % ww) for i in order], dtype=np.int64)
+    # the small epsilon keeps exact products (e.g. n * 1.0) from rounding up
+    cum = [max(math.ceil(n * (s / steps) ** alpha - 1e-9), min(s, n)) for s in range(1, steps + 1)]
+    cum[-1] = n
+    bounds = [0] + cum
+    return tuple(flat[bounds[s] : bounds[s + 1]] for s in range(steps))

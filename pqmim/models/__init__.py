@@ -1,0 +1,8 @@
+"""Networks of a pqmim model: autoencoder, product quantizer, MIM entropy model."""
+
+from .autoencoder import Decoder, Encoder
+from .pqmim import PQMIM, ModelFileError
+from .quantizer import ProductQuantizer
+from .transformer import MIMTransformer
+
+__all__ = ["PQMIM", "ModelFileError", "Encoder", "Decoder", "ProductQuantizer", "MIMTransformer"]

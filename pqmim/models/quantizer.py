@@ -1,0 +1,107 @@
+"""Product quantizer: each latent vector is split into m sub-vectors, each snapped to the nearest
+of k code words of its own codebook.
+
+Codebooks are learned by exponential moving averages (online k-means), initialised by k-means on
+real encoder outputs, and dead code words are restarted from the current batch, so that the
+codebooks are actually used (watch ``perplexity`` in the training log).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProductQuantizer(nn.Module):
+    def __init__(self, m: int, k: int, sub_dim: int, decay: float = 0.99, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.m, self.k, self.sub_dim = m, k, sub_dim
+        self.decay, self.eps = decay, eps
+        self.register_buffer("codebooks", torch.randn(m, k, sub_dim) * 0.1)
+        self.register_buffer("ema_count", torch.ones(m, k))
+        self.register_buffer("ema_sum", self.codebooks.clone())
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    # -- shapes: latents (B, m*sub_dim, h, w) <-> sub-vectors (m, N, sub_dim) <-> codes (B, m, h, w)
+    def _split(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z.shape
+        return z.reshape(b, self.m, self.sub_dim, h * w).permute(1, 0, 3, 2).reshape(self.m, -1, self.sub_dim)
+
+    def codes_for(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code word per sub-vector: (B, m*sub_dim, h, w) -> int64 codes (B, m, h, w)."""
+        b, _, h, w = z.shape
+        x = self._split(z.float())
+        cb = self.codebooks.float()
+        # squared distances (m, N, k) without the constant |x|^2 term
+        dist = (cb * cb).sum(-1).unsqueeze(1) - 2 * torch.bmm(x, cb.transpose(1, 2))
+        idx = dist.argmin(-1)  # (m, N)
+        return idx.reshape(self.m, b, h, w).permute(1, 0, 2, 3).contiguous()
+
+    def latents_for(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code words for codes (B, m, h, w) -> latents (B, m*sub_dim, h, w)."""
+        b, m, h, w = codes.shape
+        gathered = torch.stack([self.codebooks[i][codes[:, i]] for i in range(m)], dim=1)  # B,m,h,w,d
+        return gathered.permute(0, 1, 4, 2, 3).reshape(b, m * self.sub_dim, h, w)
+
+    # -- training
+    @torch.no_grad()
+    def kmeans_init(self, z: torch.Tensor, iters: int = 15) -> None:
+        """Initialise each codebook by k-means on sub-vectors of real latents (B, D, h, w)."""
+        x = self._split(z.float())  # m, N, d
+        n = x.shape[1]
+        g = torch.Generator().manual_seed(0)
+        for i in range(self.m):
+            xi = x[i]
+            c = xi[torch.randint(n, (self.k,), generator=g)].clone()
+            for _ in range(iters):
+                assign = torch.cdist(xi, c).argmin(1)
+                sums = torch.zeros_like(c).index_add_(0, assign, xi)
+                counts = torch.bincount(assign, minlength=self.k).float()
+                empty = counts == 0
+                c = torch.where(empty[:, None], xi[torch.randint(n, (self.k,), generator=g)], sums / counts.clamp(min=1)[:, None])
+            self.codebooks[i] = c
+        self.ema_sum.copy_(self.codebooks)
+        self.ema_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Quantize latents with a straight-through gradient.
+
+        Returns (quantized latents, codes, stats) where stats holds the commitment loss and the
+        mean per-codebook perplexity of this batch.
+        """
+        codes = self.codes_for(z.detach())
+        zq = self.latents_for(codes)
+        commit = F.mse_loss(z, zq.detach())
+        onehot_counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=self.k) for i in range(self.m)]).float()
+        if self.training:
+            self._ema_update(z.detach(), codes, onehot_counts)
+        p = onehot_counts / onehot_counts.sum(-1, keepdim=True)
+        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum(-1)).mean()
+        zq = z + (zq - z).detach()
+        return zq, codes, {"commit": commit, "perplexity": perplexity}
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
+        x = self._split(z.float())  # m, N, d
+        idx = codes.permute(1, 0, 2, 3).reshape(self.m, -1)
+        sums = torch.zeros_like(self.ema_sum)
+        for i in range(self.m):
+            sums[i].index_add_(0, idx[i], x[i])
+        self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.ema_count.sum(-1, keepdim=True)
+        count = (self.ema_count + self.eps) / (n + self.k * self.eps) * n
+        self.codebooks.copy_(self.ema_sum / count.unsqueeze(-1))
+        # restart dead code words from random sub-vectors of this batch
+        dead = self.ema_count < 0.03 * n / self.k
+        if dead.any():
+            for i in range(self.m):
+                d = dead[i].nonzero().squeeze(1)
+                if d.numel():
+                    pick = x[i][torch.randint(x.shape[1], (d.numel(),), device=x.device)]
+                    c0 = 0.06 * n[i] / self.k
+                    self.codebooks[i, d] = pick
+                    self.ema_sum[i, d] = pick * c0
+                    self.ema_count[i, d] = c0

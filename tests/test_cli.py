@@ -1,0 +1,109 @@
+"""The command line end to end, as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import KODAK, ROOT, kodak_crop
+
+
+def run(*args, stdin=None, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pqmim", *map(str, args)], input=stdin, capture_output=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    p = tmp_path / "photo.png"
+    Image.fromarray(kodak_crop(5, 100, 100, 70, 50)).save(p)
+    return p
+
+
+def test_encode_decode_info(tmp_path, photo, tiny_model_file):
+    before = photo.read_bytes()
+    r = run("encode", photo, "-o", tmp_path / "photo.pqm", "--model-file", tiny_model_file)
+    assert r.returncode == 0, r.stderr
+    assert photo.read_bytes() == before  # the input is never touched
+    r = run("decode", tmp_path / "photo.pqm", "-o", tmp_path / "out.png", "--model-file", tiny_model_file)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "out.png").size == (70, 50)
+    r = run("info", tmp_path / "photo.pqm")
+    assert r.returncode == 0
+    size = (tmp_path / "photo.pqm").stat().st_size
+    assert "70x50" in r.stdout and f"bytes:   {size}" in r.stdout and "bpp" in r.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stdin_stdout(photo, tiny_model_file):
+    r = run("encode", "-", "-o", "-", "--model-file", tiny_model_file, stdin=photo.read_bytes())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"PQM")
+    r2 = run("decode", "-", "-o", "-", "--model-file", tiny_model_file, stdin=r.stdout)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("content", [b"", b"PQM", b"garbage that is not a pqm file", None])
+def test_bad_files_give_one_line_and_exit_1(tmp_path, content, tiny_model_file):
+    path = tmp_path / "bad.pqm"
+    if content is not None:
+        path.write_bytes(content)
+    r = run("decode", path, "-o", tmp_path / "out.png", "--model-file", tiny_model_file)
+    assert r.returncode == 1
+    err = r.stderr.decode().strip()
+    assert err.startswith("pqmim: error:") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_truncated_and_wrong_model(tmp_path, photo, tiny_model_file):
+    from conftest import make_tiny_model
+
+    assert run("encode", photo, "-o", tmp_path / "a.pqm", "--model-file", tiny_model_file).returncode == 0
+    data = (tmp_path / "a.pqm").read_bytes()
+    (tmp_path / "t.pqm").write_bytes(data[: len(data) // 2])
+    r = run("decode", tmp_path / "t.pqm", "-o", tmp_path / "t.png", "--model-file", tiny_model_file)
+    assert r.returncode == 1 and b"truncated or corrupted" in r.stderr
+    other = tmp_path / "other.safetensors"
+    make_tiny_model(seed=3).save(other)
+    r = run("decode", tmp_path / "a.pqm", "-o", tmp_path / "w.png", "--model-file", other)
+    assert r.returncode == 1 and b"encoded with" in r.stderr
+    assert not (tmp_path / "w.png").exists()
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, photo, tiny_model_file):
+    out = tmp_path / "x.pqm"
+    out.write_bytes(b"precious")
+    r = run("encode", photo, "-o", out, "--model-file", tiny_model_file)
+    assert r.returncode == 1 and out.read_bytes() == b"precious"
+    assert run("encode", photo, "-o", out, "--model-file", tiny_model_file, "--force").returncode == 0
+    assert out.read_bytes().startswith(b"PQM")
+
+
+def test_unsupported_images(tmp_path, tiny_model_file):
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    r = run("encode", tmp_path / "a.png", "-o", tmp_path / "a.pqm", "--model-file", tiny_model_file)
+    assert r.returncode == 1 and b"transparency" in r.stderr
+    r = run("encode", tmp_path / "missing.png", "-o", tmp_path / "m.pqm", "--model-file", tiny_model_file)
+    assert r.returncode == 1 and b"no such file" in r.stderr
+
+
+def test_default_model_from_any_folder(tmp_path):
+    """The README's main job: encode and decode a Kodak image with the shipped default model."""
+    src = KODAK / "kodim23.png"
+    r = run("encode", src, "-o", "k.pqm", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run("decode", "k.pqm", "-o", "k.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "k.png").size == Image.open(src).size
+    r = run("models")
+    assert r.returncode == 0 and b"pqmim-default" in r.stdout
+
+
+def test_cli_shim_from_checkout(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, cwd=tmp_path)
+    assert r.returncode == 0 and b"pqmim" in r.stdout
