@@ -93,7 +93,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         rgb = load_image(args.input)
     codec = load_codec(args.model, args.model_file)
     data = codec.compress(rgb)
-    out = args.output or str(Path(args.input).with_suffix(".pqm"))
+    out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".pqm")))
     write_output(out, data, args.force, [args.input])
     if not args.quiet and out != "-":
         h, w = rgb.shape[:2]
@@ -106,7 +106,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     data = read_input(args.input)
     codec = load_codec(args.model, args.model_file, data)
     image = codec.decompress(data)
-    out = args.output or str(Path(args.input).with_suffix(".png"))
+    out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".png")))
     buf = io.BytesIO()
     try:
         image.save(buf, format="PNG" if out == "-" else pil_format_for(out))

@@ -34,7 +34,8 @@ def test_encode_decode_info(tmp_path, photo, tiny_model_file):
     r = run("info", tmp_path / "photo.pqm")
     assert r.returncode == 0
     size = (tmp_path / "photo.pqm").stat().st_size
-    assert "70x50" in r.stdout and f"bytes:   {size}" in r.stdout and "bpp" in r.stdout
+    info = r.stdout.decode()
+    assert "70x50" in info and f"bytes:   {size}" in info and "bpp" in info
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
