@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-USAGE_ERRORS = (ValueError, OSError, FileNotFoundError)
+USAGE_ERRORS = (ValueError, OSError)  # BitstreamError, UnsupportedImageError, missing files, ...
 
 
 class CLIError(Exception):

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image import load_image
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
 
@@ -19,12 +21,14 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max_side and max(im.size) > max_side:
-            s = max_side / max(im.size)
-            im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.LANCZOS)
-        return np.asarray(im, dtype=np.uint8)
+    """An image as the codec would read it (see pqmim.image), optionally downscaled."""
+    rgb = load_image(path)
+    h, w = rgb.shape[:2]
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        im = Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.Resampling.LANCZOS)
+        rgb = np.asarray(im)
+    return rgb
 
 
 class CropSampler:

@@ -88,10 +88,10 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     data = bytes(data)
     if len(data) == 0:
         raise BitstreamError("empty input: not a pqmim bitstream")
-    if not data.startswith(MAGIC[: len(data)]) or len(data) < len(MAGIC):
-        if data.startswith(MAGIC[: len(data)]):
-            raise BitstreamError("truncated bitstream (shorter than the magic number)")
+    if not data.startswith(MAGIC[: len(data)]):
         raise BitstreamError("not a pqmim bitstream (bad magic number)")
+    if len(data) < len(MAGIC):
+        raise BitstreamError("truncated bitstream (shorter than the magic number)")
     if len(data) < len(MAGIC) + 1:
         raise BitstreamError("truncated bitstream: no version byte")
     version = data[3]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .data import CropSampler, center_crops, list_images, load_rgb
+from .evaluate import psnr_uint8
 from .models import PQMIM
 
 
@@ -88,9 +89,8 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss((a * 255).round(), (b * 255).round()).item()
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -147,7 +147,7 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device) -> 
                 with torch.no_grad():
                     rec = model.decode_codes(model.encode_codes(val))
                 model.train()
-                log(out, f"stage1 val step {step}: psnr {psnr(rec, val):.2f} dB ({len(val)} val crops 256x256, quantized)")
+                log(out, f"stage1 val step {step}: psnr {psnr_uint8(to_uint8(val), to_uint8(rec)):.2f} dB ({len(val)} val crops 256x256, quantized)")
             save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - t0)
 
 

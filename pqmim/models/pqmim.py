@@ -10,7 +10,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -102,6 +101,3 @@ class PQMIM(nn.Module):
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         return model.eval()
 
-
-def count_params(module: nn.Module) -> int:
-    return int(sum(np.prod(p.shape) for p in module.parameters()))
