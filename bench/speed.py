@@ -1,6 +1,6 @@
 """Encode/decode time and peak memory of a 768x512 Kodak image with a shipped model.
 
-    python -m bench speed [--model pqmim-default] [--image ../shared/data/kodak/kodim01.png]
+    python -m bench speed [--model pqmim-q3] [--image ../shared/data/kodak/kodim01.png]
 
 Each measurement runs in a fresh process (so peak RSS is that of one encode or one decode,
 model loading included); times are the median of --repeat runs inside that process, after
@@ -43,7 +43,7 @@ def worker(model: str, image: str, what: str, repeat: int, threads: int) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="pqmim-default")
+    ap.add_argument("--model", default="default", help="shipped model name (default: the default model)")
     ap.add_argument("--image", default=str(DEFAULT_IMAGE))
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])

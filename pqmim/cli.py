@@ -58,17 +58,22 @@ def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None
         raise
 
 
-def load_codec(model: str | None, model_file: str | None, data: bytes | None = None):
+def load_codec(model: str | None, model_file: str | None, data: bytes | None = None, quality: int | None = None):
     """The codec for --model/--model-file; when decoding with neither, the shipped model whose id
     the file names (so any shipped model's files decode without options)."""
     from . import zoo
     from .codec import Codec
     from .format import BitstreamError, unpack
 
+    if sum(x is not None for x in (model, model_file, quality)) > 1:
+        raise CLIError("choose one of --quality, --model and --model-file")
     if model_file:
         return Codec.from_file(model_file)
-    if model:
-        return Codec.from_pretrained(model)
+    if model or quality is not None:
+        try:
+            return Codec.from_pretrained(model, quality=quality)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     if data is not None:
         header, _ = unpack(data)
         name = zoo.name_for_id(header.model_id)
@@ -91,7 +96,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
             rgb = load_image(im)
     else:
         rgb = load_image(args.input)
-    codec = load_codec(args.model, args.model_file)
+    codec = load_codec(args.model, args.model_file, quality=args.quality)
     data = codec.compress(rgb)
     out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".pqm")))
     write_output(out, data, args.force, [args.input])
@@ -147,15 +152,20 @@ def cmd_models(args: argparse.Namespace) -> None:
     cards = zoo.list_models()
     if not cards:
         raise CLIError("no shipped models found (looked in: " + ", ".join(map(str, zoo.model_dirs())) + ")")
-    print(f"{'name':<20} {'M':>3} {'K':>5} {'f':>3}  {'Kodak bpp':>9} {'PSNR dB':>8}  description")
+    quality = {name: q for q, name in zoo.quality_levels().items()}
+
+    def num(d: dict, key: str, fmt: str) -> str:
+        return format(d[key], fmt) if isinstance(d.get(key), (int, float)) else "-"
+
+    print("Kodak: mean over the 24 images, bpp from the real file size.")
+    print(f"{'name':<16} {'-q':>2} {'M':>3} {'K':>5} {'f':>3} {'MB':>5}  {'bpp':>6} {'PSNR':>6} {'MS-SSIM':>7}  description")
     for c in cards:
-        cfg = c.get("config", {})
-        kodak = c.get("kodak") or {}
-        bpp = f"{kodak['bpp']:.4f}" if "bpp" in kodak else "-"
-        ps = f"{kodak['psnr']:.2f}" if "psnr" in kodak else "-"
+        cfg, kodak = c.get("config", {}), c.get("kodak") or {}
         f = 2 ** len(cfg.get("widths", [])) if cfg else "-"
+        size = zoo.model_path(c["name"]).stat().st_size / 1e6
         default = " (default)" if c["name"] == zoo.DEFAULT_MODEL else ""
-        print(f"{c['name']:<20} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3}  {bpp:>9} {ps:>8}  {c.get('description', '')}{default}")
+        print(f"{c['name']:<16} {quality.get(c['name'], '-'):>2} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3} {size:>5.1f}  "
+              f"{num(kodak, 'bpp', '.4f'):>6} {num(kodak, 'psnr', '.2f'):>6} {num(kodak, 'ms_ssim', '.4f'):>7}  {c.get('description', '')}{default}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="image file (PNG, JPEG, WebP, ...), or - for stdin")
     p.add_argument("-o", "--output", help="output .pqm file, or - for stdout (default: input name with .pqm)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quality", type=int, help="quality level, 1 = smallest files (see `pqmim models`; default: the default model)")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
     model_opts(p)
     p.set_defaults(func=cmd_encode)
 
@@ -188,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("models", help="list the shipped models with their measured Kodak bpp/PSNR")
+    p = sub.add_parser("models", help="list the shipped models with their measured Kodak bpp/PSNR/MS-SSIM")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model (see `pqmim train -h`)", add_help=False)

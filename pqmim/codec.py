@@ -33,9 +33,14 @@ class Codec:
         self.coder = MIMCoder(model)
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None) -> "Codec":
-        """Load a shipped model by name (default: the default model). See `pqmim models`."""
-        name = name or zoo.DEFAULT_MODEL
+    def from_pretrained(cls, name: str | None = None, quality: int | None = None) -> "Codec":
+        """Load a shipped model by name ("pqmim-q2") or by quality level (1 = smallest files);
+        with neither, the default model. `pqmim models` lists them with their Kodak figures."""
+        if name is not None and quality is not None:
+            raise ValueError("give a model name or a quality, not both")
+        if quality is not None:
+            name = zoo.model_for_quality(quality)
+        name = zoo.ALIASES.get(name or zoo.DEFAULT_MODEL, name or zoo.DEFAULT_MODEL)
         return cls(PQMIM.load(zoo.model_path(name)), name=name)
 
     @classmethod

@@ -31,25 +31,34 @@ def load_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
     return rgb
 
 
-class CropSampler:
-    """Random crops (with horizontal flips) from images decoded once into memory."""
+class CropSource:
+    """Training photos decoded once into memory, served as random crops (with horizontal flips).
 
-    def __init__(self, folder: str | Path, seed: int = 0, max_side: int | None = None) -> None:
+    Which images a batch uses is chosen by the caller (a DistributedSampler shard in training);
+    the crop positions and flips come from the generator it passes.
+    """
+
+    def __init__(self, folder: str | Path, max_side: int | None = None) -> None:
         self.images = [load_rgb(p, max_side) for p in list_images(folder)]
-        self.rng = np.random.default_rng(seed)
 
-    def sample(self, batch: int, crop: int) -> torch.Tensor:
-        """A float batch (B, 3, crop, crop) in [0, 1]."""
-        pool = [im for im in self.images if min(im.shape[:2]) >= crop]
-        if not pool:
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def crops(self, indices: list[int], crop: int, rng: np.random.Generator) -> torch.Tensor:
+        """A float batch (len(indices), 3, crop, crop) in [0, 1]. An image smaller than the crop
+        is replaced by a random one that is large enough."""
+        big = [i for i, im in enumerate(self.images) if min(im.shape[:2]) >= crop]
+        if not big:
             raise ValueError(f"no training image is at least {crop}x{crop} pixels")
-        out = np.empty((batch, crop, crop, 3), dtype=np.uint8)
-        for i in range(batch):
-            im = pool[self.rng.integers(len(pool))]
-            y = self.rng.integers(im.shape[0] - crop + 1)
-            x = self.rng.integers(im.shape[1] - crop + 1)
+        out = np.empty((len(indices), crop, crop, 3), dtype=np.uint8)
+        for j, i in enumerate(indices):
+            im = self.images[i]
+            if min(im.shape[:2]) < crop:
+                im = self.images[big[rng.integers(len(big))]]
+            y = rng.integers(im.shape[0] - crop + 1)
+            x = rng.integers(im.shape[1] - crop + 1)
             c = im[y : y + crop, x : x + crop]
-            out[i] = c[:, ::-1] if self.rng.random() < 0.5 else c
+            out[j] = c[:, ::-1] if rng.random() < 0.5 else c
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
 
 

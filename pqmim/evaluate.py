@@ -1,5 +1,5 @@
 """Measure a codec on a folder of images the way the field does: bpp from real file sizes,
-PSNR on 8-bit RGB per image, then averaged over images."""
+PSNR and MS-SSIM on the decoded 8-bit RGB image, per image, then averaged over images."""
 
 from __future__ import annotations
 
@@ -18,10 +18,23 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float | None:
+    """MS-SSIM (pytorch-msssim, 5 scales, data range 255) of two HxWx3 uint8 images; None when
+    the image is too small for 5 scales (a side under 161 pixels)."""
+    import torch
+    from pytorch_msssim import ms_ssim
+
+    if min(a.shape[:2]) <= 160:
+        return None
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].double()  # noqa: E731
+    return float(ms_ssim(t(a), t(b), data_range=255))
+
+
 def evaluate_folder(codec, folder: str | Path, limit: int | None = None, progress: bool = True) -> dict:
     """Compress and decompress every image; check the decoded codes equal the encoder's.
 
-    Returns means over images (bpp, psnr, encode_s, decode_s) and the per-image rows."""
+    Returns means over images (bpp, psnr, ms_ssim, encode_s, decode_s) and the per-image rows;
+    ms_ssim is None if an image is too small for it."""
     from tqdm import tqdm
 
     files = list_images(folder)[:limit]
@@ -36,6 +49,7 @@ def evaluate_folder(codec, folder: str | Path, limit: int | None = None, progres
         t2 = time.perf_counter()
         exact = bool((codes == codec.encode_codes([rgb])[0]).all())
         rows.append({"image": p.name, "bytes": len(data), "bpp": len(data) * 8 / (rgb.shape[0] * rgb.shape[1]),
-                     "psnr": psnr_uint8(rgb, out), "encode_s": t1 - t0, "decode_s": t2 - t1, "exact": exact})
+                     "psnr": psnr_uint8(rgb, out), "ms_ssim": ms_ssim_uint8(rgb, out), "encode_s": t1 - t0, "decode_s": t2 - t1, "exact": exact})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "encode_s", "decode_s")}
+    mean["ms_ssim"] = None if any(r["ms_ssim"] is None for r in rows) else float(np.mean([r["ms_ssim"] for r in rows]))
     return {"images": len(rows), **mean, "all_exact": all(r["exact"] for r in rows), "rows": rows}

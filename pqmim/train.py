@@ -4,7 +4,9 @@ then export a release model (safetensors + JSON card).
     python -m pqmim.train --out runs/default --train ../shared/data/train --val ../shared/data/val
 
 Rerunning the same command resumes from the checkpoints in --out. Runs unchanged on CPU and CUDA
-(bf16 autocast on GPU).
+(bf16 autocast on GPU), alone or as several processes under torchrun (see pqmim.distributed):
+
+    torchrun --standalone --nproc_per_node 2 -m pqmim.train --out runs/default ...
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import ModelConfig
-from .data import CropSampler, center_crops, list_images, load_rgb
+from .data import CropSource, center_crops, list_images, load_rgb
+from .distributed import Dist, broadcast_buffers, index_stream, setup, teardown
 from .evaluate import psnr_uint8
-from .models import PQMIM
+from .models import PQMIM, warm_start
 
 
 @dataclass
@@ -49,7 +53,9 @@ class Stage2Plan:
     min_mask: float = 0.02
 
 
-def log(out: Path, msg: str) -> None:
+def log(out: Path, msg: str, ctx: Dist | None = None) -> None:
+    if ctx is not None and not ctx.main:
+        return
     line = f"{time.strftime('%H:%M:%S')} {msg}"
     print(line, flush=True)
     with open(out / "train.log", "a") as f:
@@ -67,6 +73,13 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def per_rank(batch: int, ctx: Dist) -> int:
+    """A plan's batch is global: each of the ranks takes an equal share."""
+    if batch % ctx.world:
+        raise SystemExit(f"batch {batch} does not split evenly over {ctx.world} processes")
+    return batch // ctx.world
 
 
 def read_json(path: Path) -> dict:
@@ -94,10 +107,29 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- stage 1
-def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device) -> None:
+class AutoencoderLoss(nn.Module):
+    """Stage 1's forward pass as one module, so that DDP sees (and syncs) every gradient."""
+
+    def __init__(self, model: PQMIM, beta: float) -> None:
+        super().__init__()
+        self.encoder, self.quantizer, self.decoder, self.beta = model.encoder, model.quantizer, model.decoder, beta
+
+    def forward(self, x: torch.Tensor, quantize: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        z = self.encoder(x - 0.5)
+        if quantize:
+            zq, _, stats = self.quantizer(z.float())
+        else:  # plain autoencoder while the codebooks wait for k-means on trained latents
+            zq, stats = z, {"commit": torch.zeros((), device=x.device), "perplexity": torch.zeros(())}
+        mse = F.mse_loss(self.decoder(zq).float() + 0.5, x)
+        return mse + self.beta * stats["commit"], mse, stats
+
+
+def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device, ctx: Dist) -> bool:
+    """Train the autoencoder and codebooks; True once all plan.steps are done."""
     out = Path(args.out)
     ckpt_path = out / "stage1.pt"
-    record_plan(out / "stage1_plan.json", plan)
+    if ctx.main:
+        record_plan(out / "stage1_plan.json", plan)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt = torch.optim.Adam(params, lr=plan.lr)
     step, elapsed = 0, 0.0
@@ -105,33 +137,33 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device) -> 
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
+        if "rng" in ck:  # the generator behind dead-code restarts
+            torch.set_rng_state(ck["rng"])
         step, elapsed = ck["step"], ck["elapsed"]
-        log(out, f"stage1: resumed at step {step}")
+        log(out, f"stage1: resumed at step {step}", ctx)
     if step >= plan.steps:
-        return
-    sampler = CropSampler(args.train, seed=args.seed + step, max_side=args.max_side)
-    val = center_crops(args.val, 256, 16).to(device)
+        return True
+    net = ctx.wrap(AutoencoderLoss(model, plan.beta), device)
+    data = CropSource(args.train, max_side=args.max_side)
+    batch_at = lambda s: (plan.small_batch, plan.small_crop) if s < plan.small_crop_until else (plan.batch, plan.crop)  # noqa: E731
+    stream = index_stream(len(data), ctx, args.seed, start=sum(per_rank(batch_at(s)[0], ctx) for s in range(step)))
+    val = center_crops(args.val, 256, 16).to(device) if ctx.main else None
     model.train()
     t0 = time.time() - elapsed
     while step < plan.steps:
-        small = step < plan.small_crop_until
-        x = sampler.sample(plan.small_batch if small else plan.batch, plan.small_crop if small else plan.crop).to(device)
-        if step == plan.warmup_ae_steps or (step > plan.warmup_ae_steps and not bool(model.quantizer.initialised)):
+        rng = np.random.default_rng([args.seed, ctx.rank, step])  # a pure function of the step: resumes exactly
+        batch, crop = batch_at(step)
+        if step >= plan.warmup_ae_steps and not bool(model.quantizer.initialised):
             with torch.no_grad():
-                z = torch.cat([model.encoder(sampler.sample(64, plan.crop).to(device) - 0.5) for _ in range(4)])
+                z = torch.cat([model.encoder(data.crops(rng.integers(len(data), size=64).tolist(), plan.crop, rng).to(device) - 0.5) for _ in range(4)])
             model.quantizer.kmeans_init(z.float())
-            log(out, f"stage1: k-means initialised the codebooks from {z.shape[0] * z.shape[2] * z.shape[3]} latents")
+            broadcast_buffers(model.quantizer)
+            log(out, f"stage1: k-means initialised the codebooks from {z.shape[0] * z.shape[2] * z.shape[3]} latents", ctx)
+        x = data.crops([next(stream) for _ in range(per_rank(batch, ctx))], crop, rng).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, plan.steps, plan.lr)
         with autocast(device):
-            z = model.encoder(x - 0.5)
-            if step < plan.warmup_ae_steps:
-                zq, stats = z, {"commit": torch.zeros((), device=device), "perplexity": torch.zeros(())}
-            else:
-                zq, _, stats = model.quantizer(z.float())
-            y = model.decoder(zq) + 0.5
-        mse = F.mse_loss(y.float(), x)
-        loss = mse + plan.beta * stats["commit"]
+            loss, mse, stats = net(x, quantize=step >= plan.warmup_ae_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -140,15 +172,20 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device) -> 
         if step % args.log_every == 0:
             log(out, f"stage1 step {step} mse {mse.item():.5f} psnr {10 * math.log10(1 / max(mse.item(), 1e-10)):.2f} "
                      f"commit {stats['commit'].item():.4f} perplexity {stats['perplexity'].item():.1f}/{model.cfg.k} "
-                     f"lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
-        if step % args.ckpt_every == 0 or step == plan.steps:
+                     f"lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s", ctx)
+        stop = step == plan.steps or step == args.stop_at
+        if (step % args.ckpt_every == 0 or stop) and ctx.main:
             if model.quantizer.initialised:
                 model.eval()
                 with torch.no_grad():
                     rec = model.decode_codes(model.encode_codes(val))
                 model.train()
-                log(out, f"stage1 val step {step}: psnr {psnr_uint8(to_uint8(val), to_uint8(rec)):.2f} dB ({len(val)} val crops 256x256, quantized)")
-            save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - t0)
+                log(out, f"stage1 val step {step}: psnr {psnr_uint8(to_uint8(val), to_uint8(rec)):.2f} dB ({len(val)} val crops 256x256, quantized)", ctx)
+            save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), rng=torch.get_rng_state(), step=step, elapsed=time.time() - t0)
+        if stop:
+            break
+    ctx.barrier()
+    return step >= plan.steps
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -164,17 +201,33 @@ def stage2_code_maps(model: PQMIM, folder: str, device: torch.device, max_side: 
             continue
         x = torch.from_numpy(np.array(im[:h, :w])).permute(2, 0, 1)[None].float().div(255).to(device)
         for xx in (x, x.flip(-1)):
-            maps.append(model.encode_codes(xx)[0].cpu())
+            codes = model.encode_codes(xx)[0].cpu()
+            maps.append(codes.to(torch.uint8 if model.cfg.k <= 256 else torch.int32))  # compact in RAM
     return maps
 
 
-def sample_windows(maps: list[torch.Tensor], batch: int, window: int, rng: np.random.Generator):
-    """Random windows of code maps, padded to window x window: (codes, valid)."""
+def cached_code_maps(model: PQMIM, args, device: torch.device, ctx: Dist) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Training and validation code maps, computed once by rank 0 and cached in the run folder
+    (a resumed run or another rank reads them back)."""
+    path = Path(args.out) / "stage2_codes.pt"
+    if ctx.main and not path.exists():
+        t = time.time()
+        train = stage2_code_maps(model, args.train, device, args.max_side)
+        val = stage2_code_maps(model, args.val, device, args.max_side)
+        save_ckpt(path, train=train, val=val)
+        log(Path(args.out), f"stage2: coded {len(train)} training and {len(val)} validation code maps in {time.time() - t:.0f}s", ctx)
+    ctx.barrier()
+    ck = load_ckpt(path)
+    return ck["train"], ck["val"]
+
+
+def sample_windows(maps: list[torch.Tensor], indices: list[int], window: int, rng: np.random.Generator):
+    """A random window (padded to window x window) of each chosen code map: (codes, valid)."""
     m = maps[0].shape[0]
-    codes = torch.zeros(batch, m, window, window, dtype=torch.long)
-    valid = torch.zeros(batch, window, window, dtype=torch.bool)
-    for i in range(batch):
-        c = maps[rng.integers(len(maps))]
+    codes = torch.zeros(len(indices), m, window, window, dtype=torch.long)
+    valid = torch.zeros(len(indices), window, window, dtype=torch.bool)
+    for i, j in enumerate(indices):
+        c = maps[j]
         H, W = c.shape[1:]
         # mostly full windows; some smaller ones, as at image borders
         hh = min(H, window) if rng.random() < 0.8 else int(rng.integers(1, min(H, window) + 1))
@@ -198,20 +251,27 @@ def random_visible(valid: torch.Tensor, rng: np.random.Generator, min_mask: floa
     return valid & ~masked
 
 
-def mim_loss_bits(model: PQMIM, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in bits per code over masked real positions."""
-    target = valid & ~visible
-    sel = target.flatten(1)
-    hid = model.entropy.hidden(codes, visible, valid)  # B, n, d
-    lg = model.entropy.logits(hid[sel]).float()  # P, m, k: the head only where there is a loss
-    tg = codes.flatten(2).transpose(1, 2)[sel]  # P, m
-    return F.cross_entropy(lg.reshape(-1, model.cfg.k), tg.reshape(-1)) / math.log(2)
+class MaskedCodeLoss(nn.Module):
+    """Mean cross-entropy, in bits per code, of the masked real positions (stage 2's loss)."""
+
+    def __init__(self, entropy: nn.Module, k: int) -> None:
+        super().__init__()
+        self.entropy, self.k = entropy, k
+
+    def forward(self, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        sel = (valid & ~visible).flatten(1)
+        hid = self.entropy.hidden(codes, visible, valid)  # B, n, d
+        lg = self.entropy.logits(hid[sel]).float()  # P, m, k: the head only where there is a loss
+        tg = codes.flatten(2).transpose(1, 2)[sel]  # P, m
+        return F.cross_entropy(lg.reshape(-1, self.k), tg.reshape(-1)) / math.log(2)
 
 
-def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device) -> None:
+def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx: Dist) -> bool:
+    """Train the MIM entropy model on the frozen codes; True once all plan.steps are done."""
     out = Path(args.out)
     ckpt_path = out / "stage2.pt"
-    record_plan(out / "stage2_plan.json", plan)
+    if ctx.main:
+        record_plan(out / "stage2_plan.json", plan)
     opt = torch.optim.AdamW(model.entropy.parameters(), lr=plan.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, elapsed = 0, 0.0
     ck = load_ckpt(ckpt_path)
@@ -219,28 +279,29 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device) -> 
         model.entropy.load_state_dict(ck["entropy"])
         opt.load_state_dict(ck["opt"])
         step, elapsed = ck["step"], ck["elapsed"]
-        log(out, f"stage2: resumed at step {step}")
+        log(out, f"stage2: resumed at step {step}", ctx)
     if step >= plan.steps:
-        return
-    t = time.time()
-    maps = stage2_code_maps(model, args.train, device, args.max_side)
-    val_maps = stage2_code_maps(model, args.val, device, args.max_side)
-    log(out, f"stage2: coded {len(maps)} training and {len(val_maps)} validation code maps in {time.time() - t:.0f}s")
-    rng = np.random.default_rng(args.seed + step)
+        return True
+    maps, val_maps = cached_code_maps(model, args, device, ctx)
+    loss_fn = MaskedCodeLoss(model.entropy, model.cfg.k)
+    net = ctx.wrap(loss_fn, device)
+    b = per_rank(plan.batch, ctx)
+    stream = index_stream(len(maps), ctx, args.seed, start=step * b)
     vrng = np.random.default_rng(1234)
     val_batches = []
     for _ in range(8):
-        c, v = sample_windows(val_maps, 32, model.cfg.window, vrng)
+        c, v = sample_windows(val_maps, vrng.integers(len(val_maps), size=32).tolist(), model.cfg.window, vrng)
         val_batches.append((c, random_visible(v, vrng, plan.min_mask), v))
     model.entropy.train()
     t0 = time.time() - elapsed
     while step < plan.steps:
-        codes, valid = sample_windows(maps, plan.batch, model.cfg.window, rng)
+        rng = np.random.default_rng([args.seed, ctx.rank, step])
+        codes, valid = sample_windows(maps, [next(stream) for _ in range(b)], model.cfg.window, rng)
         visible = random_visible(valid, rng, plan.min_mask)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, plan.steps, plan.lr)
         with autocast(device):
-            loss = mim_loss_bits(model, codes.to(device), visible.to(device), valid.to(device))
+            loss = net(codes.to(device), visible.to(device), valid.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.entropy.parameters(), 1.0)
@@ -248,15 +309,20 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device) -> 
         step += 1
         if step % args.log_every == 0:
             log(out, f"stage2 step {step} bits/code {loss.item():.3f} (uniform {math.log2(model.cfg.k):.2f}) "
-                     f"lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
-        if step % args.ckpt_every == 0 or step == plan.steps:
+                     f"lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s", ctx)
+        stop = step == plan.steps or step == args.stop_at
+        if (step % args.ckpt_every == 0 or stop) and ctx.main:
             model.entropy.eval()
             with torch.no_grad():
-                vl = np.mean([mim_loss_bits(model, c.to(device), vi.to(device), v.to(device)).item() for c, vi, v in val_batches])
+                vl = np.mean([loss_fn(c.to(device), vi.to(device), v.to(device)).item() for c, vi, v in val_batches])
             model.entropy.train()
-            log(out, f"stage2 val step {step}: {vl:.3f} bits/code on masked val codes")
+            log(out, f"stage2 val step {step}: {vl:.3f} bits/code on masked val codes", ctx)
             save_ckpt(ckpt_path, entropy=model.entropy.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - t0)
+        if stop:
+            break
     model.eval()
+    ctx.barrier()
+    return step >= plan.steps
 
 
 # ----------------------------------------------------------------------------- export
@@ -277,6 +343,7 @@ def export(model: PQMIM, args, device_name: str) -> Path:
         "description": args.description,
         "config": model.cfg.to_dict(),
         "model_id": codec.model_id.hex(),
+        "init_from": read_json(out / "warm_start.json") or None,
         "data": {"train": str(args.train), "train_images": len(list_images(args.train)), "val": str(args.val)},
         "training": {
             "stage1": {**read_json(out / "stage1_plan.json"), "steps_done": s1["step"] if s1 else 0, "wall_s": round(s1["elapsed"]) if s1 else None},
@@ -287,8 +354,8 @@ def export(model: PQMIM, args, device_name: str) -> Path:
     }
     if args.kodak:
         res = evaluate_folder(codec, args.kodak)
-        card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "encode_s", "decode_s")}
-        log(out, f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB over {res['images']} images")
+        card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s", "all_exact")}
+        log(out, f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images")
     tmp = dest / f"{args.name}.json.tmp"
     tmp.write_text(json.dumps(card, indent=2) + "\n")
     tmp.replace(dest / f"{args.name}.json")
@@ -296,16 +363,19 @@ def export(model: PQMIM, args, device_name: str) -> Path:
     return weights
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> PQMIM:
+    """Run `pqmim train`; returns the model as trained so far."""
     ap = argparse.ArgumentParser(prog="pqmim train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="run folder: checkpoints and train.log (resumed if present)")
     ap.add_argument("--train", default="../shared/data/train")
     ap.add_argument("--val", default="../shared/data/val")
     ap.add_argument("--kodak", default="../shared/data/kodak", help="measured at export; '' to skip")
+    ap.add_argument("--init-from", default="", help="warm start from a trained .safetensors model (any config): every layer that fits is copied")
     ap.add_argument("--config", default="{}", help="ModelConfig fields as JSON, e.g. '{\"m\": 8, \"k\": 256}'")
-    ap.add_argument("--stage1-plan", default="{}", help="Stage1Plan fields as JSON (steps, crop, batch, lr, ...)")
+    ap.add_argument("--stage1-plan", default="{}", help="Stage1Plan fields as JSON (steps, crop, batch, lr, ...); batches are global")
     ap.add_argument("--stage2-plan", default="{}", help="Stage2Plan fields as JSON")
     ap.add_argument("--stages", default="1,2,export", help="which of 1, 2, export to run")
+    ap.add_argument("--stop-at", type=int, default=0, help="checkpoint and stop when the running stage reaches this step (rerun to go on)")
     ap.add_argument("--name", default="pqmim-default")
     ap.add_argument("--description", default="")
     ap.add_argument("--export-dir", default="models")
@@ -314,14 +384,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    ctx, device = setup(args.device)
+    try:
+        return _run(args, ctx, device)
+    finally:
+        teardown(ctx)
+
+
+def _run(args, ctx: Dist, device: torch.device) -> PQMIM:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "config.json"
@@ -331,26 +408,40 @@ def main(argv: list[str] | None = None) -> None:
         if args.config != "{}" and saved != cfg:
             raise SystemExit(f"{out} holds a run with another config; use a new --out")
         cfg = saved
-    else:
+    elif ctx.main:
         cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2))
-    model = PQMIM(cfg).to(device)
+    model = PQMIM(cfg)
+    if args.init_from and not (out / "stage1.pt").exists():
+        source = PQMIM.load(args.init_from)
+        copied = warm_start(model, source)
+        log(out, f"warm start from {args.init_from}: copied {len(copied)} modules: {', '.join(copied)}", ctx)
+        if ctx.main:
+            (out / "warm_start.json").write_text(json.dumps({"model": Path(args.init_from).stem, "model_id": source.model_id().hex(), "modules_copied": len(copied)}))
+    model = model.to(device)
     stages = set(args.stages.split(","))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
-    log(out, f"start: stages {sorted(stages)} on {device_name}, config {cfg.to_dict()}")
+    if ctx.world > 1:
+        device_name = f"{ctx.world} processes (torchrun, DDP), each on {device_name}"
+    log(out, f"start: stages {sorted(stages)} on {device_name}, config {cfg.to_dict()}", ctx)
     if "1" in stages:
-        train_stage1(model, Stage1Plan(**(read_json(out / "stage1_plan.json") or json.loads(args.stage1_plan))), args, device)
+        plan1 = Stage1Plan(**(read_json(out / "stage1_plan.json") or json.loads(args.stage1_plan)))
+        if not train_stage1(model, plan1, args, device, ctx):
+            return model
     if "2" in stages or "export" in stages:
         ck = load_ckpt(out / "stage1.pt")
         if ck is None:
             raise SystemExit("stage 2 needs a finished stage 1 checkpoint in --out")
         model.load_state_dict(ck["model"])
     if "2" in stages:
-        train_stage2(model, Stage2Plan(**(read_json(out / "stage2_plan.json") or json.loads(args.stage2_plan))), args, device)
-    if "export" in stages:
+        plan2 = Stage2Plan(**(read_json(out / "stage2_plan.json") or json.loads(args.stage2_plan)))
+        if not train_stage2(model, plan2, args, device, ctx):
+            return model
+    if "export" in stages and ctx.main:
         ck = load_ckpt(out / "stage2.pt")
         if ck is not None:
             model.entropy.load_state_dict(ck["entropy"])
         export(model, args, device_name)
+    return model
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""The shipped models: weights (safetensors) and cards (JSON) in the project's models/ folder."""
+"""The shipped models: weights (safetensors) and cards (JSON) in the project's models/ folder.
+
+The quality ladder is the models named ``pqmim-q<N>``: quality 1 is the smallest files, each
+level up roughly doubles the rate (see ``pqmim models`` for the measured Kodak figures).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
-DEFAULT_MODEL = "pqmim-default"
+DEFAULT_MODEL = "pqmim-q3"
+ALIASES = {"default": DEFAULT_MODEL}
+_QUALITY_NAME = re.compile(r"pqmim-q(\d+)")
 
 
 def model_dirs() -> list[Path]:
@@ -20,7 +27,26 @@ def model_dirs() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
+def quality_levels() -> dict[int, str]:
+    """Quality level -> model name, for the ladder models found."""
+    levels = {}
+    for c in list_models():
+        m = _QUALITY_NAME.fullmatch(c["name"])
+        if m:
+            levels[int(m.group(1))] = c["name"]
+    return dict(sorted(levels.items()))
+
+
+def model_for_quality(quality: int) -> str:
+    levels = quality_levels()
+    if quality not in levels:
+        span = f"{min(levels)}..{max(levels)}" if levels else "none shipped"
+        raise ValueError(f"no model for quality {quality} (qualities: {span})")
+    return levels[quality]
+
+
 def model_path(name: str) -> Path:
+    name = ALIASES.get(name, name)
     for d in model_dirs():
         p = d / f"{name}.safetensors"
         if p.is_file():

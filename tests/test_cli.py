@@ -102,7 +102,31 @@ def test_default_model_from_any_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "k.png").size == Image.open(src).size
     r = run("models")
-    assert r.returncode == 0 and b"pqmim-default" in r.stdout
+    assert r.returncode == 0 and b"pqmim-q3" in r.stdout and b"(default)" in r.stdout
+
+
+def test_quality_option_picks_the_ladder_model(tmp_path):
+    """`pqmim encode -q N` uses quality level N; the file then decodes with no option, and the
+    file sizes grow with the quality."""
+    from pqmim import zoo
+
+    levels = zoo.quality_levels()
+    assert len(levels) >= 5
+    Image.fromarray(kodak_crop(23, 256, 128, 256, 192)).save(tmp_path / "in.png")
+    sizes = []
+    for q in (min(levels), max(levels)):
+        r = run("encode", "in.png", "-q", str(q), "-o", f"{q}.pqm", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert levels[q].encode() in r.stderr
+        r = run("info", f"{q}.pqm", cwd=tmp_path)
+        assert levels[q].encode() in r.stdout
+        assert run("decode", f"{q}.pqm", "-o", f"{q}.png", cwd=tmp_path).returncode == 0
+        sizes.append((tmp_path / f"{q}.pqm").stat().st_size)
+    assert sizes[0] < sizes[1]
+    r = run("encode", "in.png", "-q", str(max(levels) + 1), "-o", "x.pqm", cwd=tmp_path)
+    assert r.returncode == 1 and b"no model for quality" in r.stderr and not (tmp_path / "x.pqm").exists()
+    r = run("encode", "in.png", "-q", "1", "-m", "pqmim-q1", "-o", "x.pqm", cwd=tmp_path)
+    assert r.returncode == 1 and b"choose one of" in r.stderr
 
 
 def test_cli_shim_from_checkout(tmp_path):

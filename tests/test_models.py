@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY, kodak_crop, make_tiny_model
-from pqmim import Codec, ModelFileError
+from pqmim import Codec, ModelFileError, zoo
 from pqmim.evaluate import psnr_uint8
-from pqmim.models import PQMIM
+from pqmim.models import PQMIM, warm_start
 
 
 def test_save_load_keeps_weights_and_id(tmp_path):
@@ -43,6 +43,7 @@ def test_api_accepts_path_pil_and_array(tmp_path):
 
 def test_shipped_default_model_on_a_kodak_crop():
     codec = Codec.from_pretrained()
+    assert codec.name == zoo.DEFAULT_MODEL
     rgb = kodak_crop(19, 200, 300, 192, 128)
     data = codec.compress(rgb)
     header, codes = codec.decode_codes(data)
@@ -57,3 +58,48 @@ def test_shipped_default_model_on_a_kodak_crop():
 def test_unknown_shipped_name():
     with pytest.raises(FileNotFoundError, match="unknown model"):
         Codec.from_pretrained("no-such-model")
+
+
+def test_ladder_cards_are_measured_and_ordered():
+    """Every quality level ships with a card measured on all of Kodak; rate and PSNR rise with
+    the level, and the levels span the range the ladder promises."""
+    levels = zoo.quality_levels()
+    assert list(levels) == list(range(1, len(levels) + 1)) and len(levels) >= 5
+    cards = {c["name"]: c for c in zoo.list_models()}
+    kodak = [cards[name]["kodak"] for name in levels.values()]
+    assert all(k["images"] == 24 and k["all_exact"] and 0 < k["ms_ssim"] < 1 for k in kodak)
+    bpp, psnr = [k["bpp"] for k in kodak], [k["psnr"] for k in kodak]
+    assert bpp == sorted(bpp) and psnr == sorted(psnr)
+    assert bpp[0] < 0.08 and bpp[-1] > 0.7
+    assert sum(zoo.model_path(n).stat().st_size for n in levels.values()) < 100e6
+
+
+@pytest.mark.parametrize("quality", [1, 2, 4, 5])
+def test_shipped_ladder_model_round_trip(quality):
+    codec = Codec.from_pretrained(quality=quality)
+    assert codec.name == f"pqmim-q{quality}"
+    rgb = kodak_crop(5, 100, 50, 160, 96)
+    data = codec.compress(rgb)
+    _, codes = codec.decode_codes(data)
+    assert torch.equal(codes, codec.encode_codes([rgb])[0])
+    assert psnr_uint8(rgb, np.asarray(codec.decompress(data))) > 18
+
+
+def test_quality_and_name_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        Codec.from_pretrained("pqmim-q1", quality=1)
+    with pytest.raises(ValueError, match="no model for quality"):
+        Codec.from_pretrained(quality=99)
+
+
+def test_warm_start_copies_what_fits():
+    """A model one stage shallower, with another (m, k), inherits the layers that fit."""
+    src = make_tiny_model(1)
+    cfg = TINY.__class__(**{**TINY.to_dict(), "widths": (8, 8, 16), "m": 2, "sub_dim": 3, "k": 16})
+    torch.manual_seed(0)
+    dst = PQMIM(cfg)
+    copied = warm_start(dst, src)
+    assert "encoder.net.0" in copied and "entropy.blocks.0.qkv" in copied
+    assert torch.equal(dst.encoder.net[0].weight, src.encoder.net[0].weight)
+    assert torch.equal(dst.entropy.blocks[1].mlp[0].weight, src.entropy.blocks[1].mlp[0].weight)
+    assert not any(n.startswith("quantizer") or n == "entropy.head" for n in copied)

@@ -4,5 +4,6 @@ from .autoencoder import Decoder, Encoder
 from .pqmim import PQMIM, ModelFileError
 from .quantizer import ProductQuantizer
 from .transformer import MIMTransformer
+from .warm_start import warm_start
 
-__all__ = ["PQMIM", "ModelFileError", "Encoder", "Decoder", "ProductQuantizer", "MIMTransformer"]
+__all__ = ["PQMIM", "ModelFileError", "Encoder", "Decoder", "ProductQuantizer", "MIMTransformer", "warm_start"]

@@ -3,14 +3,21 @@ of k code words of its own codebook.
 
 Codebooks are learned by exponential moving averages (online k-means), initialised by k-means on
 real encoder outputs, and dead code words are restarted from the current batch, so that the
-codebooks are actually used (watch ``perplexity`` in the training log).
+codebooks are actually used (watch ``perplexity`` in the training log). Under distributed
+training the statistics are summed over all ranks and restarts come from rank 0, so every rank
+holds the same codebooks.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ProductQuantizer(nn.Module):
@@ -89,6 +96,10 @@ class ProductQuantizer(nn.Module):
         sums = torch.zeros_like(self.ema_sum)
         for i in range(self.m):
             sums[i].index_add_(0, idx[i], x[i])
+        if _distributed():
+            counts = counts.clone()
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
         self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.ema_count.sum(-1, keepdim=True)
@@ -105,3 +116,6 @@ class ProductQuantizer(nn.Module):
                     self.codebooks[i, d] = pick
                     self.ema_sum[i, d] = pick * c0
                     self.ema_count[i, d] = c0
+            if _distributed():  # the same dead words everywhere (identical counts): take rank 0's picks
+                for b in (self.codebooks, self.ema_sum, self.ema_count):
+                    dist.broadcast(b, 0)

@@ -1,0 +1,84 @@
+"""Training curves from `pqmim train` logs: validation PSNR (stage 1) and validation rate
+(stage 2) against training steps, to see whether more compute would still pay.
+
+    python -m bench curves [models/logs/pqmim-q3.train.log ...] [--out models/efficiency.png]
+
+Stage 2's validation figure is the cross-entropy of masked validation codes; it is shown as
+bpp = bits/code x M / f^2, the rate it implies. A run restarted from scratch replaces the points
+of the attempt before it; a resumed run continues them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+from pathlib import Path
+
+LOGS = Path(__file__).resolve().parents[1] / "models" / "logs"
+VAL1 = re.compile(r"stage1 val step (\d+): psnr ([\d.]+) dB")
+VAL2 = re.compile(r"stage2 val step (\d+): ([\d.]+) bits/code")
+CONFIG = re.compile(r"start: .* config (\{.*\})")
+STAGE = re.compile(r"stage([12])")
+
+
+def parse_log(text: str) -> dict:
+    """{'config': ..., 'stage1': [(step, psnr)], 'stage2': [(step, bits/code)]}, final attempt only."""
+    curves: dict[str, dict[int, float]] = {"stage1": {}, "stage2": {}}
+    config, fresh = None, set()
+    for line in text.splitlines():
+        if m := CONFIG.search(line):
+            config = ast.literal_eval(m.group(1))
+            fresh = {"stage1", "stage2"}  # a new process: each stage either resumes or starts over
+            continue
+        if m := STAGE.search(line):
+            stage = f"stage{m.group(1)}"
+            if stage in fresh:
+                fresh.discard(stage)
+                if f"{stage}: resumed" not in line:
+                    curves[stage] = {}
+        for rx, stage in ((VAL1, "stage1"), (VAL2, "stage2")):
+            if m := rx.search(line):
+                curves[stage][int(m.group(1))] = float(m.group(2))
+    return {"config": config, **{k: sorted(v.items()) for k, v in curves.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench curves", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("logs", nargs="*", default=[str(LOGS / "pqmim-q3.train.log")])
+    ap.add_argument("--out", default=str(LOGS.parent / "efficiency.png"))
+    args = ap.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    summary = {}
+    for i, path in enumerate(args.logs):
+        name = Path(path).name.split(".")[0]
+        run = parse_log(Path(path).read_text())
+        cfg = run["config"] or {}
+        f, m = 2 ** len(cfg.get("widths", [])), cfg.get("m", 0)
+        s1, s2 = run["stage1"], [(s, b * m / f**2) for s, b in run["stage2"]]
+        if s1:
+            a1.plot(*zip(*s1), "o-", ms=3, color=f"C{i}", label=name)
+        if s2:
+            a2.plot(*zip(*s2), "o-", ms=3, color=f"C{i}", label=name)
+        summary[name] = {"stage1_psnr": s1, "stage2_bpp": s2}
+        for label, pts, unit in (("stage 1 val PSNR", s1, "dB"), ("stage 2 val rate", s2, "bpp")):
+            if len(pts) >= 3:
+                (sa, va), (sb, vb) = pts[-3], pts[-1]
+                print(f"{name}: {label} {va:.4f} -> {vb:.4f} {unit} over its last {sb - sa} steps (final {vb:.4f} {unit} at step {sb})")
+    a1.set(xlabel="stage 1 step", ylabel="PSNR dB (16 val crops, quantized)", title="Stage 1: autoencoder + PQ")
+    a2.set(xlabel="stage 2 step", ylabel="bpp (masked val codes, bits x M / f²)", title="Stage 2: MIM entropy model")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
