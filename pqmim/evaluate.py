@@ -26,7 +26,7 @@ def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float | None:
 
     if min(a.shape[:2]) <= 160:
         return None
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].double()  # noqa: E731
+    t = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].double()  # noqa: E731
     return float(ms_ssim(t(a), t(b), data_range=255))
 
 

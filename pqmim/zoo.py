@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 DEFAULT_MODEL = "pqmim-q3"
-ALIASES = {"default": DEFAULT_MODEL}
+ALIASES = {"default": DEFAULT_MODEL, "pqmim-default": DEFAULT_MODEL}  # the default model's earlier name
 _QUALITY_NAME = re.compile(r"pqmim-q(\d+)")
 
 

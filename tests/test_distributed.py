@@ -60,3 +60,15 @@ def test_two_ranks_identical_and_resume_exact(tmp_path):
     assert "stage1: resumed at step 4" in (resumed / "train.log").read_text()
     assert_same(weights(resumed, 0), weights(resumed, 1))
     assert_same(weights(resumed, 0), weights(straight, 0))
+
+
+def test_index_stream_shards_epochs_and_resumes():
+    from pqmim.distributed import Dist, index_stream
+
+    def take(it, n):
+        return [next(it) for _ in range(n)]
+
+    r0, r1 = take(index_stream(10, Dist(0, 2), seed=3), 10), take(index_stream(10, Dist(1, 2), seed=3), 10)
+    assert sorted(r0[:5] + r1[:5]) == list(range(10))  # one epoch: disjoint shards covering everything
+    assert r0[:5] != r0[5:10]  # a new order each epoch
+    assert take(index_stream(10, Dist(0, 2), seed=3, start=7), 3) == r0[7:10]  # resuming skips exactly
