@@ -72,9 +72,9 @@ def plot(res: dict, key: str, ylabel: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
     pq = [r for r in res["pqmim"] if r.get(key) is not None]
-    ax.plot([r["bpp"] for r in pq], [r[key] for r in pq], "o-", color="C3", lw=2.2, label="pqmim (ladder)", zorder=5)
+    ax.plot([r["bpp"] for r in pq], [r[key] for r in pq], "o-", color="black", lw=2.2, label="pqmim (ladder)", zorder=5)
     for r in pq:
-        ax.annotate(r["model"].replace("pqmim-", ""), (r["bpp"], r[key]), textcoords="offset points", xytext=(4, -11), fontsize=8, color="C3")
+        ax.annotate(r["model"].replace("pqmim-", ""), (r["bpp"], r[key]), textcoords="offset points", xytext=(4, -11), fontsize=8, color="black")
     for i, (codec, curve) in enumerate(res["classical"].items()):
         pts = [c for c in curve if c.get(key) is not None and 0.03 <= c["bpp"] <= 2.5]
         ax.plot([c["bpp"] for c in pts], [c[key] for c in pts], ".--", color=f"C{i}", label=f"{LABELS[codec]} (Pillow)")
@@ -90,6 +90,11 @@ def plot(res: dict, key: str, ylabel: str, path: Path) -> None:
     plt.close(fig)
 
 
+def write_plots(res: dict, out: Path) -> None:
+    plot(res, "psnr", "PSNR (dB, RGB)", out.with_name(out.stem + "_psnr.png"))
+    plot(res, "ms_ssim", "MS-SSIM", out.with_name(out.stem + "_msssim.png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench kodak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=None, help="pqmim models (default: every quality level shipped)")
@@ -97,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kodak", default=str(KODAK))
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--out", default=str(RESULTS / "kodak.json"), help="results JSON; the plots go beside it")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plots from the results JSON")
     args = ap.parse_args(argv)
 
+    if args.replot:
+        res = json.loads(Path(args.out).read_text())
+        write_plots(res, Path(args.out))
+        return 0
     models = args.models or list(zoo.quality_levels().values())
     images = [load_image(p) for p in list_images(args.kodak)[: args.limit]]
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
@@ -131,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, "psnr", "PSNR (dB, RGB)", out.with_name(out.stem + "_psnr.png"))
-    plot(res, "ms_ssim", "MS-SSIM", out.with_name(out.stem + "_msssim.png"))
+    write_plots(res, out)
     print(f"\nwrote {out} and its plots")
     return 0
