@@ -40,7 +40,7 @@ class Codec:
             raise ValueError("give a model name or a quality, not both")
         if quality is not None:
             name = zoo.model_for_quality(quality)
-        name = zoo.ALIASES.get(name or zoo.DEFAULT_MODEL, name or zoo.DEFAULT_MODEL)
+        name = zoo.resolve(name)
         return cls(PQMIM.load(zoo.model_path(name)), name=name)
 
     @classmethod

@@ -45,8 +45,14 @@ def model_for_quality(quality: int) -> str:
     return levels[quality]
 
 
+def resolve(name: str | None) -> str:
+    """A model name with aliases ("default") and None (the default model) resolved."""
+    name = name or DEFAULT_MODEL
+    return ALIASES.get(name, name)
+
+
 def model_path(name: str) -> Path:
-    name = ALIASES.get(name, name)
+    name = resolve(name)
     for d in model_dirs():
         p = d / f"{name}.safetensors"
         if p.is_file():

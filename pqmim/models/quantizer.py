@@ -15,9 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from ..distributed import active as _distributed
 
 
 class ProductQuantizer(nn.Module):
