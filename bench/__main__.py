@@ -1,20 +1,26 @@
 import sys
 
-USAGE = "usage: python -m bench {speed,kodak,curves} [options]   (each takes -h)"
+USAGE = "usage: python -m bench {run,report,speed,curves} [options]   (each takes -h; `pqmim bench ...` is the same)"
 
 
-def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("speed", "kodak", "curves"):
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("run", "report", "speed", "curves"):
         print(USAGE, file=sys.stderr)
         return 2
-    cmd, rest = sys.argv[1], sys.argv[2:]
+    cmd, rest = argv[0], argv[1:]
     if cmd == "speed":
-        from .speed import main as run
-    elif cmd == "curves":
-        from .curves import main as run
-    else:
-        from .kodak import main as run
-    return run(rest) or 0
+        from .speed import main as speed
+
+        return speed(rest) or 0
+    if cmd == "curves":
+        from .curves import main as curves
+
+        return curves(rest) or 0
+    from .suite import main as suite
+
+    return suite(rest, cmd)
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -205,7 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (see `pqmim train -h`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
+
+    p = sub.add_parser("bench", help="the benchmark suite, as `python -m bench` (from a source checkout)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
     return ap
+
+
+def run_bench(argv: list[str]) -> int:
+    """`pqmim bench ...` runs the checkout's bench/ package (it is not part of the installed wheel)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__main__.py").is_file():
+        print("pqmim: error: the bench suite runs from a source checkout of pqmim (bench/ not found)", file=sys.stderr)
+        return 1
+    sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    return bench_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(argv[1:])
         return 0
+    if argv[:1] == ["bench"]:
+        return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

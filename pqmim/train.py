@@ -332,6 +332,161 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
     return step >= plan.steps
 
 
+# ----------------------------------------------------------------------------- baselines
+class RateDistortionLoss(nn.Module):
+    """CompressAI's training loss, lambda * 255^2 * MSE + bpp, as one module for DDP."""
+
+    def __init__(self, net: nn.Module, lmbda: float) -> None:
+        super().__init__()
+        self.net, self.lmbda = net, lmbda
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(x)
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * pixels)
+        mse = F.mse_loss(out["x_hat"].float(), x)
+        return self.lmbda * 255**2 * mse + bpp, mse, bpp
+
+
+def train_baseline(net: nn.Module, plan: Stage1Plan, args, device: torch.device, ctx: Dist) -> bool:
+    """Train a CompressAI model on the same data stream and crop plan as stage 1 (one stage:
+    its entropy model trains jointly); the quantiles of its factorized prior take the aux loss."""
+    out = Path(args.out)
+    ckpt_path = out / "baseline.pt"
+    if ctx.main:
+        record_plan(out / "stage1_plan.json", plan)
+    main_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
+    opt, aux_opt = torch.optim.Adam(main_params, lr=plan.lr), torch.optim.Adam(aux_params, lr=1e-3)
+    step, elapsed = 0, 0.0
+    ck = load_ckpt(ckpt_path)
+    if ck is not None:
+        net.load_state_dict(ck["model"], strict=False)
+        opt.load_state_dict(ck["opt"])
+        aux_opt.load_state_dict(ck["aux_opt"])
+        step, elapsed = ck["step"], ck["elapsed"]
+        log(out, f"baseline: resumed at step {step}", ctx)
+    if step >= plan.steps:
+        return True
+    loss_fn = compiled(ctx.wrap(RateDistortionLoss(net, args.lmbda), device), args)
+    data = CropSource(args.train, max_side=args.max_side)
+    stream = index_stream(len(data), ctx, args.seed, start=step * per_rank(plan.batch, ctx))
+    val = center_crops(args.val, 256, 16).to(device) if ctx.main else None
+    net.train()
+    t0 = time.time() - elapsed
+    while step < plan.steps:
+        rng = np.random.default_rng([args.seed, ctx.rank, step])
+        x = data.crops([next(stream) for _ in range(per_rank(plan.batch, ctx))], plan.crop, rng).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, plan.steps, plan.lr)
+        loss, mse, bpp = loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        aux = net.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
+        step += 1
+        if step % args.log_every == 0:
+            log(out, f"baseline step {step} loss {loss.item():.4f} psnr {10 * math.log10(1 / max(mse.item(), 1e-10)):.2f} "
+                     f"bpp {bpp.item():.4f} aux {aux.item():.1f} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s", ctx)
+        stop = step == plan.steps or step == args.stop_at
+        if (step % args.ckpt_every == 0 or stop) and ctx.main:
+            net.eval()
+            with torch.no_grad():
+                o = net(val)
+                vbpp = sum(torch.log(lk).sum() for lk in o["likelihoods"].values()).item() / (-math.log(2) * val.shape[0] * 256 * 256)
+            net.train()
+            log(out, f"baseline val step {step}: psnr {psnr_uint8(to_uint8(val), to_uint8(o['x_hat'])):.2f} dB, "
+                     f"{vbpp:.4f} bpp (estimated by the likelihoods, {len(val)} val crops 256x256)", ctx)
+            save_ckpt(ckpt_path, model=net.state_dict(), opt=opt.state_dict(), aux_opt=aux_opt.state_dict(), step=step, elapsed=time.time() - t0)
+        if stop:
+            break
+    ctx.barrier()
+    return step >= plan.steps
+
+
+def settle_quantiles(net: nn.Module) -> float:
+    """Finish fitting the quantiles that bound the hyper-latents' coding range. CompressAI's aux
+    loss does not depend on the data, so a short run of large then small steps finishes it here,
+    cheaply (during training it moves too slowly to converge in a short budget)."""
+    params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
+    for steps, lr in ((2000, 0.2), (1000, 0.01)):
+        opt = torch.optim.Adam(params, lr=lr)
+        for _ in range(steps):
+            aux = net.aux_loss()
+            opt.zero_grad(set_to_none=True)
+            aux.backward()
+            opt.step()
+    return float(net.aux_loss().detach())
+
+
+def export_baseline(net: nn.Module, args, device_name: str) -> Path:
+    """Write a baseline (safetensors + card in --export-dir) and measure it on Kodak with its real bitstreams."""
+    from .baselines import Baseline
+    from .evaluate import evaluate_folder
+
+    out = Path(args.out)
+    ck = load_ckpt(out / "baseline.pt")
+    dest = Path(args.export_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = dest / f"{args.name}.safetensors"
+    aux = settle_quantiles(net.cpu())
+    log(out, f"export: aux loss {aux:.3f} after settling the factorized prior's quantiles")
+    Baseline(net.eval(), args.arch, args.n, args.m).save(weights)
+    model = Baseline.load(weights)  # measure what ships: fp16 weights, stored tables
+    card = {
+        "name": args.name, "description": args.description, "arch": args.arch, "n": args.n, "m": args.m, "lmbda": args.lmbda,
+        "init_from": read_json(out / "warm_start.json") or None,
+        "data": {"train": str(args.train), "train_images": len(list_images(args.train)), "val": str(args.val)},
+        "training": {**read_json(out / "stage1_plan.json"), "steps_done": ck["step"] if ck else 0,
+                     "wall_s": round(ck["elapsed"]) if ck else None, "device": device_name, "torch": torch.__version__},
+    }
+    if args.kodak:
+        res = evaluate_folder(model, args.kodak)
+        card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "ms_ssim")}
+        log(out, f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images")
+    tmp = dest / f"{args.name}.json.tmp"
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(dest / f"{args.name}.json")
+    log(out, f"export: wrote {weights} and its card")
+    return weights
+
+
+def _run_baseline(args, ctx: Dist, device: torch.device, device_name: str) -> nn.Module:
+    from .baselines import Baseline, build
+
+    out = Path(args.out)
+    net = build(args.arch, args.n, args.m)
+    if args.init_from and not (out / "baseline.pt").exists():
+        source = Baseline.load(args.init_from)
+        if (source.arch, source.n, source.m) != (args.arch, args.n, args.m):
+            raise SystemExit(f"--init-from {args.init_from} is a {source.arch} N={source.n} M={source.m}, not this architecture")
+        net.load_state_dict(source.net.state_dict())
+        log(out, f"warm start from {args.init_from}: all weights", ctx)
+        if ctx.main:
+            # the source's own training is part of this model's budget: keep it in the card
+            source_card = read_json(Path(args.init_from).with_suffix(".json"))
+            (out / "warm_start.json").write_text(json.dumps({"model": Path(args.init_from).stem, "training": source_card.get("training")}))
+    net = net.to(device)
+    log(out, f"start: {args.arch} N={args.n} M={args.m} lambda={args.lmbda} on {device_name}", ctx)
+    stages = set(args.stages.split(","))
+    if "1" in stages:
+        # crops stay at plan.crop: the hyperprior needs sides divisible by 64
+        plan = Stage1Plan(**{**json.loads(args.stage1_plan), **read_json(out / "stage1_plan.json"), "small_crop_until": 0, "warmup_ae_steps": 0})
+        if not train_baseline(net, plan, args, device, ctx):
+            return net
+    if "export" in stages and ctx.main:
+        ck = load_ckpt(out / "baseline.pt")
+        if ck is None:
+            raise SystemExit("export needs a baseline checkpoint in --out")
+        net.load_state_dict(ck["model"], strict=False)
+        export_baseline(net, args, device_name)
+    return net
+
+
 # ----------------------------------------------------------------------------- export
 def export(model: PQMIM, args, device_name: str) -> Path:
     """Write the release model (safetensors + card) and measure it on Kodak with the real codec."""
@@ -377,6 +532,10 @@ def main(argv: list[str] | None = None) -> PQMIM:
     ap.add_argument("--train", default="../shared/data/train")
     ap.add_argument("--val", default="../shared/data/val")
     ap.add_argument("--kodak", default="../shared/data/kodak", help="measured at export; '' to skip")
+    ap.add_argument("--arch", default="pqmim", help="pqmim, or a CompressAI baseline: bmshj2018-hyperprior, mbt2018-mean")
+    ap.add_argument("--lmbda", type=float, default=0.0018, help="baselines: rate-distortion trade-off (loss lambda*255^2*MSE + bpp)")
+    ap.add_argument("--n", type=int, default=128, help="baselines: CompressAI's N channels")
+    ap.add_argument("--m", type=int, default=192, help="baselines: CompressAI's M channels")
     ap.add_argument("--init-from", default="", help="warm start from a trained .safetensors model (any config): every layer that fits is copied")
     ap.add_argument("--config", default="{}", help="ModelConfig fields as JSON, e.g. '{\"m\": 8, \"k\": 256}'")
     ap.add_argument("--stage1-plan", default="{}", help="Stage1Plan fields as JSON (steps, crop, batch, lr, ...); batches are global")
@@ -409,6 +568,11 @@ def main(argv: list[str] | None = None) -> PQMIM:
 def _run(args, ctx: Dist, device: torch.device) -> PQMIM:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    if ctx.world > 1:
+        device_name = f"{ctx.world} processes (torchrun, DDP), each on {device_name}"
+    if args.arch != "pqmim":
+        return _run_baseline(args, ctx, device, device_name)
     cfg_file = out / "config.json"
     cfg = ModelConfig.from_dict(json.loads(args.config))
     if cfg_file.exists():
@@ -429,9 +593,6 @@ def _run(args, ctx: Dist, device: torch.device) -> PQMIM:
     if device.type == "cuda":  # tensor-core friendly layout for the convolutions
         model = model.to(memory_format=torch.channels_last)
     stages = set(args.stages.split(","))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
-    if ctx.world > 1:
-        device_name = f"{ctx.world} processes (torchrun, DDP), each on {device_name}"
     log(out, f"start: stages {sorted(stages)} on {device_name}, config {cfg.to_dict()}", ctx)
     if "1" in stages:
         plan1 = Stage1Plan(**(read_json(out / "stage1_plan.json") or json.loads(args.stage1_plan)))

@@ -1,39 +1,91 @@
-"""The benchmarks run end to end (quick settings)."""
+"""The bench suite: --quick runs the whole pipeline end to end; its pieces measure what they say."""
 
 import json
 import subprocess
 import sys
 
-from conftest import KODAK, ROOT
+import numpy as np
+import pytest
+
+from conftest import KODAK, ROOT, SHARED, kodak_crop
+
+sys.path.insert(0, str(ROOT))
+pytest.importorskip("compressai")
 
 
-def test_bench_kodak_quick(tmp_path):
-    out = tmp_path / "kodak.json"
-    r = subprocess.run([sys.executable, "-m", "bench", "kodak", "--limit", "1", "--kodak", str(KODAK), "--out", str(out),
-                        "--models", "pqmim-q1", "pqmim-q3", "--codecs", "jpeg420", "webp"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, r.stderr
-    res = json.loads(out.read_text())
-    assert [row["model"] for row in res["pqmim"]] == ["pqmim-q1", "pqmim-q3"]
-    for row in res["pqmim"]:
-        assert row["images"] == 1 and row["all_exact"] and 0 < row["bpp"] < 1 and 0 < row["ms_ssim"] < 1
-    for codec in ("jpeg420", "webp"):
-        curve = res["classical"][codec]
-        assert len(curve) >= 6 and curve[0]["bpp"] < curve[-1]["bpp"] and curve[0]["psnr"] < curve[-1]["psnr"]
-    assert (tmp_path / "kodak_psnr.png").stat().st_size > 10_000 and (tmp_path / "kodak_msssim.png").exists()
+def test_bench_quick_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kod = json.loads((tmp_path / "kodak.json").read_text())
+    assert kod["images"] == 2 and kod["git_commit"] and kod["versions"]["torch"]
+    by_codec = {}
+    for p in kod["points"]:
+        by_codec.setdefault(p["codec"], []).append(p)
+        assert p["images"] == 2 and p["bpp"] > 0 and 0 < p["ms_ssim"] < 1 and 0 < p["lpips"] < 1 and p["encode_s"] > 0
+        assert p["bpp"] == pytest.approx(np.mean([row["bytes"] * 8 / (512 * 768) for row in p["rows"]]))
+    assert [p["label"] for p in by_codec["pqmim"]] == ["q1", "q3"]
+    assert len(by_codec["bmshj2018-hyperprior"]) == 1
+    assert len(by_codec["jpeg420"]) == 3 and len(by_codec["webp"]) == 3
+    fid = json.loads((tmp_path / "fid.json").read_text())
+    assert fid["images"] == 2 and fid["patches"] > 10 and all(p["fid"] > 0 for p in fid["points"])
+    bd = json.loads((tmp_path / "bdrate.json").read_text())
+    assert set(bd) == {"psnr", "ms_ssim"} and "jpeg420" in bd["psnr"]
+    for name in ("kodak_psnr.png", "kodak_msssim.png", "kodak_lpips.png", "fid.png", "visual.png"):
+        assert (tmp_path / name).stat().st_size > 5_000, name
+    assert "BD-rate" in r.stdout and "FID" in r.stdout
+
+    # the report alone redraws from the JSON, through the `pqmim bench` alias too
+    (tmp_path / "kodak_psnr.png").unlink()
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:begin (python -m bench run writes this section) -->\nold\n<!-- bench:end -->\ntail\n")
+    r = subprocess.run([sys.executable, "-m", "pqmim", "bench", "report", "--results", str(tmp_path), "--readme", str(readme)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = readme.read_text()
+    assert (tmp_path / "kodak_psnr.png").exists() and "old" not in text and "BD-rate" in text and text.endswith("tail\n")
+
+    # a second run takes every point from the cache: nothing is measured again
+    cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")}
+    r = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")} == cached
 
 
-def test_interpolation_only_inside_the_curve():
-    sys.path.insert(0, str(ROOT))
-    from bench.kodak import interpolate
+def test_bd_rate_reports_overlap():
+    from bench.bdrate import bd_rate, monotone
 
-    curve = [{"bpp": 0.2, "psnr": 24.0}, {"bpp": 0.4, "psnr": 28.0}]
-    assert interpolate(curve, 0.3) == 26.0
-    assert interpolate(curve, 0.1) is None and interpolate(curve, 0.5) is None
+    anchor = [(0.1, 25.0), (0.2, 27.0), (0.4, 29.0), (0.8, 31.0)]
+    assert bd_rate(anchor, [(b * 0.8, q) for b, q in anchor])["bd_rate"] == pytest.approx(-20.0)
+    assert bd_rate(anchor, [(b * 1.5, q) for b, q in anchor])["bd_rate"] == pytest.approx(50.0)
+    far = bd_rate(anchor, [(0.05, 20.0), (0.1, 22.0)])
+    assert far["bd_rate"] is None and not far["meaningful"]
+    thin = bd_rate(anchor, [(0.05, 20.0), (0.1, 22.0), (0.3, 26.0)])
+    assert thin["bd_rate"] is not None and not thin["meaningful"] and "overlap" in thin["why"]
+    assert monotone([(0.2, 21.0), (0.18, 21.5), (0.3, 25.0)]) == [(0.18, 21.5), (0.3, 25.0)]
+
+
+def test_lpips_uses_the_local_backbone():
+    from bench.classical import decode, encode
+    from bench.metrics import LPIPSAlex
+
+    lp = LPIPSAlex(SHARED / "weights" / "lpips_alexnet_features.pth")
+    rgb = kodak_crop(23, 200, 100, 256, 256)
+    low, high = (lp(rgb, decode(encode("jpeg420", rgb, q))) for q in (5, 90))
+    assert lp(rgb, rgb) == 0.0 and 0.2 < low < 0.9 and high < 0.1 < low
+
+
+def test_published_curves_are_marked():
+    from bench.report import family_label, published
+
+    refs = published()
+    assert set(refs) == {"bmshj2018-hyperprior", "mbt2018-mean"}
+    assert all(len(r["bpp"]) == len(r["psnr"]) >= 6 for r in refs.values())
+    assert "ours" in family_label("bmshj2018-hyperprior") and family_label("webp") == "WebP (Pillow)"
 
 
 def test_training_curves_keep_the_final_attempt():
-    sys.path.insert(0, str(ROOT))
     from bench.curves import parse_log
 
     log = "\n".join([
@@ -48,3 +100,18 @@ def test_training_curves_keep_the_final_attempt():
     ])
     run = parse_log(log)
     assert run["config"]["m"] == 2 and run["stage2"] == [(150, 6.4), (300, 6.2)] and run["stage1"] == []
+
+
+def test_pqmim_bench_is_the_bench_suite():
+    from pqmim.cli import main
+
+    assert main(["bench"]) == 2  # usage, like `python -m bench`
+
+
+def test_default_point_against_a_curve():
+    from bench.bdrate import point_saving, rate_at
+
+    curve = [(0.1, 25.0), (0.4, 29.0)]
+    assert rate_at(curve, 27.0) == pytest.approx(0.2)  # halfway in log-rate
+    assert point_saving(0.1, 27.0, curve) == pytest.approx(-50.0)
+    assert point_saving(0.1, 30.0, curve) is None

@@ -11,19 +11,15 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import ModelConfig
 from .autoencoder import Decoder, Encoder
 from .quantizer import ProductQuantizer
 from .transformer import MIMTransformer
+from .weights import ModelFileError, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-model-1"
-
-
-class ModelFileError(ValueError):
-    """A model file is missing, unreadable or does not match the architecture it declares."""
 
 
 class PQMIM(nn.Module):
@@ -56,32 +52,13 @@ class PQMIM(nn.Module):
         return h.digest()[:4]
 
     def save(self, path: str | Path, half: bool = False) -> None:
-        tensors = {}
-        for name, t in self.state_dict().items():
-            t = t.detach().cpu().contiguous()
-            if half and t.is_floating_point():
-                t = t.half()
-            tensors[name] = t
-        meta = {"format": FORMAT_TAG, "config": json.dumps(self.cfg.to_dict())}
-        tmp = Path(str(path) + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        save_tensors(path, self.state_dict(), {"format": FORMAT_TAG, "config": json.dumps(self.cfg.to_dict())}, half)
 
     @classmethod
     def load(cls, path: str | Path) -> "PQMIM":
         """Load and validate a safetensors model file (config from its metadata)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"model file not found: {path}")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as e:  # safetensors raises several types for damaged files
-            raise ModelFileError(f"cannot read model file {path}: {e}") from None
-        if meta.get("format") != FORMAT_TAG or "config" not in meta:
+        meta, tensors = read_tensors(path, FORMAT_TAG, "pqmim model")
+        if "config" not in meta:
             raise ModelFileError(f"{path} is not a pqmim model file")
         try:
             cfg = ModelConfig.from_dict(json.loads(meta["config"]))

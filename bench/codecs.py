@@ -1,0 +1,104 @@
+"""Every codec the bench compares, as rate points with one interface: `roundtrip(rgb)` gives the
+real compressed size, the decoded 8-bit image and the encode / decode seconds.
+
+- pqmim: one point per shipped model (the quality ladder);
+- baselines: one point per CompressAI model we trained (models/baselines/, see pqmim.baselines);
+- classical: one point per Pillow quality setting of JPEG 4:2:0 / 4:4:4, WebP and AVIF.
+
+A point's `key` names its cache files: it changes when the weights or the encoder library do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL
+
+from pqmim import Codec, zoo
+
+from .classical import LABELS, QUALITIES, available, decode, encode
+
+
+@dataclass
+class Point:
+    codec: str  # family: "pqmim", "bmshj2018-hyperprior", "jpeg420", ...
+    label: str  # the point within its family: "q3", "lambda=0.0018", "q=30"
+    key: str
+    _roundtrip: Callable[[np.ndarray], tuple[int, np.ndarray, float, float]] = field(repr=False)
+    meta: dict = field(default_factory=dict)
+
+    def roundtrip(self, rgb: np.ndarray) -> tuple[int, np.ndarray, float, float]:
+        """(compressed bytes, decoded HxWx3 uint8, encode seconds, decode seconds)"""
+        return self._roundtrip(rgb)
+
+
+def _timed(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.ndarray]):
+    def run(rgb: np.ndarray) -> tuple[int, np.ndarray, float, float]:
+        t0 = time.perf_counter()
+        data = encode(rgb)
+        t1 = time.perf_counter()
+        out = np.asarray(decode(data))
+        return len(data), out, t1 - t0, time.perf_counter() - t1
+
+    return run
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+def pqmim_points(names: list[str] | None = None) -> list[Point]:
+    """The shipped ladder (or the named models); decoding checks the codes match the encoder's."""
+    points = []
+    for name in names or list(zoo.quality_levels().values()):
+        codec = Codec.from_pretrained(name)
+
+        def run(rgb: np.ndarray, codec=codec) -> tuple[int, np.ndarray, float, float]:
+            t0 = time.perf_counter()
+            data = codec.compress(rgb)
+            t1 = time.perf_counter()
+            _, codes = codec.decode_codes(data)
+            out = np.asarray(codec.decode_image(codes, rgb.shape[1], rgb.shape[0]))
+            t2 = time.perf_counter()
+            # the decoder must reproduce exactly the encoder's codes: a mismatch is a bug, not a data point
+            if not bool((codes == codec.encode_codes([rgb])[0]).all()):
+                raise RuntimeError(f"{codec.name}: decoded codes differ from the encoder's")
+            return len(data), out, t1 - t0, t2 - t1
+
+        points.append(Point("pqmim", name.replace("pqmim-", ""), f"pqmim-{name}-{codec.model_id.hex()}", run,
+                            {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()}))
+    return points
+
+
+def baseline_points(folder: str | Path | None = None) -> list[Point]:
+    from pqmim.baselines import Baseline, shipped
+
+    points = []
+    for path in shipped(folder):
+        model = Baseline.load(path)
+        card = json.loads(path.with_suffix(".json").read_text())
+        points.append(Point(model.arch, f"lambda={card['lmbda']}", f"{path.stem}-{_file_hash(path)}",
+                            _timed(model.compress, model.decompress), {"model": path.stem, "lmbda": card["lmbda"], "training": card.get("training")}))
+    return points
+
+
+def classical_points(codecs: list[str], qualities: int | None = None) -> list[Point]:
+    """Pillow codecs at their quality settings (`qualities`: keep only that many, spread out)."""
+    points = []
+    for c in codecs:
+        if not available(c):
+            print(f"skipping {LABELS[c]}: this Pillow build cannot write it")
+            continue
+        qs = QUALITIES[c]
+        if qualities:
+            qs = [qs[round(i)] for i in np.linspace(0, len(qs) - 1, qualities)]
+        for q in qs:
+            points.append(Point(c, f"q={q}", f"{c}-q{q}-pillow{PIL.__version__}",
+                                _timed(lambda rgb, c=c, q=q: encode(c, rgb, q), decode), {"quality": q}))
+    return points
