@@ -96,6 +96,20 @@ def load_ckpt(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
+def resume(path: Path, out: Path, what: str, ctx: Dist, **targets) -> tuple[int, float]:
+    """Load a checkpoint's states into `targets` (checkpoint key -> model or optimizer) and the
+    torch rng; returns (step, elapsed seconds), (0, 0.0) when there is no checkpoint yet."""
+    ck = load_ckpt(path)
+    if ck is None:
+        return 0, 0.0
+    for key, target in targets.items():
+        target.load_state_dict(ck[key])
+    if "rng" in ck:  # the generator behind dead-code restarts
+        torch.set_rng_state(ck["rng"])
+    log(out, f"{what}: resumed at step {ck['step']}", ctx)
+    return ck["step"], ck["elapsed"]
+
+
 def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -137,15 +151,7 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device, ctx
         record_plan(out / "stage1_plan.json", plan)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt = torch.optim.Adam(params, lr=plan.lr)
-    step, elapsed = 0, 0.0
-    ck = load_ckpt(ckpt_path)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        if "rng" in ck:  # the generator behind dead-code restarts
-            torch.set_rng_state(ck["rng"])
-        step, elapsed = ck["step"], ck["elapsed"]
-        log(out, f"stage1: resumed at step {step}", ctx)
+    step, elapsed = resume(ckpt_path, out, "stage1", ctx, model=model, opt=opt)
     if step >= plan.steps:
         return True
     net = compiled(ctx.wrap(AutoencoderLoss(model, plan.beta), device), args)
@@ -280,13 +286,7 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
     if ctx.main:
         record_plan(out / "stage2_plan.json", plan)
     opt = torch.optim.AdamW(model.entropy.parameters(), lr=plan.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    step, elapsed = 0, 0.0
-    ck = load_ckpt(ckpt_path)
-    if ck is not None:
-        model.entropy.load_state_dict(ck["entropy"])
-        opt.load_state_dict(ck["opt"])
-        step, elapsed = ck["step"], ck["elapsed"]
-        log(out, f"stage2: resumed at step {step}", ctx)
+    step, elapsed = resume(ckpt_path, out, "stage2", ctx, entropy=model.entropy, opt=opt)
     if step >= plan.steps:
         return True
     maps, val_maps = cached_code_maps(model, args, device, ctx)
@@ -358,14 +358,7 @@ def train_baseline(net: nn.Module, plan: Stage1Plan, args, device: torch.device,
     main_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     opt, aux_opt = torch.optim.Adam(main_params, lr=plan.lr), torch.optim.Adam(aux_params, lr=1e-3)
-    step, elapsed = 0, 0.0
-    ck = load_ckpt(ckpt_path)
-    if ck is not None:
-        net.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["opt"])
-        aux_opt.load_state_dict(ck["aux_opt"])
-        step, elapsed = ck["step"], ck["elapsed"]
-        log(out, f"baseline: resumed at step {step}", ctx)
+    step, elapsed = resume(ckpt_path, out, "baseline", ctx, model=net, opt=opt, aux_opt=aux_opt)
     if step >= plan.steps:
         return True
     loss_fn = compiled(ctx.wrap(RateDistortionLoss(net, args.lmbda), device), args)
