@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 import PIL
 
 from pqmim import Codec, zoo
+from pqmim.evaluate import roundtrip
 
 from .classical import LABELS, QUALITIES, available, decode, encode
 
@@ -38,15 +38,29 @@ class Point:
         return self._roundtrip(rgb)
 
 
-def _timed(encode: Callable[[np.ndarray], bytes], decode: Callable[[bytes], np.ndarray]):
+def _checked(codec) -> Callable[[np.ndarray], tuple[int, np.ndarray, float, float]]:
+    """pqmim.evaluate.roundtrip for this codec; a pqmim decode that does not give back exactly
+    the encoder's codes is a bug, not a data point, and raises."""
     def run(rgb: np.ndarray) -> tuple[int, np.ndarray, float, float]:
-        t0 = time.perf_counter()
-        data = encode(rgb)
-        t1 = time.perf_counter()
-        out = np.asarray(decode(data))
-        return len(data), out, t1 - t0, time.perf_counter() - t1
+        n, out, enc, dec, exact = roundtrip(codec, rgb)
+        if exact is False:
+            raise RuntimeError(f"{codec.name}: decoded codes differ from the encoder's")
+        return n, out, enc, dec
 
     return run
+
+
+class _Pillow:
+    """A classical codec at one quality setting, with the compress/decompress interface."""
+
+    def __init__(self, codec: str, quality: int) -> None:
+        self.codec, self.quality, self.name = codec, quality, f"{codec} q={quality}"
+
+    def compress(self, rgb: np.ndarray) -> bytes:
+        return encode(self.codec, rgb, self.quality)
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        return decode(data)
 
 
 def _file_hash(path: Path) -> str:
@@ -58,20 +72,7 @@ def pqmim_points(names: list[str] | None = None) -> list[Point]:
     points = []
     for name in names or list(zoo.quality_levels().values()):
         codec = Codec.from_pretrained(name)
-
-        def run(rgb: np.ndarray, codec=codec) -> tuple[int, np.ndarray, float, float]:
-            t0 = time.perf_counter()
-            data = codec.compress(rgb)
-            t1 = time.perf_counter()
-            _, codes = codec.decode_codes(data)
-            out = np.asarray(codec.decode_image(codes, rgb.shape[1], rgb.shape[0]))
-            t2 = time.perf_counter()
-            # the decoder must reproduce exactly the encoder's codes: a mismatch is a bug, not a data point
-            if not bool((codes == codec.encode_codes([rgb])[0]).all()):
-                raise RuntimeError(f"{codec.name}: decoded codes differ from the encoder's")
-            return len(data), out, t1 - t0, t2 - t1
-
-        points.append(Point("pqmim", name.replace("pqmim-", ""), f"pqmim-{name}-{codec.model_id.hex()}", run,
+        points.append(Point("pqmim", name.replace("pqmim-", ""), f"pqmim-{name}-{codec.model_id.hex()}", _checked(codec),
                             {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()}))
     return points
 
@@ -84,7 +85,7 @@ def baseline_points(folder: str | Path | None = None) -> list[Point]:
         model = Baseline.load(path)
         card = json.loads(path.with_suffix(".json").read_text())
         points.append(Point(model.arch, f"lambda={card['lmbda']}", f"{path.stem}-{_file_hash(path)}",
-                            _timed(model.compress, model.decompress), {"model": path.stem, "lmbda": card["lmbda"], "training": card.get("training")}))
+                            _checked(model), {"model": path.stem, "lmbda": card["lmbda"], "training": card.get("training")}))
     return points
 
 
@@ -100,5 +101,5 @@ def classical_points(codecs: list[str], qualities: int | None = None) -> list[Po
             qs = [qs[round(i)] for i in np.linspace(0, len(qs) - 1, qualities)]
         for q in qs:
             points.append(Point(c, f"q={q}", f"{c}-q{q}-pillow{PIL.__version__}",
-                                _timed(lambda rgb, c=c, q=q: encode(c, rgb, q), decode), {"quality": q}))
+                                _checked(_Pillow(c, q)), {"quality": q}))
     return points

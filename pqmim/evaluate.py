@@ -30,6 +30,22 @@ def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(ms_ssim(t(a), t(b), data_range=255))
 
 
+def roundtrip(codec, rgb: np.ndarray) -> tuple[int, np.ndarray, float, float, bool | None]:
+    """(bytes, decoded HxWx3 uint8, encode s, decode s, exact) of one image through a codec: a
+    pqmim Codec (exact: the decoded codes equal the encoder's, checked outside the timings) or
+    any object with compress(rgb) -> bytes and decompress(bytes) -> image (exact: None)."""
+    t0 = time.perf_counter()
+    data = codec.compress(rgb)
+    t1 = time.perf_counter()
+    if hasattr(codec, "decode_codes"):
+        _, codes = codec.decode_codes(data)
+        out = np.asarray(codec.decode_image(codes, rgb.shape[1], rgb.shape[0]))
+        t2 = time.perf_counter()
+        return len(data), out, t1 - t0, t2 - t1, bool((codes == codec.encode_codes([rgb])[0]).all())
+    out = np.asarray(codec.decompress(data))
+    return len(data), out, t1 - t0, time.perf_counter() - t1, None
+
+
 def evaluate_folder(codec, folder: str | Path, limit: int | None = None, progress: bool = True) -> dict:
     """Compress and decompress every image with a pqmim Codec (or any object with
     compress(rgb) -> bytes and decompress(bytes) -> image, such as a baseline); for a pqmim
@@ -41,21 +57,12 @@ def evaluate_folder(codec, folder: str | Path, limit: int | None = None, progres
 
     files = list_images(folder)[:limit]
     rows = []
-    has_codes = hasattr(codec, "decode_codes")
     for p in tqdm(files, desc=f"{getattr(codec, 'name', '') or 'codec'} on {Path(folder).name}", disable=not progress, leave=False):
         rgb = load_image(p)
-        t0 = time.perf_counter()
-        data = codec.compress(rgb)
-        t1 = time.perf_counter()
-        if has_codes:
-            _, codes = codec.decode_codes(data)
-            out = np.asarray(codec.decode_image(codes, rgb.shape[1], rgb.shape[0]))
-        else:
-            out = np.asarray(codec.decompress(data))
-        t2 = time.perf_counter()
-        exact = bool((codes == codec.encode_codes([rgb])[0]).all()) if has_codes else None
-        rows.append({"image": p.name, "bytes": len(data), "bpp": len(data) * 8 / (rgb.shape[0] * rgb.shape[1]),
-                     "psnr": psnr_uint8(rgb, out), "ms_ssim": ms_ssim_uint8(rgb, out), "encode_s": t1 - t0, "decode_s": t2 - t1, "exact": exact})
+        n, out, enc, dec, exact = roundtrip(codec, rgb)
+        rows.append({"image": p.name, "bytes": n, "bpp": n * 8 / (rgb.shape[0] * rgb.shape[1]),
+                     "psnr": psnr_uint8(rgb, out), "ms_ssim": ms_ssim_uint8(rgb, out), "encode_s": enc, "decode_s": dec, "exact": exact})
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "encode_s", "decode_s")}
     mean["ms_ssim"] = None if any(r["ms_ssim"] is None for r in rows) else float(np.mean([r["ms_ssim"] for r in rows]))
+    has_codes = hasattr(codec, "decode_codes")
     return {"images": len(rows), **mean, "all_exact": all(r["exact"] for r in rows) if has_codes else None, "rows": rows}
