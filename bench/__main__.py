@@ -1,11 +1,11 @@
 import sys
 
-USAGE = "usage: python -m bench {run,report,speed,curves} [options]   (each takes -h; `pqmim bench ...` is the same)"
+USAGE = "usage: python -m bench {run,report,speed,curves,exactness} [options]   (each takes -h; `pqmim bench ...` is the same)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("run", "report", "speed", "curves"):
+    if not argv or argv[0] not in ("run", "report", "speed", "curves", "exactness"):
         print(USAGE, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -13,6 +13,10 @@ def main(argv: list[str] | None = None) -> int:
         from .speed import main as speed
 
         return speed(rest) or 0
+    if cmd == "exactness":
+        from .exactness import main as exactness
+
+        return exactness(rest)
     if cmd == "curves":
         from .curves import main as curves
 

@@ -20,6 +20,7 @@ import numpy as np
 import PIL
 
 from pqmim import Codec, zoo
+from pqmim import format as fmt
 from pqmim.evaluate import roundtrip
 
 from .classical import LABELS, QUALITIES, available, decode, encode
@@ -72,7 +73,7 @@ def pqmim_points(names: list[str] | None = None) -> list[Point]:
     points = []
     for name in names or list(zoo.quality_levels().values()):
         codec = Codec.from_pretrained(name)
-        points.append(Point("pqmim", name.replace("pqmim-", ""), f"pqmim-{name}-{codec.model_id.hex()}", _checked(codec),
+        points.append(Point("pqmim", name.replace("pqmim-", ""), f"pqmim-{name}-{codec.model_id.hex()}-v{fmt.VERSION}", _checked(codec),
                             {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()}))
     return points
 

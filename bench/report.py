@@ -153,9 +153,14 @@ def _point_cell(r: dict) -> str:
     return "out of range" if v is None else f"{v:+.1f}%"
 
 
+def short_commit(commit: str | None) -> str:
+    c = str(commit)
+    return c[:7] + ("+changes" if c.endswith("+changes") else "")
+
+
 def markdown(kodak: dict, fid: dict | None, bd: dict, command: str) -> str:
     fams = families(kodak["points"])
-    lines = [f"Measured with `{command}` on {kodak['date'][:10]} ({kodak['machine']}; commit {str(kodak['git_commit'])[:7]}). "
+    lines = [f"Measured with `{command}` on {kodak['date'][:10]} ({kodak['machine']}; commit {short_commit(kodak['git_commit'])}). "
              f"Kodak: {kodak['images']} images; every rate is a real file's size, every quality figure is measured on "
              "the decoded 8-bit image; means over images. Raw numbers: `bench/results/*.json`.", ""]
     lines += ["![Kodak PSNR vs bpp](bench/results/kodak_psnr.png)", "",

@@ -1,10 +1,11 @@
-"""Encode/decode time and peak memory of a 768x512 Kodak image with a shipped model.
+"""Encode/decode time and peak memory with a shipped model: a Kodak image, or large mosaics.
 
     python -m bench speed [--model pqmim-q3] [--image ../shared/data/kodak/kodim01.png]
+    python -m bench speed --megapixels 1 4 16 --threads 2     # large images: the README table
 
 Each measurement runs in a fresh process (so peak RSS is that of one encode or one decode,
 model loading included); times are the median of --repeat runs inside that process, after
-one warm-up, with the model already loaded.
+one warm-up, with the model already loaded (large images: one run, no warm-up).
 """
 
 from __future__ import annotations
@@ -15,30 +16,82 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak" / "kodim01.png"
 
 
-def worker(model: str, image: str, what: str, repeat: int, threads: int) -> dict:
+def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str) -> dict:
+    """One process, one job: encode `image` into `pqm`, or decode `pqm` (made by an encode run)."""
     import torch
 
     from pqmim import Codec
 
     torch.set_num_threads(threads)
     codec = Codec.from_pretrained(model)
-    data = codec.compress(image)
     times = []
-    for _ in range(repeat):
+    for i in range(repeat + (1 if repeat > 1 else 0)):  # one warm-up when the median is of several
         t = time.perf_counter()
         if what == "encode":
-            codec.compress(image)
+            data = codec.compress(image)
         else:
-            codec.decompress(data)
-        times.append(time.perf_counter() - t)
+            codec.decompress(Path(pqm).read_bytes())
+        if repeat == 1 or i > 0:
+            times.append(time.perf_counter() - t)
+    if what == "encode":
+        Path(pqm).write_bytes(data)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"what": what, "median_s": statistics.median(times), "min_s": min(times), "peak_rss_mb": peak_mb, "bytes": len(data), "threads": threads}
+    return {"what": what, "median_s": statistics.median(times), "min_s": min(times), "peak_rss_mb": peak_mb, "bytes": Path(pqm).stat().st_size, "threads": threads}
+
+
+def measure(model: str, image: str, repeat: int, threads: int) -> list[dict]:
+    """Encode then decode `image`, each in a fresh process (so peak RSS is that job's alone)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pqm = str(Path(tmp) / "out.pqm")
+        for what in ("encode", "decode"):
+            cmd = [sys.executable, "-m", "bench", "speed", "--model", model, "--image", image, "--repeat", str(repeat), "--worker", what, str(threads), pqm]
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+            if r.returncode:
+                raise RuntimeError(f"{what} worker failed:\n{r.stderr}")
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def mosaic(width: int, height: int, path: Path) -> None:
+    """A photo-like test image of any size: Kodak photos side by side (mirrored at the seams)."""
+    import numpy as np
+    from PIL import Image
+
+    photos = sorted(DEFAULT_IMAGE.parent.glob("kodim*.png"))
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    i = 0
+    for y in range(0, height, 512):
+        for x in range(0, width, 768):
+            with Image.open(photos[i % len(photos)]) as im:
+                tile = np.asarray(im.convert("RGB").resize((768, 512)) if im.size != (768, 512) else im.convert("RGB"))
+            if i % 2:
+                tile = tile[:, ::-1]
+            out[y : y + 512, x : x + 768] = tile[: height - y, : width - x]
+            i += 1
+    Image.fromarray(out).save(path)
+
+
+def large(model: str, megapixels: list[int], threads: int, repeat: int) -> list[dict]:
+    """Time and peak memory of square photo-like images of the given megapixels."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mp in megapixels:
+            side = int(round((mp * 2**20) ** 0.5))
+            path = Path(tmp) / f"mosaic{mp}.png"
+            mosaic(side, side, path)
+            enc, dec = measure(model, str(path), repeat, threads)
+            rows.append({"megapixels": mp, "side": side, "bytes": enc["bytes"], "encode_s": enc["median_s"], "decode_s": dec["median_s"],
+                         "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"], "threads": threads})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,25 +100,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default=str(DEFAULT_IMAGE))
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    ap.add_argument("--worker", nargs=2, metavar=("WHAT", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--megapixels", type=int, nargs="+", help="instead of --image: square Kodak mosaics of these sizes (e.g. 1 4 16), timed once each")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--worker", nargs=3, metavar=("WHAT", "THREADS", "PQM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]))))
+        print(json.dumps(worker(args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]), args.worker[2])))
         return 0
-    rows = []
-    for threads in args.threads:
-        for what in ("encode", "decode"):
-            cmd = [sys.executable, "-m", "bench", "speed", "--model", args.model, "--image", args.image, "--repeat", str(args.repeat), "--worker", what, str(threads)]
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-            if r.returncode:
-                print(r.stderr, file=sys.stderr)
-                return 1
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    from PIL import Image
+    if args.megapixels:
+        rows = large(args.model, args.megapixels, args.threads[0], 1 if args.repeat == 5 else args.repeat)
+        print(f"{args.model}, {rows[0]['threads']} threads, photo-like Kodak mosaics, each job in a fresh process")
+        print("| megapixels | size | encode (s) | decode (s) | s per MP (enc + dec) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            per_mp = (r["encode_s"] + r["decode_s"]) * 2**20 / (r["side"] ** 2)
+            print(f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | {per_mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |")
+    else:
+        rows = []
+        for threads in args.threads:
+            rows += measure(args.model, args.image, args.repeat, threads)
+        from PIL import Image
 
-    w, h = Image.open(args.image).size
-    print(f"{args.model} on {Path(args.image).name} ({w}x{h}), median of {args.repeat} runs")
-    print(f"| threads | step | time (s) | peak RSS (MB) |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['threads']} | {r['what']} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+        w, h = Image.open(args.image).size
+        print(f"{args.model} on {Path(args.image).name} ({w}x{h}), median of {args.repeat} runs")
+        print("| threads | step | time (s) | peak RSS (MB) |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['threads']} | {r['what']} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -38,6 +38,8 @@ def build(arch: str, n: int = 128, m: int = 192) -> nn.Module:
     archs = architectures()
     if arch not in archs:
         raise ValueError(f"unknown baseline architecture {arch!r} (known: {', '.join(archs)})")
+    if not (1 <= n <= 1024 and 1 <= m <= 1024):  # a model file must not ask for unbounded memory
+        raise ValueError(f"channel counts N={n}, M={m} out of range (1 to 1024)")
     return archs[arch](n, m)
 
 

@@ -1,6 +1,8 @@
-"""Command line: pqmim encode | decode | info | models | train.
+"""Command line: pqmim encode | decode | info | models | train | bench.
 
 Errors print one line on stderr and exit with status 1; nothing partial is ever left behind.
+Given a folder or several files, encode and decode work through all of them, report each file
+that fails, and exit with status 1 at the end if any did.
 """
 
 from __future__ import annotations
@@ -83,41 +85,123 @@ def load_codec(model: str | None, model_file: str | None, data: bytes | None = N
     return Codec.from_pretrained()
 
 
-def cmd_encode(args: argparse.Namespace) -> None:
+def encode_file(codec, src: str, out: str | None, force: bool, quiet: bool) -> None:
+    """Encode one image file (or - for stdin) into a .pqm file (or - for stdout)."""
+    import io
+
     from PIL import Image
 
     from .image import load_image
 
-    if args.input == "-":
-        import io
-
+    if src == "-":
         with Image.open(io.BytesIO(read_input("-"))) as im:
             im.load()
             rgb = load_image(im)
     else:
-        rgb = load_image(args.input)
-    codec = load_codec(args.model, args.model_file, quality=args.quality)
+        rgb = load_image(src)
     data = codec.compress(rgb)
-    out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".pqm")))
-    write_output(out, data, args.force, [args.input])
-    if not args.quiet and out != "-":
+    out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
+    write_output(out, data, force, [src])
+    if not quiet and out != "-":
         h, w = rgb.shape[:2]
         print(f"{out}: {w}x{h}, {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp ({codec.name})", file=sys.stderr)
 
 
-def cmd_decode(args: argparse.Namespace) -> None:
+def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | None) -> None:
+    """Decode one .pqm file (or -); `codecs` caches the models met so far by name."""
     import io
 
-    data = read_input(args.input)
-    codec = load_codec(args.model, args.model_file, data)
-    image = codec.decompress(data)
-    out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".png")))
+    data = read_input(src)
+    key = args.model_file or args.model or _model_name(data)
+    if key not in codecs:
+        codecs[key] = load_codec(args.model, args.model_file, data)
+    image = codecs[key].decompress(data)
+    out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
     buf = io.BytesIO()
     try:
         image.save(buf, format="PNG" if out == "-" else pil_format_for(out))
     except (KeyError, ValueError) as e:
         raise CLIError(f"cannot write {out}: {e}") from None
-    write_output(out, buf.getvalue(), args.force, [args.input])
+    write_output(out, buf.getvalue(), args.force, [src])
+
+
+def _model_name(data: bytes) -> str:
+    from . import zoo
+    from .format import unpack
+
+    header, _ = unpack(data)
+    return zoo.name_for_id(header.model_id) or header.model_id.hex()
+
+
+def is_batch(inputs: list[str]) -> bool:
+    return len(inputs) > 1 or Path(inputs[0]).is_dir()
+
+
+def batch_jobs(inputs: list[str], output: str | None, wanted, suffix: str) -> list[tuple[str, str]]:
+    """(input, output) pairs: folders expand to their files that `wanted(path)` accepts (not
+    recursively, hidden files skipped); outputs go to the folder `output`, else beside each input."""
+    if "-" in inputs or output == "-":
+        raise CLIError("a batch reads and writes files: - (stdin/stdout) cannot be part of it")
+    files: list[Path] = []
+    for name in inputs:
+        p = Path(name)
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".") and wanted(q))
+        else:
+            files.append(p)  # a missing file is reported when its turn comes
+    if output is not None:
+        out_dir = Path(output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise CLIError(f"with several inputs, -o must be a folder: {output} is a file")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(f), str(((Path(output) / f.name) if output is not None else f).with_suffix(suffix))) for f in files]
+    seen: dict[str, str] = {}
+    for src, dst in jobs:
+        if dst in seen:
+            raise CLIError(f"{seen[dst]} and {src} would both be written to {dst}")
+        seen[dst] = src
+    return jobs
+
+
+def run_batch(jobs: list[tuple[str, str]], one, verb: str) -> int:
+    """Run `one(src, dst)` for every job; a failure is reported and the batch goes on."""
+    failed = 0
+    for src, dst in jobs:
+        try:
+            one(src, dst)
+        except (CLIError, *USAGE_ERRORS) as e:
+            failed += 1
+            print(f"pqmim: error: {src}: {e}", file=sys.stderr)
+        except Exception as e:  # a bug must not cost the rest of the batch either
+            failed += 1
+            print(f"pqmim: error: {src}: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"{verb} {len(jobs) - failed} of {len(jobs)} files" + (f"; {failed} failed (see above)" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _is_image(path: Path) -> bool:
+    from PIL import Image
+
+    Image.init()
+    return path.suffix.lower() in Image.EXTENSION and path.suffix.lower() != ".pqm"
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    codec = load_codec(args.model, args.model_file, quality=args.quality)
+    if not is_batch(args.input):
+        encode_file(codec, args.input[0], args.output, args.force, args.quiet)
+        return 0
+    jobs = batch_jobs(args.input, args.output, _is_image, ".pqm")
+    return run_batch(jobs, lambda src, dst: encode_file(codec, src, dst, args.force, args.quiet), "encoded")
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    codecs: dict = {}
+    if not is_batch(args.input):
+        decode_file(codecs, args, args.input[0], args.output)
+        return 0
+    jobs = batch_jobs(args.input, args.output, lambda p: p.suffix.lower() == ".pqm", ".png")
+    return run_batch(jobs, lambda src, dst: decode_file(codecs, args, src, dst), "decoded")
 
 
 def pil_format_for(path: str) -> str:
@@ -180,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model-file", help="a .safetensors model file written by `pqmim train`")
 
     p = sub.add_parser("encode", help="compress an image into a .pqm file")
-    p.add_argument("input", help="image file (PNG, JPEG, WebP, ...), or - for stdin")
-    p.add_argument("-o", "--output", help="output .pqm file, or - for stdout (default: input name with .pqm)")
+    p.add_argument("input", nargs="+", help="image file (PNG, JPEG, WebP, ...), - for stdin, or several files and folders (a batch)")
+    p.add_argument("-o", "--output", help="output .pqm file, or - for stdout, or the output folder of a batch (default: input name with .pqm)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("-q", "--quality", type=int, help="quality level, 1 = smallest files (see `pqmim models`; default: the default model)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
@@ -189,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decompress a .pqm file into an image")
-    p.add_argument("input", help=".pqm file, or - for stdin")
-    p.add_argument("-o", "--output", help="output image (.png, .webp, ...), or - for PNG on stdout")
+    p.add_argument("input", nargs="+", help=".pqm file, - for stdin, or several files and folders (a batch)")
+    p.add_argument("-o", "--output", help="output image (.png, .webp, ...), or - for PNG on stdout, or the output folder of a batch (default: input name with .png)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     model_opts(p)
     p.set_defaults(func=cmd_decode)
@@ -237,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except KeyboardInterrupt:
         print("pqmim: interrupted", file=sys.stderr)
         return 130
@@ -248,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # never a traceback for a user's file; say what happened in one line
         print(f"pqmim: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import format as fmt
-from . import zoo
+from . import tiling, zoo
 from .entropy.coder import CorruptPayloadError, MIMCoder
 from .image import ImageLike, load_image
 from .models import PQMIM
@@ -31,6 +30,7 @@ class Codec:
         self.cfg = model.cfg
         self.model_id: bytes = model.model_id()
         self.coder = MIMCoder(model)
+        self.tile_pixels = tiling.TILE_PIXELS  # larger images are transformed tile by tile
 
     @classmethod
     def from_pretrained(cls, name: str | None = None, quality: int | None = None) -> "Codec":
@@ -49,33 +49,37 @@ class Codec:
         return cls(PQMIM.load(path), name=Path(path).stem)
 
     # -- codes
-    def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 -> (1, 3, H', W') in [0, 1], padded (edge replication) to multiples of f."""
+    @property
+    def _tile(self) -> int:
+        return max(1, self.tile_pixels // self.cfg.f)  # in latent positions
+
+    def _padded(self, rgb: np.ndarray) -> np.ndarray:
+        """Pad (repeating the last row and column) to multiples of f."""
         f = self.cfg.f
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div_(255)
-        ph, pw = -h % f, -w % f
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return x
+        return np.pad(rgb, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")
 
     def encode_codes(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """RGB uint8 arrays -> code grids (m, h, w); images of equal size share one batch."""
+        """RGB uint8 arrays -> code grids (m, h, w). Images of equal size that fit in one tile
+        share a batch; larger ones are encoded tile by tile."""
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
-            by_size.setdefault(im.shape[:2], []).append(i)
+            padded = self._padded(im)
+            if max(padded.shape[:2]) > self._tile * self.cfg.f:
+                out[i] = tiling.encode_tiled(self.model, padded, self._tile)
+            else:
+                by_size.setdefault(im.shape[:2], []).append(i)
         for idx in by_size.values():
-            x = torch.cat([self._to_tensor(images[i]) for i in idx])
+            x = torch.from_numpy(np.stack([self._padded(images[i]) for i in idx])).permute(0, 3, 1, 2).float().div_(255)
             codes = self.model.encode_codes(x)
             for j, i in enumerate(idx):
                 out[i] = codes[j]
         return out  # type: ignore[return-value]
 
     def decode_image(self, codes: torch.Tensor, width: int, height: int) -> Image.Image:
-        x = self.model.decode_codes(codes[None])[0, :, :height, :width]
-        arr = (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+        """Code grid (m, h, w) -> RGB image of width x height."""
+        return Image.fromarray(tiling.decode_tiled(self.model, codes, self._tile, width, height), "RGB")
 
     # -- bitstreams
     def compress(self, image: ImageLike) -> bytes:
@@ -90,8 +94,8 @@ class Codec:
             fmt.check_dimensions(a.shape[1], a.shape[0])
         out = []
         for a, codes in zip(arrays, self.encode_codes(arrays)):
-            payload = self.coder.encode(codes)
-            header = fmt.Header(self.model_id, a.shape[1], a.shape[0], self.cfg.steps)
+            payload, grid = self.coder.encode(codes)
+            header = fmt.Header(self.model_id, a.shape[1], a.shape[0], self.cfg.steps, grid, fmt.codes_checksum(codes.numpy()))
             out.append(fmt.pack(header, payload))
         return out
 
@@ -107,9 +111,11 @@ class Codec:
         f = self.cfg.f
         h, w = -(-header.height // f), -(-header.width // f)
         try:
-            codes = self.coder.decode(payload, h, w)
+            codes = self.coder.decode(payload, h, w, header.grid)
         except CorruptPayloadError as e:
             raise fmt.BitstreamError(str(e)) from None
+        if fmt.codes_checksum(codes.numpy()) != header.codes_crc:
+            raise fmt.BitstreamError("decoded codes fail their checksum: the file was crafted or corrupted, or this machine computes the entropy model differently from the encoder's")
         return header, codes
 
     def decompress(self, data: bytes) -> Image.Image:

@@ -8,6 +8,8 @@ Layout (see FORMAT.md):
     width     varint   original image width in pixels (>= 1)
     height    varint   original image height in pixels (>= 1)
     steps     varint   number of coding steps S the payload was coded with
+    grid      1 byte   shift of the logit grid the encoder chose (0..3, see entropy/pmf.py)
+    codes     4 bytes  CRC-32 of the codes, little-endian: catches a decoder out of step
     payload   bytes    range-coded codes (constriction RangeEncoder words, little-endian,
                        trailing zero bytes dropped)
     crc32     4 bytes  CRC-32 (zlib) of everything before it, little-endian
@@ -18,11 +20,14 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 MAGIC = b"PQM"
-VERSION = 1
+VERSION = 2
 MODEL_ID_BYTES = 4
 MAX_IMAGE_PIXELS = 89_478_485  # like Pillow's default; set pqmim.format.MAX_IMAGE_PIXELS = None to lift it
 MAX_STEPS = 64
+GRID_SHIFTS = 4
 
 
 class BitstreamError(ValueError):
@@ -35,6 +40,8 @@ class Header:
     width: int
     height: int
     steps: int
+    grid: int = 0
+    codes_crc: int = 0
 
 
 def _put_varint(n: int) -> bytes:
@@ -77,7 +84,10 @@ def check_dimensions(width: int, height: int) -> None:
 def pack(header: Header, payload: bytes) -> bytes:
     if len(header.model_id) != MODEL_ID_BYTES:
         raise ValueError("model id must be 4 bytes")
-    body = MAGIC + bytes([VERSION]) + header.model_id + _put_varint(header.width) + _put_varint(header.height) + _put_varint(header.steps) + payload
+    if not 0 <= header.grid < GRID_SHIFTS:
+        raise ValueError("grid shift out of range")
+    fields = _put_varint(header.width) + _put_varint(header.height) + _put_varint(header.steps)
+    body = MAGIC + bytes([VERSION]) + header.model_id + fields + bytes([header.grid]) + header.codes_crc.to_bytes(4, "little") + payload
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -105,12 +115,22 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     width, pos = _get_varint(data, pos, "width")
     height, pos = _get_varint(data, pos, "height")
     steps, pos = _get_varint(data, pos, "steps")
-    if len(data) < pos + 4:
-        raise BitstreamError("truncated bitstream: no room for the checksum")
+    if len(data) < pos + 5 + 4:
+        raise BitstreamError("truncated bitstream: header ends before the codes checksum")
+    grid = data[pos]
+    codes_crc = int.from_bytes(data[pos + 1 : pos + 5], "little")
+    pos += 5
     body, crc = data[:-4], int.from_bytes(data[-4:], "little")
     if zlib.crc32(body) != crc:
         raise BitstreamError("checksum mismatch: the file is truncated or corrupted")
     check_dimensions(width, height)
     if not 1 <= steps <= MAX_STEPS:
         raise BitstreamError(f"invalid number of coding steps {steps}")
-    return Header(model_id, width, height, steps), body[pos:]
+    if grid >= GRID_SHIFTS:
+        raise BitstreamError(f"invalid grid shift {grid} (must be below {GRID_SHIFTS})")
+    return Header(model_id, width, height, steps, grid, codes_crc), body[pos:]
+
+
+def codes_checksum(codes: np.ndarray) -> int:
+    """CRC-32 of a code grid (m, h, w), as little-endian uint16 in C order."""
+    return zlib.crc32(np.ascontiguousarray(codes, dtype="<u2").tobytes())

@@ -132,3 +132,26 @@ def test_quality_option_picks_the_ladder_model(tmp_path):
 def test_cli_shim_from_checkout(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, cwd=tmp_path)
     assert r.returncode == 0 and b"pqmim" in r.stdout
+
+
+def test_batch_goes_on_past_a_bad_file(tmp_path, tiny_model_file):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(kodak_crop(1, 0, 0, 40, 30)).save(src / "a.png")
+    Image.fromarray(kodak_crop(2, 0, 0, 50, 20)).save(src / "c.jpg")
+    (src / "b.png").write_bytes(b"\x89PNG broken")
+    (src / "notes.txt").write_text("not an image: skipped")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    r = run("encode", src, "-o", tmp_path / "coded", "--model-file", tiny_model_file)
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "b.png" in err and "encoded 2 of 3 files; 1 failed" in err
+    assert sorted(p.name for p in (tmp_path / "coded").iterdir()) == ["a.pqm", "c.pqm"]
+    assert before == {p.name: p.read_bytes() for p in src.iterdir()}  # inputs untouched
+    (tmp_path / "coded" / "d.pqm").write_bytes(b"PQM\x02garbage")
+    r = run("decode", tmp_path / "coded", "-o", tmp_path / "decoded", "--model-file", tiny_model_file)
+    assert r.returncode == 1 and "d.pqm" in r.stderr.decode() and "decoded 2 of 3 files" in r.stderr.decode()
+    assert Image.open(tmp_path / "decoded" / "a.png").size == (40, 30)
+    assert not (tmp_path / "decoded" / "d.png").exists()  # a failure leaves nothing behind
+    r = run("decode", tmp_path / "coded" / "a.pqm", tmp_path / "coded" / "c.pqm", "-o", tmp_path / "decoded", "--model-file", tiny_model_file)
+    assert r.returncode == 1 and "exists (use --force" in r.stderr.decode()  # no silent overwrite in a batch either

@@ -21,7 +21,7 @@ def test_pack_unpack_and_small_header():
     h, payload = fmt.unpack(data)
     assert h == Header(b"\x01\x02\x03\x04", 768, 512, 8)
     assert payload == bytes(range(200))
-    assert len(data) - len(payload) <= 20  # magic, version, id, w, h, steps, crc
+    assert len(data) - len(payload) <= 25  # magic, version, id, w, h, steps, grid, codes crc, crc
 
 
 def test_every_truncation_is_refused():
@@ -58,7 +58,7 @@ def test_foreign_and_broken_inputs(data, match):
 
 
 def _forge(width: int, height: int, steps: int = 8) -> bytes:
-    body = fmt.MAGIC + bytes([fmt.VERSION]) + b"abcd" + fmt._put_varint(width) + fmt._put_varint(height) + fmt._put_varint(steps)
+    body = fmt.MAGIC + bytes([fmt.VERSION]) + b"abcd" + fmt._put_varint(width) + fmt._put_varint(height) + fmt._put_varint(steps) + bytes(5)
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 

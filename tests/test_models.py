@@ -103,3 +103,39 @@ def test_warm_start_copies_what_fits():
     assert torch.equal(dst.encoder.net[0].weight, src.encoder.net[0].weight)
     assert torch.equal(dst.entropy.blocks[1].mlp[0].weight, src.entropy.blocks[1].mlp[0].weight)
     assert not any(n.startswith("quantizer") or n == "entropy.head" for n in copied)
+
+
+def test_hostile_model_files_are_refused_before_use(tmp_path):
+    """Pickles are never loaded; configs are bounded; shapes and values are checked."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from pqmim.models.pqmim import FORMAT_TAG
+
+    torch.save({"x": torch.zeros(2)}, tmp_path / "pickle.pt")  # a pickle could run code on load
+    with pytest.raises(ModelFileError, match="cannot read"):
+        PQMIM.load(tmp_path / "pickle.pt")
+    state = {k: v.contiguous() for k, v in make_tiny_model().state_dict().items()}
+
+    def write(name, tensors, config):
+        save_file(tensors, str(tmp_path / name), metadata={"format": FORMAT_TAG, "config": json.dumps(config)})
+        return tmp_path / name
+
+    huge = {**TINY.to_dict(), "d_model": 10**7, "n_heads": 1}
+    with pytest.raises(ModelFileError, match="bad config"):
+        PQMIM.load(write("huge.safetensors", state, huge))
+    with pytest.raises(ModelFileError, match="bad config"):
+        PQMIM.load(write("str.safetensors", state, {**TINY.to_dict(), "m": "3"}))
+    big = {**TINY.to_dict(), "d_model": 8192, "n_heads": 8, "n_layers": 64}  # ~200 GB if built for real
+    with pytest.raises(ModelFileError, match="do not match|shape"):
+        PQMIM.load(write("big.safetensors", state, big))
+    wrong = {**state, "entropy.head.bias": torch.zeros(7)}
+    with pytest.raises(ModelFileError, match="shape"):
+        PQMIM.load(write("shape.safetensors", wrong, TINY.to_dict()))
+    nan = {**state, "decoder.net.0.weight": torch.full_like(state["decoder.net.0.weight"], float("nan"))}
+    with pytest.raises(ModelFileError, match="non-finite"):
+        PQMIM.load(write("nan.safetensors", nan, TINY.to_dict()))
+    missing = {k: v for k, v in state.items() if k != "entropy.pos_emb"}
+    with pytest.raises(ModelFileError, match="do not match"):
+        PQMIM.load(write("missing.safetensors", missing, TINY.to_dict()))

@@ -72,8 +72,8 @@ def test_range_coder_spends_what_the_model_predicts(tiny_codec):
     """The payload is within a few bytes of the information content -sum log2 p(code)."""
     for rgb in crops()[:4]:
         codes = tiny_codec.encode_codes([rgb])[0]
-        ideal = tiny_codec.coder.information_bits(codes)
-        payload = tiny_codec.coder.encode(codes)
+        payload, grid = tiny_codec.coder.encode(codes)
+        ideal = tiny_codec.coder.information_bits(codes, grid)
         assert ideal - 1 <= len(payload) * 8 <= ideal * 1.01 + 64
 
 
@@ -96,3 +96,41 @@ def test_corrupted_payload_is_reported_not_decoded(tiny_codec):
     data[len(data) // 2] ^= 0x10
     with pytest.raises(BitstreamError, match="checksum"):
         tiny_codec.decompress(bytes(data))
+
+
+@pytest.mark.parametrize("noise,exact", [(2.0**-38, True), (1e-4, False)])
+def test_decodes_exactly_when_logits_differ_within_the_margin(tiny_codec, monkeypatch, noise, exact):
+    """Another machine, simulated: the decoder's float64 logits are off by random noise. Within
+    the margin the encoder guaranteed, decoding is exact; far beyond it (float32-size errors)
+    the codes checksum refuses the file instead of returning garbage."""
+    from pqmim import BitstreamError
+    from pqmim.entropy import pmf
+
+    assert noise < pmf.MARGIN or not exact
+    rgb = kodak_crop(9, 200, 100, 120, 96)
+    data = tiny_codec.compress(rgb)
+    chosen = tiny_codec.decode_codes(data)[1]
+    ent = tiny_codec.coder.entropy
+    gen = torch.Generator().manual_seed(0)
+    real = type(ent).logits
+    monkeypatch.setattr(ent, "logits", lambda h: (lambda x: x + (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * noise)(real(ent, h)))
+    if exact:
+        assert torch.equal(tiny_codec.decode_codes(data)[1], chosen)
+    else:
+        with pytest.raises(BitstreamError, match="checksum|too short|cannot be decoded"):
+            tiny_codec.decode_codes(data)
+
+
+def test_encoder_shifts_the_grid_when_a_logit_is_too_close(tiny_codec, monkeypatch):
+    """Force every logit onto a boundary of the unshifted grid: the encoder must pick another
+    shift, record it, and the file must still decode exactly."""
+    from pqmim.entropy import pmf
+
+    ent = tiny_codec.coder.entropy
+    real = type(ent).logits
+    monkeypatch.setattr(ent, "logits", lambda h: torch.floor(real(ent, h) * pmf.STEPS_PER_NAT) / pmf.STEPS_PER_NAT + 0.5 / pmf.STEPS_PER_NAT)
+    rgb = kodak_crop(10, 0, 0, 64, 64)
+    data = tiny_codec.compress(rgb)
+    header, codes = tiny_codec.decode_codes(data)
+    assert header.grid != 0
+    assert_exact(tiny_codec, rgb, data)

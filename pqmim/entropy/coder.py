@@ -3,15 +3,18 @@
 Encoder and decoder run the very same loop (`_replay`): at step s, for every window, the
 transformer sees the codes revealed at steps < s and gives M categorical distributions for each
 position of group s; all symbols of the step go through constriction's range coder in one
-vectorised call. Each window is computed on its own, with fixed shapes, so the probabilities do
-not depend on how many windows or images are coded together; and every torch op runs
-single-threaded (windows are spread over worker threads instead), because a multi-threaded
-kernel may sum in another order and desynchronise the decoder by one ulp.
+vectorised call. The probabilities are integer tables computed from float64 logits on a grid
+(`pmf.py`), so they are the same on any machine; on top of that, each window is computed on its
+own with fixed shapes and single-threaded ops (windows are spread over worker threads), so on
+one machine the float64 logits themselves do not depend on the thread count or on how many
+windows or images are coded together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -20,11 +23,25 @@ import numpy as np
 import torch
 
 from ..models import PQMIM
+from . import pmf
 from .schedule import reveal_groups, window_tiles
 
 
 class CorruptPayloadError(ValueError):
     """The range decoder could not decode the payload."""
+
+
+# A payload cannot hold codes carrying more information than its own bits (plus the trailing
+# zero bytes dropped on encode and constriction's rounding): decoding stops as soon as it would,
+# so a header that lies about the image size costs little time.
+BUDGET_FACTOR = 1.02
+BUDGET_SLACK_BITS = 256
+
+# Windows of one step go to the range coder in chunks (the symbol order is unchanged): this bounds
+# the memory of a step's probability tables and how long a bad file runs before it is caught.
+WINDOWS_PER_CALL = 64
+
+StepFn = Callable[[np.ndarray, list[tuple[int, np.ndarray]]], np.ndarray]
 
 
 @contextlib.contextmanager
@@ -39,19 +56,21 @@ def single_threaded_ops() -> Iterator[None]:
 
 class MIMCoder:
     def __init__(self, model: PQMIM) -> None:
-        self.model = model
         self.cfg = model.cfg
+        self.entropy = copy.deepcopy(model.entropy).double().eval()  # float64: see pmf.py
         self.family = constriction.stream.model.Categorical(perfect=False)
 
     @torch.no_grad()
-    def _window_probs(self, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor, idx: np.ndarray) -> np.ndarray:
-        """Probabilities (len(idx) * m, k), float32, of the codes at flat positions idx of one window."""
-        ent = self.model.entropy
-        h = ent.hidden(codes, visible, valid, torch.from_numpy(idx))[0]
-        probs = torch.softmax(ent.logits(h).float(), dim=-1)
-        return probs.reshape(-1, self.cfg.k).numpy()
+    def _window_weights(self, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor, idx: np.ndarray, shift: int, check: bool) -> tuple[np.ndarray, float]:
+        """Integer weights (len(idx) * m, k), as exact float32, of the codes at flat positions idx
+        of one window; and, if `check`, the logits' smallest distance to a grid boundary."""
+        h = self.entropy.hidden(codes, visible, valid, torch.from_numpy(idx))[0]
+        logits = self.entropy.logits(h).reshape(-1, self.cfg.k)
+        weights = pmf.integer_weights(logits, shift).to(torch.float32).numpy()
+        return weights, pmf.margin(logits, shift) if check else math.inf
 
-    def _replay(self, h: int, w: int, step_fn: Callable[[np.ndarray, list[tuple[int, np.ndarray]]], np.ndarray]) -> torch.Tensor:
+    def _replay(self, h: int, w: int, shift: int, step_fn: StepFn, check: bool = False) -> tuple[torch.Tensor, float]:
+        """Run the coding steps; returns the codes (m, h, w) and, if `check`, the margin."""
         cfg = self.cfg
         W, m = cfg.window, cfg.m
         tiles = window_tiles(h, w, W)
@@ -64,31 +83,34 @@ class MIMCoder:
             valid[t, :hh, :ww] = True
             groups.append(reveal_groups(hh, ww, W, cfg.steps, cfg.alpha))
         workers = max(1, torch.get_num_threads())
+        margin = math.inf
         with single_threaded_ops(), ThreadPoolExecutor(workers) as pool:
             for s in range(cfg.steps):
                 where = [(t, groups[t][s]) for t in range(n_t) if len(groups[t][s])]
-                if where:
-                    self._step(pool, buf, visible, valid, where, step_fn)
+                for i in range(0, len(where), WINDOWS_PER_CALL):
+                    margin = min(margin, self._step(pool, buf, visible, valid, where[i : i + WINDOWS_PER_CALL], shift, step_fn, check))
         out = torch.zeros(m, h, w, dtype=torch.long)
         for t, (y0, x0, hh, ww) in enumerate(tiles):
             out[:, y0 : y0 + hh, x0 : x0 + ww] = buf[t].view(m, W, W)[:, :hh, :ww]
-        return out
+        return out, margin
 
-    def _step(self, pool, buf, visible, valid, where, step_fn) -> None:
+    def _step(self, pool, buf, visible, valid, where, shift, step_fn, check) -> float:
         m, W = self.cfg.m, self.cfg.window
 
-        def probs_of(tg: tuple[int, np.ndarray]) -> np.ndarray:
+        def weights_of(tg: tuple[int, np.ndarray]) -> tuple[np.ndarray, float]:
             t, g = tg
-            return self._window_probs(buf[t : t + 1].view(1, m, W, W), visible[t : t + 1].view(1, W, W), valid[t : t + 1], g)
+            return self._window_weights(buf[t : t + 1].view(1, m, W, W), visible[t : t + 1].view(1, W, W), valid[t : t + 1], g, shift, check)
 
-        probs = np.concatenate(list(pool.map(probs_of, where)))
-        symbols = torch.from_numpy(step_fn(probs, where).astype(np.int64))
+        results = list(pool.map(weights_of, where))
+        weights = np.concatenate([r[0] for r in results])
+        symbols = torch.from_numpy(step_fn(weights, where).astype(np.int64))
         o = 0
         for t, g in where:
             n = len(g) * m
             buf[t][:, torch.from_numpy(g)] = symbols[o : o + n].view(len(g), m).T
             visible[t, torch.from_numpy(g)] = True
             o += n
+        return min(r[1] for r in results)
 
     def _pad(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (m, h, w) -> per-window padded codes (n_windows, m, W*W)."""
@@ -105,45 +127,59 @@ class MIMCoder:
         """The symbols of one step, in the order of the probability rows."""
         return np.concatenate([padded[t][:, torch.from_numpy(g)].T.reshape(-1).numpy() for t, g in where])
 
-    def encode(self, codes: torch.Tensor) -> bytes:
-        """Codes (m, h, w) -> range-coded payload."""
+    def encode(self, codes: torch.Tensor) -> tuple[bytes, int]:
+        """Codes (m, h, w) -> (range-coded payload, grid shift). The first grid shift whose
+        margin is safe is used (almost always 0); if none is, the safest."""
         padded = self._pad(codes)
-        enc = constriction.stream.queue.RangeEncoder()
+        best: tuple[float, bytes, int] | None = None
+        for shift in range(pmf.GRID_SHIFTS):
+            enc = constriction.stream.queue.RangeEncoder()
 
-        def step(probs: np.ndarray, where: list[tuple[int, np.ndarray]]) -> np.ndarray:
-            symbols = self._symbols(padded, where)
-            enc.encode(symbols.astype(np.int32), self.family, probs)
-            return symbols
+            def step(weights: np.ndarray, where: list[tuple[int, np.ndarray]]) -> np.ndarray:
+                symbols = self._symbols(padded, where)
+                enc.encode(symbols.astype(np.int32), self.family, weights)
+                return symbols
 
-        decoded = self._replay(codes.shape[1], codes.shape[2], step)
-        assert torch.equal(decoded, codes), "internal error: replay diverged from the codes"
-        words = enc.get_compressed()
-        return words.astype("<u4").tobytes().rstrip(b"\0")  # trailing zero bytes are restored on decode
+            decoded, margin = self._replay(codes.shape[1], codes.shape[2], shift, step, check=True)
+            assert torch.equal(decoded, codes), "internal error: replay diverged from the codes"
+            payload = enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0")  # the decoder pads zeros back
+            if margin >= pmf.MARGIN:
+                return payload, shift
+            if best is None or margin > best[0]:
+                best = (margin, payload, shift)
+        assert best is not None
+        return best[1], best[2]
 
-    def information_bits(self, codes: torch.Tensor) -> float:
+    def information_bits(self, codes: torch.Tensor, shift: int = 0) -> float:
         """Sum of -log2 p(code) under the model: what an ideal entropy coder would spend."""
         padded = self._pad(codes)
         total = [0.0]
 
-        def step(probs: np.ndarray, where: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        def step(weights: np.ndarray, where: list[tuple[int, np.ndarray]]) -> np.ndarray:
             symbols = self._symbols(padded, where)
-            p = probs[np.arange(len(symbols)), symbols] / probs.sum(1)
-            total[0] += float(-np.log2(p.astype(np.float64)).sum())
+            total[0] += float(pmf.symbol_bits(weights, symbols).sum())
             return symbols
 
-        self._replay(codes.shape[1], codes.shape[2], step)
+        self._replay(codes.shape[1], codes.shape[2], shift, step)
         return total[0]
 
-    def decode(self, payload: bytes, h: int, w: int) -> torch.Tensor:
-        """Range-coded payload -> codes (m, h, w)."""
+    def decode(self, payload: bytes, h: int, w: int, shift: int = 0) -> torch.Tensor:
+        """Range-coded payload -> codes (m, h, w). Raises CorruptPayloadError as soon as the
+        decoded codes would carry more information than the payload holds."""
         padded = payload + b"\0" * (-len(payload) % 4)
         words = np.frombuffer(padded, dtype="<u4").astype(np.uint32)
         dec = constriction.stream.queue.RangeDecoder(words)
+        budget = 8 * len(payload) * BUDGET_FACTOR + BUDGET_SLACK_BITS
+        spent = [0.0]
 
-        def step(probs: np.ndarray, where: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        def step(weights: np.ndarray, where: list[tuple[int, np.ndarray]]) -> np.ndarray:
             try:
-                return np.asarray(dec.decode(self.family, probs))
+                symbols = np.asarray(dec.decode(self.family, weights))
             except Exception as e:  # constriction reports invalid data with various types
                 raise CorruptPayloadError(f"payload cannot be decoded: {e}") from None
+            spent[0] += float(pmf.symbol_bits(weights, symbols).sum())
+            if spent[0] > budget:
+                raise CorruptPayloadError(f"payload too short ({len(payload)} bytes) for the image size in the header: the file is corrupted or its header is wrong")
+            return symbols
 
-        return self._replay(h, w, step)
+        return self._replay(h, w, shift, step)[0]

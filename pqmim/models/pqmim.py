@@ -64,8 +64,8 @@ class PQMIM(nn.Module):
             cfg = ModelConfig.from_dict(json.loads(meta["config"]))
         except (ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: bad config: {e}") from None
-        model = cls(cfg)
-        expected = model.state_dict()
+        with torch.device("meta"):  # shapes first, without allocating anything
+            expected = cls(cfg).state_dict()
         if set(tensors) != set(expected):
             missing = sorted(set(expected) - set(tensors))[:3]
             extra = sorted(set(tensors) - set(expected))[:3]
@@ -75,6 +75,7 @@ class PQMIM(nn.Module):
                 raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}")
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ModelFileError(f"{path}: tensor {name} holds non-finite values")
+        model = cls(cfg)
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         return model.eval()
 

@@ -1,0 +1,123 @@
+"""Does a file decode exactly elsewhere? Round trips across thread counts, and the margin analysis
+behind the deterministic probabilities (pqmim/entropy/pmf.py).
+
+    python -m bench exactness [--model default] [--enc-threads 2 --dec-threads 1]
+
+For every Kodak image: encode with --enc-threads, decode with --dec-threads, compare the codes.
+Then, with the encoder's codes as context, compute every logit the coder uses along two more
+arithmetic paths and compare with the coder's own (one window at a time, single-threaded ops,
+last layer on the coded rows only):
+  - float64, all windows of the image in one batch with full rows and the process's threads:
+    other matrix shapes, so other kernels and summation orders, as on another machine;
+  - float32, the same batch: what a decoder running the model in float32 would compute.
+For each it reports the largest logit difference and how many snapped logits (the integers the
+probability tables are built from) differ. Writes bench/results/exactness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pqmim import Codec
+from pqmim.data import list_images
+from pqmim.entropy import pmf
+from pqmim.entropy.coder import single_threaded_ops
+from pqmim.entropy.schedule import reveal_groups, window_tiles
+
+from .kodak import write_json
+from .suite import RESULTS, SHARED, environment
+
+
+@torch.no_grad()
+def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
+    """Compare the coder's float64 logits with a batched float64 and a batched float32 path."""
+    cfg, coder = codec.cfg, codec.coder
+    W, m = cfg.window, cfg.m
+    padded = coder._pad(codes).view(-1, m, W, W)
+    tiles = window_tiles(codes.shape[1], codes.shape[2], W)
+    valid = torch.zeros(len(tiles), W, W, dtype=torch.bool)
+    groups = []
+    for t, (_, _, hh, ww) in enumerate(tiles):
+        valid[t, :hh, :ww] = True
+        groups.append(reveal_groups(hh, ww, W, cfg.steps, cfg.alpha))
+    f32 = copy.deepcopy(coder.entropy).float()
+    visible = torch.zeros(len(tiles), W * W, dtype=torch.bool)
+    stats = {"logits": 0, "max_diff_f64": 0.0, "max_diff_f32": 0.0, "snap_diff_f64": 0, "snap_diff_f32": 0, "min_margin": np.inf}
+    for s in range(cfg.steps):
+        batch64 = coder.entropy(padded, visible.view(-1, W, W), valid)  # (n_t, W*W, m, k)
+        batch32 = f32(padded, visible.view(-1, W, W), valid).double()
+        for t in range(len(tiles)):
+            g = torch.from_numpy(groups[t][s])
+            if not len(g):
+                continue
+            with single_threaded_ops():
+                own = coder.entropy.logits(coder.entropy.hidden(padded[t : t + 1], visible[t : t + 1].view(1, W, W), valid[t : t + 1], g)[0])
+            own = own.reshape(-1, cfg.k)
+            snap = torch.floor(pmf._grid(own, 0))
+            stats["logits"] += own.numel()
+            stats["min_margin"] = min(stats["min_margin"], pmf.margin(own, 0))
+            for name, other in (("f64", batch64[t, g]), ("f32", batch32[t, g])):
+                other = other.reshape(-1, cfg.k)
+                stats[f"max_diff_{name}"] = max(stats[f"max_diff_{name}"], float((own - other).abs().max()))
+                stats[f"snap_diff_{name}"] += int((torch.floor(pmf._grid(other, 0)) != snap).sum())
+        for t in range(len(tiles)):
+            visible[t, torch.from_numpy(groups[t][s])] = True
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench exactness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="shipped model (default: the default model)")
+    ap.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
+    ap.add_argument("--images", type=int, default=None, help="only the first N images")
+    ap.add_argument("--enc-threads", type=int, default=2)
+    ap.add_argument("--dec-threads", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS / "exactness.json"))
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+
+    codec = Codec.from_pretrained(args.model)
+    images = list_images(args.kodak)[: args.images]
+    rows, totals = [], {"logits": 0, "snap_diff_f64": 0, "snap_diff_f32": 0}
+    for path in tqdm(images, desc=f"exactness {codec.name}"):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        torch.set_num_threads(args.enc_threads)
+        chosen = codec.encode_codes([rgb])[0]
+        t0 = time.perf_counter()
+        data = codec.compress(rgb)
+        enc_s = time.perf_counter() - t0
+        torch.set_num_threads(args.dec_threads)
+        header, decoded = codec.decode_codes(data)
+        exact = bool(torch.equal(decoded, chosen))
+        torch.set_num_threads(args.enc_threads)
+        st = logit_paths(codec, chosen)
+        for k in totals:
+            totals[k] += st[k]
+        rows.append({"image": path.name, "bytes": len(data), "exact": exact, "grid_shift": header.grid, "encode_s": enc_s, **st})
+    summary = {
+        "model": codec.name,
+        "images": len(rows),
+        "exact_roundtrips": sum(r["exact"] for r in rows),
+        "enc_threads": args.enc_threads,
+        "dec_threads": args.dec_threads,
+        "grid_shifts_used": {str(s): sum(r["grid_shift"] == s for r in rows) for s in range(pmf.GRID_SHIFTS)},
+        "margin_nats": pmf.MARGIN,
+        "smallest_margin_seen": min(r["min_margin"] for r in rows),
+        "max_logit_diff_f64_batched": max(r["max_diff_f64"] for r in rows),
+        "max_logit_diff_f32_batched": max(r["max_diff_f32"] for r in rows),
+        **totals,
+        **environment(args.enc_threads),
+        "per_image": rows,
+    }
+    write_json(Path(args.out), summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
+    return 0 if summary["exact_roundtrips"] == len(rows) else 1

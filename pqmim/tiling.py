@@ -1,0 +1,72 @@
+"""Large images, tile by tile: memory stays bounded and time grows linearly with the pixels.
+
+A convolutional transform's output at one position depends only on inputs within its context
+radius. Computing a tile together with a halo at least that wide gives the same values as the
+whole image at once (up to float rounding), so the core of each tile is kept and the halo
+thrown away. Images that fit in one tile take the single-pass path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+TILE_PIXELS = 1024  # core side of a tile, in pixels: ~0.5 GB peak for the shipped models
+
+
+def context_radius(net: nn.Module) -> float:
+    """How far (in input positions) an output of `net` sees: a stack of convolutions, residual
+    blocks and pixel shuffles, walked in the order its modules are defined (= applied)."""
+    radius, step = 0.0, 1.0  # step: input positions per position of the current layer
+    for mod in net.modules():
+        if isinstance(mod, nn.Conv2d):
+            radius += (mod.kernel_size[0] // 2) * mod.dilation[0] * step
+            step *= mod.stride[0]
+        elif isinstance(mod, nn.PixelShuffle):
+            step /= mod.upscale_factor
+    return radius
+
+
+def spans(n: int, core: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of length `core` (the last may be shorter) covering range(n)."""
+    return [(a, min(a + core, n)) for a in range(0, n, core)]
+
+
+@torch.no_grad()
+def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
+    """Codes (m, h, w) of an HxWx3 uint8 image whose sides are multiples of f."""
+    f, m = model.cfg.f, model.cfg.m
+    h, w = padded.shape[0] // f, padded.shape[1] // f
+    halo = math.ceil(context_radius(model.encoder) / f)  # in latent positions
+    codes = torch.empty(m, h, w, dtype=torch.long)
+    for y0, y1 in spans(h, tile):
+        for x0, x1 in spans(w, tile):
+            a, b = max(0, y0 - halo), min(h, y1 + halo)
+            c, d = max(0, x0 - halo), min(w, x1 + halo)
+            crop = torch.from_numpy(np.ascontiguousarray(padded[a * f : b * f, c * f : d * f]))
+            x = crop.permute(2, 0, 1)[None].float().div_(255)
+            codes[:, y0:y1, x0:x1] = model.encode_codes(x)[0, :, y0 - a : y1 - a, x0 - c : x1 - c]
+    return codes
+
+
+@torch.no_grad()
+def decode_tiled(model, codes: torch.Tensor, tile: int, width: int, height: int) -> np.ndarray:
+    """HxWx3 uint8 image of a code grid (m, h, w), cropped to width x height."""
+    f = model.cfg.f
+    _, h, w = codes.shape
+    halo = math.ceil(context_radius(model.decoder))  # the decoder's input is the latent grid
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for y0, y1 in spans(h, tile):
+        for x0, x1 in spans(w, tile):
+            a, b = max(0, y0 - halo), min(h, y1 + halo)
+            c, d = max(0, x0 - halo), min(w, x1 + halo)
+            x = model.decode_codes(codes[None, :, a:b, c:d])[0]
+            x = x[:, (y0 - a) * f : (y1 - a) * f, (x0 - c) * f : (x1 - c) * f]
+            py0, px0 = y0 * f, x0 * f
+            py1, px1 = min(y1 * f, height), min(x1 * f, width)
+            tile_px = (x[:, : py1 - py0, : px1 - px0] * 255).round_().to(torch.uint8)
+            out[py0:py1, px0:px1] = tile_px.permute(1, 2, 0).numpy()
+    return out
