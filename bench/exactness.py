@@ -61,13 +61,13 @@ def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
             with single_threaded_ops():
                 own = coder.entropy.logits(coder.entropy.hidden(padded[t : t + 1], visible[t : t + 1].view(1, W, W), valid[t : t + 1], g)[0])
             own = own.reshape(-1, cfg.k)
-            snap = torch.floor(pmf._grid(own, 0))
+            snap = pmf.snap(own)
             stats["logits"] += own.numel()
             stats["min_margin"] = min(stats["min_margin"], pmf.margin(own, 0))
             for name, other in (("f64", batch64[t, g]), ("f32", batch32[t, g])):
                 other = other.reshape(-1, cfg.k)
                 stats[f"max_diff_{name}"] = max(stats[f"max_diff_{name}"], float((own - other).abs().max()))
-                stats[f"snap_diff_{name}"] += int((torch.floor(pmf._grid(other, 0)) != snap).sum())
+                stats[f"snap_diff_{name}"] += int((pmf.snap(other) != snap).sum())
         for t in range(len(tiles)):
             visible[t, torch.from_numpy(groups[t][s])] = True
     return stats

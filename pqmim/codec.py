@@ -63,18 +63,17 @@ class Codec:
         """RGB uint8 arrays -> code grids (m, h, w). Images of equal size that fit in one tile
         share a batch; larger ones are encoded tile by tile."""
         out: list[torch.Tensor | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
+        by_size: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
         for i, im in enumerate(images):
             padded = self._padded(im)
             if max(padded.shape[:2]) > self._tile * self.cfg.f:
                 out[i] = tiling.encode_tiled(self.model, padded, self._tile)
             else:
-                by_size.setdefault(im.shape[:2], []).append(i)
-        for idx in by_size.values():
-            x = torch.from_numpy(np.stack([self._padded(images[i]) for i in idx])).permute(0, 3, 1, 2).float().div_(255)
-            codes = self.model.encode_codes(x)
-            for j, i in enumerate(idx):
-                out[i] = codes[j]
+                by_size.setdefault(im.shape[:2], []).append((i, padded))
+        for group in by_size.values():
+            x = torch.from_numpy(np.stack([p for _, p in group])).permute(0, 3, 1, 2).float().div_(255)
+            for (i, _), codes in zip(group, self.model.encode_codes(x)):
+                out[i] = codes
         return out  # type: ignore[return-value]
 
     def decode_image(self, codes: torch.Tensor, width: int, height: int) -> Image.Image:

@@ -48,28 +48,10 @@ def make_seeds(models: list[str], sizes: list[tuple[int, int]]) -> list[bytes]:
     return seeds
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def header_end(data: bytes) -> int:
-    """Offset just after the varint fields of a valid v2 header (magic..steps)."""
-    pos = 8
-    for _ in range(3):
-        while data[pos] & 0x80:
-            pos += 1
-        pos += 1
-    return pos
-
-
 def rewrite_field(data: bytes, rnd: random.Random) -> bytes:
     """Replace one header field of a valid file with an edge value."""
-    end = header_end(data)
+    from pqmim.format import _put_varint as varint
+
     pos, fields = 8, []
     for _ in range(3):
         start = pos
@@ -77,6 +59,7 @@ def rewrite_field(data: bytes, rnd: random.Random) -> bytes:
             pos += 1
         pos += 1
         fields.append((start, pos))
+    end = pos  # just after the varint fields (width, height, steps)
     which = rnd.choice(["version", "model", "width", "height", "steps", "grid", "codes", "dims"])
     if which == "version":
         return data[:3] + bytes([rnd.choice([0, 1, 3, 255])]) + data[4:]

@@ -55,10 +55,15 @@ def _grid(logits: torch.Tensor, shift: int) -> torch.Tensor:
     return logits * STEPS_PER_NAT + (shift / GRID_SHIFTS + 0.5)
 
 
+def snap(logits: torch.Tensor, shift: int = 0) -> torch.Tensor:
+    """Float64 logits -> the integers (as float64) the probability tables are built from."""
+    return torch.floor(_grid(logits, shift))
+
+
 def integer_weights(logits: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """Float64 logits (..., k) -> integer weights (..., k), int64 in [1, 2**24]: the
     distribution each row gives the range coder (it need not be normalised)."""
-    q = torch.floor(_grid(logits, shift))
+    q = snap(logits, shift)
     drop = (q.amax(dim=-1, keepdim=True) - q).clamp_(max=MAX_DROP).long()
     return EXP_TABLE[drop]
 
@@ -72,6 +77,5 @@ def margin(logits: torch.Tensor, shift: int) -> float:
 
 def symbol_bits(weights: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     """-log2 p(symbol) of each row under its integer weights, capped at constriction's floor."""
-    w = weights.astype(np.float64)
-    p = w[np.arange(len(symbols)), symbols] / w.sum(axis=1)
+    p = weights[np.arange(len(symbols)), symbols].astype(np.float64) / weights.sum(axis=1, dtype=np.float64)
     return np.minimum(-np.log2(p), MAX_SYMBOL_BITS)
