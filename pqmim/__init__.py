@@ -1,9 +1,20 @@
-"""pqmim: learned image compression with product-quantized masked image modeling (PQ-MIM)."""
+"""pqmim: learned image compression with product-quantized masked image modeling (PQ-MIM).
 
-from .codec import Codec
+`Codec` is imported on first use, so that training (``python -m pqmim.train``, the GPU round)
+runs where the entropy coder's library (constriction) is not installed.
+"""
+
 from .format import BitstreamError
 from .image import UnsupportedImageError
 from .models import ModelFileError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Codec", "BitstreamError", "UnsupportedImageError", "ModelFileError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Codec":
+        from .codec import Codec
+
+        return Codec
+    raise AttributeError(f"module 'pqmim' has no attribute {name!r}")

@@ -50,10 +50,11 @@ class Baseline:
         self.net, self.arch, self.n, self.m, self.name = net.eval(), arch, n, m, name
 
     # -- weights
-    def save(self, path: str | Path, half: bool = True) -> None:
-        """Float weights (fp16 by default) plus the entropy coders' integer tables, as safetensors."""
+    def save(self, path: str | Path, storage: str = "int8") -> None:
+        """Weights (int8 by default, see pqmim.models.weights) plus the entropy coders' integer
+        tables, as safetensors."""
         self.net.update(force=True)
-        save_tensors(path, self.net.state_dict(), {"format": FORMAT_TAG, "arch": self.arch, "n": str(self.n), "m": str(self.m)}, half)
+        save_tensors(path, self.net.state_dict(), {"format": FORMAT_TAG, "arch": self.arch, "n": str(self.n), "m": str(self.m)}, storage)
 
     @classmethod
     def load(cls, path: str | Path) -> "Baseline":

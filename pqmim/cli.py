@@ -80,7 +80,8 @@ def load_codec(model: str | None, model_file: str | None, data: bytes | None = N
         header, _ = unpack(data)
         name = zoo.name_for_id(header.model_id)
         if name is None:
-            raise BitstreamError(f"file encoded with a model that is not shipped (id {header.model_id.hex()}): pass --model-file")
+            what = zoo.describe_id(header.model_id)
+            raise BitstreamError(f"file encoded with {what}" + ("" if zoo.retired(header.model_id) else ", not a shipped one: pass --model-file"))
         return Codec.from_pretrained(name)
     return Codec.from_pretrained()
 
@@ -221,9 +222,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     data = read_input(args.input)
     header, payload = unpack(data)
-    name = zoo.name_for_id(header.model_id) or "unknown model"
     px = header.width * header.height
-    print(f"model:   {name} (id {header.model_id.hex()})")
+    print(f"model:   {zoo.describe_id(header.model_id)}")
     print(f"image:   {header.width}x{header.height}")
     print(f"steps:   {header.steps}")
     print(f"bytes:   {len(data)} (payload {len(payload)}, header and checksum {len(data) - len(payload)})")

@@ -24,16 +24,17 @@ class Codec:
     >>> image = codec.decompress(data)           # PIL.Image, RGB, original size
     """
 
-    def __init__(self, model: PQMIM, name: str | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model: PQMIM, name: str | None = None, device: torch.device | str = "cpu") -> None:
+        self.model_id: bytes = model.model_id()
+        self.device = torch.device(device)  # "cuda": transforms and entropy model on a GPU; files are the same format
+        self.model = model.eval().to(self.device)
         self.name = name
         self.cfg = model.cfg
-        self.model_id: bytes = model.model_id()
-        self.coder = MIMCoder(model)
+        self.coder = MIMCoder(model, self.device)
         self.tile_pixels = tiling.TILE_PIXELS  # larger images are transformed tile by tile
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, quality: int | None = None) -> "Codec":
+    def from_pretrained(cls, name: str | None = None, quality: int | None = None, device: torch.device | str = "cpu") -> "Codec":
         """Load a shipped model by name ("pqmim-q2") or by quality level (1 = smallest files);
         with neither, the default model. `pqmim models` lists them with their Kodak figures."""
         if name is not None and quality is not None:
@@ -41,12 +42,12 @@ class Codec:
         if quality is not None:
             name = zoo.model_for_quality(quality)
         name = zoo.resolve(name)
-        return cls(PQMIM.load(zoo.model_path(name)), name=name)
+        return cls(PQMIM.load(zoo.model_path(name)), name=name, device=device)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Codec":
+    def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> "Codec":
         """Load a model from a .safetensors file written by `pqmim train`."""
-        return cls(PQMIM.load(path), name=Path(path).stem)
+        return cls(PQMIM.load(path), name=Path(path).stem, device=device)
 
     # -- codes
     @property
@@ -71,8 +72,8 @@ class Codec:
             else:
                 by_size.setdefault(im.shape[:2], []).append((i, padded))
         for group in by_size.values():
-            x = torch.from_numpy(np.stack([p for _, p in group])).permute(0, 3, 1, 2).float().div_(255)
-            for (i, _), codes in zip(group, self.model.encode_codes(x)):
+            x = torch.from_numpy(np.stack([p for _, p in group])).permute(0, 3, 1, 2).float().div_(255).to(self.device)
+            for (i, _), codes in zip(group, self.model.encode_codes(x).cpu()):
                 out[i] = codes
         return out  # type: ignore[return-value]
 
@@ -102,9 +103,7 @@ class Codec:
         """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w))."""
         header, payload = fmt.unpack(data)
         if header.model_id != self.model_id:
-            other = zoo.name_for_id(header.model_id)
-            hint = f"model {other!r}" if other else f"an unknown model (id {header.model_id.hex()})"
-            raise fmt.BitstreamError(f"this file was encoded with {hint}, not with {self.name or 'this model'} (id {self.model_id.hex()})")
+            raise fmt.BitstreamError(f"this file was encoded with {zoo.describe_id(header.model_id)}, not with {self.name or 'this model'} (id {self.model_id.hex()})")
         if header.steps != self.cfg.steps:
             raise fmt.BitstreamError(f"file coded with {header.steps} steps, model uses {self.cfg.steps}")
         f = self.cfg.f

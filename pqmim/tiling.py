@@ -35,6 +35,10 @@ def spans(n: int, core: int) -> list[tuple[int, int]]:
     return [(a, min(a + core, n)) for a in range(0, n, core)]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
     """Codes (m, h, w) of an HxWx3 uint8 image whose sides are multiples of f."""
@@ -47,8 +51,8 @@ def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
             a, b = max(0, y0 - halo), min(h, y1 + halo)
             c, d = max(0, x0 - halo), min(w, x1 + halo)
             crop = torch.from_numpy(np.ascontiguousarray(padded[a * f : b * f, c * f : d * f]))
-            x = crop.permute(2, 0, 1)[None].float().div_(255)
-            codes[:, y0:y1, x0:x1] = model.encode_codes(x)[0, :, y0 - a : y1 - a, x0 - c : x1 - c]
+            x = crop.permute(2, 0, 1)[None].float().div_(255).to(model_device(model))
+            codes[:, y0:y1, x0:x1] = model.encode_codes(x)[0, :, y0 - a : y1 - a, x0 - c : x1 - c].cpu()
     return codes
 
 
@@ -63,7 +67,7 @@ def decode_tiled(model, codes: torch.Tensor, tile: int, width: int, height: int)
         for x0, x1 in spans(w, tile):
             a, b = max(0, y0 - halo), min(h, y1 + halo)
             c, d = max(0, x0 - halo), min(w, x1 + halo)
-            x = model.decode_codes(codes[None, :, a:b, c:d])[0]
+            x = model.decode_codes(codes[None, :, a:b, c:d].to(model_device(model)))[0].cpu()
             x = x[:, (y0 - a) * f : (y1 - a) * f, (x0 - c) * f : (x1 - c) * f]
             py0, px0 = y0 * f, x0 * f
             py1, px1 = min(y1 * f, height), min(x1 * f, width)

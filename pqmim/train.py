@@ -4,7 +4,11 @@ then export a release model (safetensors + JSON card).
     python -m pqmim.train --out runs/default --train ../shared/data/train --val ../shared/data/val
 
 Rerunning the same command resumes from the checkpoints in --out. Runs unchanged on CPU and CUDA
-(bf16 autocast on GPU), alone or as several processes under torchrun (see pqmim.distributed):
+(bf16 autocast, channels-last and TF32 on GPU, where the photos live in GPU memory and crops are
+cut there), alone or as several processes under torchrun (see pqmim.distributed). --train and
+--val take folders or a data pack (pqmim.pack). A plan with "minutes" is a wall-time budget
+(the learning rate decays over the time, and the stage ends when it is spent), as for a lent
+GPU's round (pqmim.gpu_round); otherwise it is a number of steps.
 
     torchrun --standalone --nproc_per_node 2 -m pqmim.train --out runs/default ...
 """
@@ -26,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .data import CropSource, center_crops, list_images, load_rgb
+from .data import CropSource, center_crops, describe_source, photos
 from .distributed import Dist, broadcast_buffers, index_stream, setup, teardown
 from .evaluate import psnr_uint8
 from .models import PQMIM, warm_start
+from .models.weights import STORAGES
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Stage1Plan:
     batch: int = 16
     lr: float = 1e-3
     beta: float = 0.25  # commitment loss weight
+    minutes: float = 0.0  # > 0: a wall-time budget; steps is then only an upper bound
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Stage2Plan:
     batch: int = 32
     lr: float = 1e-3
     min_mask: float = 0.02
+    minutes: float = 0.0  # > 0: a wall-time budget; steps is then only an upper bound
 
 
 def log(out: Path, msg: str, ctx: Dist | None = None) -> None:
@@ -62,17 +69,50 @@ def log(out: Path, msg: str, ctx: Dist | None = None) -> None:
         f.write(line + "\n")
 
 
+def status(out: Path, ctx: Dist, **fields) -> None:
+    """The run's latest figures as JSON (out/status.json, replaced atomically): what a poll of a
+    detached run (pqmim.gpu_round) reads instead of parsing the log."""
+    if ctx.main:
+        old = read_json(out / "status.json")
+        tmp = out / "status.json.tmp"
+        tmp.write_text(json.dumps({**old, **fields, "time": time.time()}))
+        tmp.replace(out / "status.json")
+
+
 def record_plan(path: Path, plan) -> None:
     """The plan a run started with is the one it resumes and reports, whatever is passed later."""
     if not path.exists():
         path.write_text(json.dumps(vars(plan), indent=2))
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+def finished(step: int, elapsed: float, plan) -> bool:
+    """A stage is done after plan.steps steps, or once a time-budgeted plan's minutes are spent."""
+    return step >= plan.steps or (plan.minutes > 0 and elapsed >= plan.minutes * 60)
+
+
+def lr_at(step: int, elapsed: float, plan, warmup: int = 100) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 5% over the plan's steps, or over
+    its minutes when it has a time budget."""
     if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+        return plan.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, plan.steps - warmup)
+    if plan.minutes > 0:
+        t = max(t, elapsed / (plan.minutes * 60))
+    return plan.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+class Checkpoints:
+    """When to validate and checkpoint: every `every` steps, every `minutes` of wall time (the
+    GPU round: a lent machine can go at any moment), and at the end of a stage."""
+
+    def __init__(self, every: int, minutes: float) -> None:
+        self.every, self.seconds, self.last = every, minutes * 60, time.time()
+
+    def due(self, step: int, stop: bool) -> bool:
+        if stop or step % self.every == 0 or (self.seconds > 0 and time.time() - self.last >= self.seconds):
+            self.last = time.time()
+            return True
+        return False
 
 
 def per_rank(batch: int, ctx: Dist) -> int:
@@ -96,18 +136,34 @@ def load_ckpt(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
-def resume(path: Path, out: Path, what: str, ctx: Dist, **targets) -> tuple[int, float]:
+def resume(path: Path, out: Path, what: str, ctx: Dist, **targets) -> tuple[int, float, int]:
     """Load a checkpoint's states into `targets` (checkpoint key -> model or optimizer) and the
-    torch rng; returns (step, elapsed seconds), (0, 0.0) when there is no checkpoint yet."""
+    torch rngs; returns (step, elapsed seconds, samples seen), zeros when there is no checkpoint."""
     ck = load_ckpt(path)
     if ck is None:
-        return 0, 0.0
+        return 0, 0.0, 0
     for key, target in targets.items():
         target.load_state_dict(ck[key])
     if "rng" in ck:  # the generator behind dead-code restarts
         torch.set_rng_state(ck["rng"])
+    if "cuda_rng" in ck and torch.cuda.is_available():  # restarts draw on the device in a GPU run
+        torch.cuda.set_rng_state(ck["cuda_rng"])
     log(out, f"{what}: resumed at step {ck['step']}", ctx)
-    return ck["step"], ck["elapsed"]
+    return ck["step"], ck["elapsed"], ck.get("seen", 0)
+
+
+def rng_states() -> dict:
+    return {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
+def progress(ck: dict | None) -> dict:
+    """A stage's figures for a model card, from its last checkpoint: steps, wall time, samples seen
+    (crops for stage 1 and the baselines, code windows for stage 2) and their rate."""
+    if ck is None:
+        return {"steps_done": 0, "wall_s": None}
+    seen = ck.get("seen")
+    return {"steps_done": ck["step"], "wall_s": round(ck["elapsed"]), "seen": seen,
+            "per_s": round(seen / ck["elapsed"], 1) if seen and ck["elapsed"] > 0 else None}
 
 
 def autocast(device: torch.device):
@@ -151,17 +207,18 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device, ctx
         record_plan(out / "stage1_plan.json", plan)
     params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt = torch.optim.Adam(params, lr=plan.lr)
-    step, elapsed = resume(ckpt_path, out, "stage1", ctx, model=model, opt=opt)
-    if step >= plan.steps:
+    step, elapsed, seen = resume(ckpt_path, out, "stage1", ctx, model=model, opt=opt)
+    if finished(step, elapsed, plan):
         return True
     net = compiled(ctx.wrap(AutoencoderLoss(model, plan.beta), device), args)
-    data = CropSource(args.train, max_side=args.max_side)
+    data = CropSource(photos(args.train, "train", args.max_side), device)
     batch_at = lambda s: (plan.small_batch, plan.small_crop) if s < plan.small_crop_until else (plan.batch, plan.crop)  # noqa: E731
     stream = index_stream(len(data), ctx, args.seed, start=sum(per_rank(batch_at(s)[0], ctx) for s in range(step)))
     val = center_crops(args.val, 256, 16).to(device) if ctx.main else None
     model.train()
     t0 = time.time() - elapsed
-    while step < plan.steps:
+    ckpts = Checkpoints(args.ckpt_every, args.ckpt_minutes)
+    while not finished(step, elapsed, plan):
         rng = np.random.default_rng([args.seed, ctx.rank, step])  # a pure function of the step: resumes exactly
         batch, crop = batch_at(step)
         if step >= plan.warmup_ae_steps and not bool(model.quantizer.initialised):
@@ -170,11 +227,11 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device, ctx
             model.quantizer.kmeans_init(z.float())
             broadcast_buffers(model.quantizer)
             log(out, f"stage1: k-means initialised the codebooks from {z.shape[0] * z.shape[2] * z.shape[3]} latents", ctx)
-        x = data.crops([next(stream) for _ in range(per_rank(batch, ctx))], crop, rng).to(device)
+        x = data.crops([next(stream) for _ in range(per_rank(batch, ctx))], crop, rng)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, plan.steps, plan.lr)
+            g["lr"] = lr_at(step, elapsed, plan)
         with autocast(device):
             loss, mse, stats = net(x, quantize=step >= plan.warmup_ae_steps)
         opt.zero_grad(set_to_none=True)
@@ -182,33 +239,37 @@ def train_stage1(model: PQMIM, plan: Stage1Plan, args, device: torch.device, ctx
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        if step % args.log_every == 0:
+        seen += batch
+        elapsed = time.time() - t0
+        if step % args.log_every == 0 or step == 1:  # step 1: a detached run shows it is under way
             log(out, f"stage1 step {step} mse {mse.item():.5f} psnr {10 * math.log10(1 / max(mse.item(), 1e-10)):.2f} "
                      f"commit {stats['commit'].item():.4f} perplexity {stats['perplexity'].item():.1f}/{model.cfg.k} "
-                     f"lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s", ctx)
-        stop = step == plan.steps or step == args.stop_at
-        if (step % args.ckpt_every == 0 or stop) and ctx.main:
+                     f"lr {opt.param_groups[0]['lr']:.2e} {elapsed:.0f}s crops {seen}", ctx)
+            status(out, ctx, stage="1", step=step, elapsed=elapsed, seen=seen, per_s=seen / max(elapsed, 1e-9), psnr=10 * math.log10(1 / max(mse.item(), 1e-10)))
+        stop = finished(step, elapsed, plan) or step == args.stop_at
+        if ckpts.due(step, stop) and ctx.main:
             if model.quantizer.initialised:
                 model.eval()
                 with torch.no_grad():
                     rec = model.decode_codes(model.encode_codes(val))
                 model.train()
-                log(out, f"stage1 val step {step}: psnr {psnr_uint8(to_uint8(val), to_uint8(rec)):.2f} dB ({len(val)} val crops 256x256, quantized)", ctx)
-            save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), rng=torch.get_rng_state(), step=step, elapsed=time.time() - t0)
+                vpsnr = psnr_uint8(to_uint8(val), to_uint8(rec))
+                log(out, f"stage1 val step {step}: psnr {vpsnr:.2f} dB ({len(val)} val crops 256x256, quantized)", ctx)
+                status(out, ctx, val_psnr=vpsnr, val_step=step)
+            save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), **rng_states(), step=step, elapsed=time.time() - t0, seen=seen)
         if stop:
             break
     ctx.barrier()
-    return step >= plan.steps
+    return finished(step, elapsed, plan)
 
 
 # ----------------------------------------------------------------------------- stage 2
-def stage2_code_maps(model: PQMIM, folder: str, device: torch.device, max_side: int | None) -> list[torch.Tensor]:
+def stage2_code_maps(model: PQMIM, images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """Codes (m, h, w) of whole images (cropped to multiples of f), with their mirror images."""
     f = model.cfg.f
     maps = []
     model.eval()
-    for p in list_images(folder):
-        im = load_rgb(p, max_side)
+    for im in images:
         h, w = (im.shape[0] // f) * f, (im.shape[1] // f) * f
         if h == 0 or w == 0:
             continue
@@ -225,8 +286,8 @@ def cached_code_maps(model: PQMIM, args, device: torch.device, ctx: Dist) -> tup
     path = Path(args.out) / "stage2_codes.pt"
     if ctx.main and not path.exists():
         t = time.time()
-        train = stage2_code_maps(model, args.train, device, args.max_side)
-        val = stage2_code_maps(model, args.val, device, args.max_side)
+        train = stage2_code_maps(model, photos(args.train, "train", args.max_side), device)
+        val = stage2_code_maps(model, photos(args.val, "val", args.max_side), device)
         save_ckpt(path, train=train, val=val)
         log(Path(args.out), f"stage2: coded {len(train)} training and {len(val)} validation code maps in {time.time() - t:.0f}s", ctx)
     ctx.barrier()
@@ -286,8 +347,8 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
     if ctx.main:
         record_plan(out / "stage2_plan.json", plan)
     opt = torch.optim.AdamW(model.entropy.parameters(), lr=plan.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    step, elapsed = resume(ckpt_path, out, "stage2", ctx, entropy=model.entropy, opt=opt)
-    if step >= plan.steps:
+    step, elapsed, seen = resume(ckpt_path, out, "stage2", ctx, entropy=model.entropy, opt=opt)
+    if finished(step, elapsed, plan):
         return True
     maps, val_maps = cached_code_maps(model, args, device, ctx)
     loss_fn = MaskedCodeLoss(model.entropy, model.cfg.k)
@@ -301,12 +362,13 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
         val_batches.append((c, random_visible(v, vrng, plan.min_mask), v))
     model.entropy.train()
     t0 = time.time() - elapsed
-    while step < plan.steps:
+    ckpts = Checkpoints(args.ckpt_every, args.ckpt_minutes)
+    while not finished(step, elapsed, plan):
         rng = np.random.default_rng([args.seed, ctx.rank, step])
         codes, valid = sample_windows(maps, [next(stream) for _ in range(b)], model.cfg.window, rng)
         visible = random_visible(valid, rng, plan.min_mask)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, plan.steps, plan.lr)
+            g["lr"] = lr_at(step, elapsed, plan)
         with autocast(device):
             loss = net(codes.to(device), visible.to(device), valid.to(device))
         opt.zero_grad(set_to_none=True)
@@ -314,22 +376,26 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
         torch.nn.utils.clip_grad_norm_(model.entropy.parameters(), 1.0)
         opt.step()
         step += 1
-        if step % args.log_every == 0:
+        seen += plan.batch
+        elapsed = time.time() - t0
+        if step % args.log_every == 0 or step == 1:  # step 1: a detached run shows it is under way
             log(out, f"stage2 step {step} bits/code {loss.item():.3f} (uniform {math.log2(model.cfg.k):.2f}) "
-                     f"lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s", ctx)
-        stop = step == plan.steps or step == args.stop_at
-        if (step % args.ckpt_every == 0 or stop) and ctx.main:
+                     f"lr {opt.param_groups[0]['lr']:.2e} {elapsed:.0f}s windows {seen}", ctx)
+            status(out, ctx, stage="2", step=step, elapsed=elapsed, seen=seen, per_s=seen / max(elapsed, 1e-9), bits_per_code=loss.item())
+        stop = finished(step, elapsed, plan) or step == args.stop_at
+        if ckpts.due(step, stop) and ctx.main:
             model.entropy.eval()
             with torch.no_grad():
                 vl = np.mean([loss_fn(c.to(device), vi.to(device), v.to(device)).item() for c, vi, v in val_batches])
             model.entropy.train()
             log(out, f"stage2 val step {step}: {vl:.3f} bits/code on masked val codes", ctx)
-            save_ckpt(ckpt_path, entropy=model.entropy.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - t0)
+            status(out, ctx, val_bits_per_code=float(vl), val_bpp=float(vl) * model.cfg.m / model.cfg.f**2, val_step=step)
+            save_ckpt(ckpt_path, entropy=model.entropy.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - t0, seen=seen)
         if stop:
             break
     model.eval()
     ctx.barrier()
-    return step >= plan.steps
+    return finished(step, elapsed, plan)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -358,20 +424,23 @@ def train_baseline(net: nn.Module, plan: Stage1Plan, args, device: torch.device,
     main_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     opt, aux_opt = torch.optim.Adam(main_params, lr=plan.lr), torch.optim.Adam(aux_params, lr=1e-3)
-    step, elapsed = resume(ckpt_path, out, "baseline", ctx, model=net, opt=opt, aux_opt=aux_opt)
-    if step >= plan.steps:
+    step, elapsed, seen = resume(ckpt_path, out, "baseline", ctx, model=net, opt=opt, aux_opt=aux_opt)
+    if finished(step, elapsed, plan):
         return True
     loss_fn = compiled(ctx.wrap(RateDistortionLoss(net, args.lmbda), device), args)
-    data = CropSource(args.train, max_side=args.max_side)
+    data = CropSource(photos(args.train, "train", args.max_side), device)
     stream = index_stream(len(data), ctx, args.seed, start=step * per_rank(plan.batch, ctx))
     val = center_crops(args.val, 256, 16).to(device) if ctx.main else None
     net.train()
     t0 = time.time() - elapsed
-    while step < plan.steps:
+    ckpts = Checkpoints(args.ckpt_every, args.ckpt_minutes)
+    while not finished(step, elapsed, plan):
         rng = np.random.default_rng([args.seed, ctx.rank, step])
-        x = data.crops([next(stream) for _ in range(per_rank(plan.batch, ctx))], plan.crop, rng).to(device)
+        x = data.crops([next(stream) for _ in range(per_rank(plan.batch, ctx))], plan.crop, rng)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, plan.steps, plan.lr)
+            g["lr"] = lr_at(step, elapsed, plan)
         loss, mse, bpp = loss_fn(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -382,23 +451,27 @@ def train_baseline(net: nn.Module, plan: Stage1Plan, args, device: torch.device,
         aux.backward()
         aux_opt.step()
         step += 1
-        if step % args.log_every == 0:
+        seen += plan.batch
+        elapsed = time.time() - t0
+        if step % args.log_every == 0 or step == 1:  # step 1: a detached run shows it is under way
             log(out, f"baseline step {step} loss {loss.item():.4f} psnr {10 * math.log10(1 / max(mse.item(), 1e-10)):.2f} "
-                     f"bpp {bpp.item():.4f} aux {aux.item():.1f} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s", ctx)
-        stop = step == plan.steps or step == args.stop_at
-        if (step % args.ckpt_every == 0 or stop) and ctx.main:
+                     f"bpp {bpp.item():.4f} aux {aux.item():.1f} lr {opt.param_groups[0]['lr']:.2e} {elapsed:.0f}s crops {seen}", ctx)
+            status(out, ctx, stage="1", step=step, elapsed=elapsed, seen=seen, per_s=seen / max(elapsed, 1e-9), psnr=10 * math.log10(1 / max(mse.item(), 1e-10)), bpp=bpp.item())
+        stop = finished(step, elapsed, plan) or step == args.stop_at
+        if ckpts.due(step, stop) and ctx.main:
             net.eval()
             with torch.no_grad():
                 o = net(val)
                 vbpp = sum(torch.log(lk).sum() for lk in o["likelihoods"].values()).item() / (-math.log(2) * val.shape[0] * 256 * 256)
             net.train()
-            log(out, f"baseline val step {step}: psnr {psnr_uint8(to_uint8(val), to_uint8(o['x_hat'])):.2f} dB, "
-                     f"{vbpp:.4f} bpp (estimated by the likelihoods, {len(val)} val crops 256x256)", ctx)
-            save_ckpt(ckpt_path, model=net.state_dict(), opt=opt.state_dict(), aux_opt=aux_opt.state_dict(), step=step, elapsed=time.time() - t0)
+            vpsnr = psnr_uint8(to_uint8(val), to_uint8(o["x_hat"]))
+            log(out, f"baseline val step {step}: psnr {vpsnr:.2f} dB, {vbpp:.4f} bpp (estimated by the likelihoods, {len(val)} val crops 256x256)", ctx)
+            status(out, ctx, val_psnr=vpsnr, val_bpp=vbpp, val_step=step)
+            save_ckpt(ckpt_path, model=net.state_dict(), opt=opt.state_dict(), aux_opt=aux_opt.state_dict(), step=step, elapsed=time.time() - t0, seen=seen)
         if stop:
             break
     ctx.barrier()
-    return step >= plan.steps
+    return finished(step, elapsed, plan)
 
 
 def settle_quantiles(net: nn.Module) -> float:
@@ -428,14 +501,14 @@ def export_baseline(net: nn.Module, args, device_name: str) -> Path:
     weights = dest / f"{args.name}.safetensors"
     aux = settle_quantiles(net.cpu())
     log(out, f"export: aux loss {aux:.3f} after settling the factorized prior's quantiles")
-    Baseline(net.eval(), args.arch, args.n, args.m).save(weights)
+    Baseline(net.eval(), args.arch, args.n, args.m).save(weights, storage=args.storage)
     model = Baseline.load(weights)  # measure what ships: fp16 weights, stored tables
     card = {
         "name": args.name, "description": args.description, "arch": args.arch, "n": args.n, "m": args.m, "lmbda": args.lmbda,
         "init_from": read_json(out / "warm_start.json") or None,
-        "data": {"train": str(args.train), "train_images": len(list_images(args.train)), "val": str(args.val)},
-        "training": {**read_json(out / "stage1_plan.json"), "steps_done": ck["step"] if ck else 0,
-                     "wall_s": round(ck["elapsed"]) if ck else None, "device": device_name, "torch": torch.__version__},
+        "data": {**describe_source(args.train), "val": str(args.val)},
+        "storage": args.storage,
+        "training": {**read_json(out / "stage1_plan.json"), **progress(ck), "device": device_name, "torch": torch.__version__},
     }
     if args.kodak:
         res = evaluate_folder(model, args.kodak)
@@ -464,6 +537,8 @@ def _run_baseline(args, ctx: Dist, device: torch.device, device_name: str) -> nn
             source_card = read_json(Path(args.init_from).with_suffix(".json"))
             (out / "warm_start.json").write_text(json.dumps({"model": Path(args.init_from).stem, "training": source_card.get("training")}))
     net = net.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
     log(out, f"start: {args.arch} N={args.n} M={args.m} lambda={args.lmbda} on {device_name}", ctx)
     stages = set(args.stages.split(","))
     if "1" in stages:
@@ -482,32 +557,35 @@ def _run_baseline(args, ctx: Dist, device: torch.device, device_name: str) -> nn
 
 # ----------------------------------------------------------------------------- export
 def export(model: PQMIM, args, device_name: str) -> Path:
-    """Write the release model (safetensors + card) and measure it on Kodak with the real codec."""
-    from .codec import Codec
-    from .evaluate import evaluate_folder
-
+    """Write the release model (safetensors + card) and, unless --kodak is '', measure it on Kodak
+    with the real codec (the GPU round measures here, after the weights came back)."""
     out = Path(args.out)
     s1, s2 = load_ckpt(out / "stage1.pt"), load_ckpt(out / "stage2.pt")
     dest = Path(args.export_dir)
     dest.mkdir(parents=True, exist_ok=True)
     weights = dest / f"{args.name}.safetensors"
-    model.cpu().eval().save(weights, half=not args.fp32)
-    codec = Codec(PQMIM.load(weights), name=args.name)
+    model.cpu().eval().save(weights, storage=args.storage)
+    shipped = PQMIM.load(weights)  # what ships: the stored weights, read back
     card = {
         "name": args.name,
         "description": args.description,
         "config": model.cfg.to_dict(),
-        "model_id": codec.model_id.hex(),
+        "model_id": shipped.model_id().hex(),
+        "storage": args.storage,
         "init_from": read_json(out / "warm_start.json") or None,
-        "data": {"train": str(args.train), "train_images": len(list_images(args.train)), "val": str(args.val)},
+        "data": {**describe_source(args.train), "val": str(args.val)},
         "training": {
-            "stage1": {**read_json(out / "stage1_plan.json"), "steps_done": s1["step"] if s1 else 0, "wall_s": round(s1["elapsed"]) if s1 else None},
-            "stage2": {**read_json(out / "stage2_plan.json"), "steps_done": s2["step"] if s2 else 0, "wall_s": round(s2["elapsed"]) if s2 else None},
+            "stage1": {**read_json(out / "stage1_plan.json"), **progress(s1)},
+            "stage2": {**read_json(out / "stage2_plan.json"), **progress(s2)},
             "device": device_name,
             "torch": torch.__version__,
         },
     }
     if args.kodak:
+        from .codec import Codec
+        from .evaluate import evaluate_folder
+
+        codec = Codec(shipped, name=args.name)
         res = evaluate_folder(codec, args.kodak)
         card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "ms_ssim", "all_exact")}  # speed: bench speed, on an idle machine
         log(out, f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images")
@@ -538,9 +616,10 @@ def main(argv: list[str] | None = None) -> PQMIM:
     ap.add_argument("--name", default="pqmim-default")
     ap.add_argument("--description", default="")
     ap.add_argument("--export-dir", default="models")
-    ap.add_argument("--fp32", action="store_true", help="export float32 weights (default: float16, half the size)")
+    ap.add_argument("--storage", default="int8", choices=STORAGES, help="exported weights: int8 per channel (default, exact everywhere), float16 or float32")
     ap.add_argument("--max-side", type=int, default=1024, help="downscale larger training images to this side")
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--ckpt-minutes", type=float, default=0, help="also checkpoint (and validate) every this many minutes")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
@@ -564,6 +643,12 @@ def _run(args, ctx: Dist, device: torch.device) -> PQMIM:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
     if ctx.world > 1:
         device_name = f"{ctx.world} processes (torchrun, DDP), each on {device_name}"
+        if any(json.loads(p).get("minutes") for p in (args.stage1_plan, args.stage2_plan)):
+            raise SystemExit("time-budgeted plans (minutes) need a single process: ranks' clocks would disagree on when to stop")
+    if device.type == "cuda":  # TF32 for the float32 parts (quantizer, baselines); autotuned convolutions
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     if args.arch != "pqmim":
         return _run_baseline(args, ctx, device, device_name)
     cfg_file = out / "config.json"

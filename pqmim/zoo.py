@@ -80,3 +80,31 @@ def name_for_id(model_id: bytes) -> str | None:
         if c.get("model_id") == model_id.hex():
             return c["name"]
     return None
+
+
+def retired(model_id: bytes) -> dict | None:
+    """The record of a model that no longer ships (retired.json beside the shipped models: its
+    name, and the release that still decodes its files), or None."""
+    for d in model_dirs():
+        path = d / "retired.json"
+        try:
+            records = json.loads(path.read_text())["retired"] if path.is_file() else []
+        except (OSError, ValueError, KeyError):
+            continue
+        for r in records:
+            if r.get("model_id") == model_id.hex():
+                return r
+    return None
+
+
+def describe_id(model_id: bytes) -> str:
+    """What a file's model id refers to, in words: a shipped model, a retired one (naming the
+    release that decodes it), or an unknown model."""
+    name = name_for_id(model_id)
+    if name:
+        return f"model {name!r} (id {model_id.hex()})"
+    r = retired(model_id)
+    if r:
+        return (f"model {r['name']!r} (id {model_id.hex()}), which this release no longer ships "
+                f"(retired in {r['retired_in']}); decode it with {r['decoded_by']}")
+    return f"an unknown model (id {model_id.hex()})"

@@ -55,17 +55,19 @@ def single_threaded_ops() -> Iterator[None]:
 
 
 class MIMCoder:
-    def __init__(self, model: PQMIM) -> None:
+    def __init__(self, model: PQMIM, device: torch.device | str = "cpu") -> None:
         self.cfg = model.cfg
-        self.entropy = copy.deepcopy(model.entropy).double().eval()  # float64: see pmf.py
+        self.device = torch.device(device)  # a GPU computes the same float64 logits within the margin
+        self.entropy = copy.deepcopy(model.entropy).double().eval().to(self.device)  # float64: see pmf.py
         self.family = constriction.stream.model.Categorical(perfect=False)
 
     @torch.no_grad()
     def _window_weights(self, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor, idx: np.ndarray, shift: int, check: bool) -> tuple[np.ndarray, float]:
         """Integer weights (len(idx) * m, k), as exact float32, of the codes at flat positions idx
         of one window; and, if `check`, the logits' smallest distance to a grid boundary."""
-        h = self.entropy.hidden(codes, visible, valid, torch.from_numpy(idx))[0]
-        logits = self.entropy.logits(h).reshape(-1, self.cfg.k)
+        d = self.device
+        h = self.entropy.hidden(codes.to(d), visible.to(d), valid.to(d), torch.from_numpy(idx).to(d))[0]
+        logits = self.entropy.logits(h).reshape(-1, self.cfg.k).cpu()
         weights = pmf.integer_weights(logits, shift).to(torch.float32).numpy()
         return weights, pmf.margin(logits, shift) if check else math.inf
 

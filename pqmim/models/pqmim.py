@@ -51,8 +51,9 @@ class PQMIM(nn.Module):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.digest()[:4]
 
-    def save(self, path: str | Path, half: bool = False) -> None:
-        save_tensors(path, self.state_dict(), {"format": FORMAT_TAG, "config": json.dumps(self.cfg.to_dict())}, half)
+    def save(self, path: str | Path, storage: str = "float32") -> None:
+        """Write the weights; storage is float32, float16 or int8 (see pqmim.models.weights)."""
+        save_tensors(path, self.state_dict(), {"format": FORMAT_TAG, "config": json.dumps(self.cfg.to_dict())}, storage)
 
     @classmethod
     def load(cls, path: str | Path) -> "PQMIM":

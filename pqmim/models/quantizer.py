@@ -36,11 +36,12 @@ class ProductQuantizer(nn.Module):
     def codes_for(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest code word per sub-vector: (B, m*sub_dim, h, w) -> int64 codes (B, m, h, w)."""
         b, _, h, w = z.shape
-        x = self._split(z.float())
-        cb = self.codebooks.float()
-        # squared distances (m, N, k) without the constant |x|^2 term
-        dist = (cb * cb).sum(-1).unsqueeze(1) - 2 * torch.bmm(x, cb.transpose(1, 2))
-        idx = dist.argmin(-1)  # (m, N)
+        with torch.autocast(z.device.type, enabled=False):  # under training's bf16 autocast, bmm would pick wrong neighbours
+            x = self._split(z.float())
+            cb = self.codebooks.float()
+            # squared distances (m, N, k) without the constant |x|^2 term
+            dist = (cb * cb).sum(-1).unsqueeze(1) - 2 * torch.bmm(x, cb.transpose(1, 2))
+            idx = dist.argmin(-1)  # (m, N)
         return idx.reshape(self.m, b, h, w).permute(1, 0, 2, 3).contiguous()
 
     def latents_for(self, codes: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,15 @@
 """Model files: safetensors only (no pickle, so a file cannot run code), with a format tag and
-the architecture in the metadata, read back with one clear error type for every failure."""
+the architecture in the metadata, read back with one clear error type for every failure.
+
+Storage (metadata key ``storage``): ``float32``, ``float16`` or ``int8``. An int8 file keeps
+every float tensor of at least 2 dimensions and ``INT8_MIN_ELEMENTS`` elements (convolution and
+linear weights, embeddings) as int8 with one float32 scale per slice along dimension 0 (per
+output channel), stored beside it as ``int8_scale:<name>``; other float tensors (biases, norms,
+codebooks) stay float16. Invariant: dequantisation is one float32 multiplication per weight,
+``int8 * scale``, which IEEE 754 rounds the same way on every machine, so an int8 file gives
+bit-identical float32 weights (and the same model id) everywhere: the codec stays exact. A
+file without the key is float16 or float32, as written before int8 storage existed.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +18,72 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+STORAGES = ("float32", "float16", "int8")
+INT8_MIN_ELEMENTS = 1024  # smaller tensors gain nothing worth their scales
+SCALE_PREFIX = "int8_scale:"
+
 
 class ModelFileError(ValueError):
     """A model file is missing, unreadable or does not match the architecture it declares."""
 
 
-def save_tensors(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, str], half: bool = False) -> None:
-    """Write a state dict atomically (float tensors as float16 when `half`)."""
+def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (codes int8, scale float32 of shape (t.shape[0],))."""
+    w = t.detach().float().reshape(t.shape[0], -1)
+    scale = w.abs().amax(1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(t.shape), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The one float32 multiplication per weight that every machine rounds identically."""
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
+
+
+def _stored_int8(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.dim() >= 2 and t.numel() >= INT8_MIN_ELEMENTS
+
+
+def save_tensors(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, str], storage: str = "float32") -> None:
+    """Write a state dict atomically in one of STORAGES (see the module docstring)."""
+    if storage not in STORAGES:
+        raise ValueError(f"unknown weight storage {storage!r} (known: {', '.join(STORAGES)})")
     tensors = {}
     for name, t in state.items():
         t = t.detach().cpu().contiguous()
-        tensors[name] = t.half() if half and t.is_floating_point() else t
+        if storage == "int8" and _stored_int8(t):
+            tensors[name], tensors[SCALE_PREFIX + name] = quantize_int8(t)
+        elif storage != "float32" and t.is_floating_point():
+            tensors[name] = t.half()
+        else:
+            tensors[name] = t
     tmp = Path(str(path) + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_file(tensors, str(tmp), metadata={**meta, "storage": storage})
     tmp.replace(path)
 
 
+def _dequantized(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in tensors.items() if not k.startswith(SCALE_PREFIX)}
+    for key, scale in tensors.items():
+        if not key.startswith(SCALE_PREFIX):
+            continue
+        name = key[len(SCALE_PREFIX):]
+        q = out.get(name)
+        if q is None or q.dtype != torch.int8 or q.dim() < 2 or scale.dtype != torch.float32 or tuple(scale.shape) != (q.shape[0],):
+            raise ModelFileError(f"{path}: int8 tensor {name} does not match its scale")
+        if not torch.isfinite(scale).all():
+            raise ModelFileError(f"{path}: tensor {name} has non-finite scales")
+        out[name] = dequantize_int8(q, scale)
+    stray = [k for k, v in out.items() if v.dtype == torch.int8]
+    if stray:
+        raise ModelFileError(f"{path}: int8 tensor {stray[0]} has no scale")
+    return out
+
+
 def read_tensors(path: str | Path, format_tag: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a model file whose metadata says `format_tag`; ModelFileError otherwise."""
+    """(metadata, tensors) of a model file whose metadata says `format_tag`, int8 tensors already
+    dequantised to float32; ModelFileError otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -39,4 +97,11 @@ def read_tensors(path: str | Path, format_tag: str, what: str) -> tuple[dict[str
         raise ModelFileError(f"cannot read model file {path}: {e}") from None
     if meta.get("format") != format_tag:
         raise ModelFileError(f"{path} is not a {what} file")
+    storage = meta.get("storage", "float16")
+    if storage not in STORAGES:
+        raise ModelFileError(f"{path}: unknown weight storage {storage!r}")
+    if storage == "int8":
+        tensors = _dequantized(path, tensors)
+    elif any(k.startswith(SCALE_PREFIX) for k in tensors):
+        raise ModelFileError(f"{path}: int8 scales in a {storage} file")
     return meta, tensors
