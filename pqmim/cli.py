@@ -223,7 +223,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     data = read_input(args.input)
     header, payload = unpack(data)
     px = header.width * header.height
-    print(f"model:   {zoo.describe_id(header.model_id)}")
+    print(f"model:   {zoo.describe_id(header.model_id).removeprefix('model ')}")
     print(f"image:   {header.width}x{header.height}")
     print(f"steps:   {header.steps}")
     print(f"bytes:   {len(data)} (payload {len(payload)}, header and checksum {len(data) - len(payload)})")
