@@ -1,13 +1,18 @@
 """A training round on a lent GPU, prepared so that none of its 30 minutes goes to set-up.
 
-A session that is lent a device (the `status` tool says can_start_another) runs, in order:
+A session that is lent a device (the `status` tool says can_start_another) runs, in order (the
+README's "A training round on a lent GPU" gives each device call's carry):
 
-    here:    python -m pqmim.gpu_round prepare                     # pack, wheels, weights out of the index
-    device:  python3 -m pqmim.gpu_round launch --minutes 20       # carry .round; returns in ~1 minute
-    device:  python3 -m pqmim.gpu_round poll --seconds 540        # back to back, until every job is done
-    device:  python3 -m pqmim.gpu_round collect --out $OUT        # weights and logs, in parts of <= 16 MiB
-    here:    python -m pqmim.gpu_round receive /work/.device/...  # join, cards, Kodak with the real codec
-    here:    python -m pqmim.gpu_round ship runs/round-... NAME... # models that beat the shipped ones
+    here:    python -m pqmim.gpu_round prepare                # pack, wheels, weights out of the index
+    here:    python -m pqmim.gpu_round xcheck-prepare         # Kodak, default model, this CPU's files
+    device:  python3 -m pqmim.gpu_round launch --minutes 19  # carry .round/pack.tar, .round/whl
+    device:  python3 -m pqmim.gpu_round xcheck --out $OUT; python3 -m pqmim.gpu_round poll --seconds 480
+    device:  python3 -m pqmim.gpu_round poll --seconds 570   # back to back, until every job is done
+    device:  python3 -m pqmim.gpu_round collect --out $OUT   # (then --from-part N if it says so)
+    here:    ../shared/tools/device-tree restore
+    here:    python -m pqmim.gpu_round xcheck-receive FILES  # GPU<->CPU exact round trips
+    here:    python -m pqmim.gpu_round receive FILES...      # join, cards, Kodak with the real codec
+    here:    python -m pqmim.gpu_round ship runs/round-... NAME...  # models that beat the shipped ones
 
 `launch` starts one detached process (setsid) per job: every rung of the ladder and the
 same-budget baselines, all on the one GPU at once, each a plain `python -m pqmim.train` run with
@@ -18,8 +23,8 @@ runs short still brings back what it learned. `dry-run` does all of it on this C
 models, as the tests do.
 
 Invariants: nothing the device runs needs the network or ../shared (the pack holds the photos
-and validation crops, .round/whl the missing packages); what comes back is at most MAX_PARTS
-files of at most PART_BYTES, checked on both sides by a SHA-256 in the round's manifest.
+and validation crops, .round/whl the missing packages); what comes back is parts of at most
+PART_BYTES, at most CALL_BYTES per command, checked here by a SHA-256 in the round's manifest.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: the device runs f
 TRIP = ROOT / ".round"  # ignored by git, carried to the device: pack.tar and whl/
 WORK = Path("/tmp/pqmim-round")  # the device's local disk: jobs, checkpoints, exports
 SHARED = ROOT.parent / "shared"
-PART_BYTES = 16 << 20  # what the device gives back: 8 files of at most 16 MiB, 64 MiB in all
-MAX_PARTS = 7  # plus the manifest
+PART_BYTES = 15 << 20  # what the device gives back per command: 8 files of at most 16 MiB, 64 MiB in all,
+CALL_BYTES = 60 << 20  # so 4 parts of 15 MiB and the manifest per collect call
 WHEELS = ("compressai==1.2.8", "constriction==0.5.0", "pytorch-msssim==1.0.0")  # not on the device
 MODELS_BUDGET = 64 * 10**6  # models/ in all, ladder and baselines (bytes)
 STAGE2_SHARE = 0.2  # of a pqmim job's minutes: the entropy model converges fast, the autoencoder does not
@@ -258,30 +263,12 @@ def poll(work: Path = WORK, seconds: float = 540, every: float = 60, wait_for: s
         time.sleep(max(0.5, min(every, end - time.time())))
 
 
-def collect(out: Path, work: Path = WORK, wait_s: float = 120, part_bytes: int = PART_BYTES) -> Path:
-    """Wait up to wait_s for the jobs, stop the rest and export them from their last checkpoint,
-    then write the exports, cards and logs as one tar in parts of at most part_bytes under `out`,
-    with a manifest (round.json) that holds the SHA-256 of the whole."""
-    record = _read(work / "round.json")
-    if not record:
-        raise SystemExit(f"no round in {work}")
-    poll(work, wait_s, every=30)
-    env = job_env(work)
-    for r in states(work):
-        if r["rc"] is None:  # stop it (its whole session) and export what its checkpoints hold
-            try:
-                os.killpg(record["pids"][r["name"]], signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            time.sleep(2)
-        export = work / "export" / f"{r['name']}.json"
-        if not export.exists():
-            job = Job(**next(j for j in record["jobs"] if j["name"] == r["name"]))
-            stages = "export"
-            res = subprocess.run(job_argv(job, work, stages), cwd=ROOT, env=env, capture_output=True, text=True)
-            print(f"{r['name']}: exported from its last checkpoint" if res.returncode == 0 else f"{r['name']}: NO EXPORT ({res.stderr.strip().splitlines()[-1:]})")
-    bundle = work / "round.tar"
-    with tarfile.open(bundle, "w") as tar:
+def _bundle(work: Path, record: dict) -> Path:
+    """The exports (weights and cards), the round's record and every job's logs, as one gzipped
+    tar (int8 weights shrink by about a tenth)."""
+    bundle = work / "round.tar.gz"
+    tmp = work / "round.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
         tar.add(work / "round.json", "round.json")
         for p in sorted((work / "export").glob("*")):
             if p.suffix in (".safetensors", ".json"):
@@ -291,38 +278,73 @@ def collect(out: Path, work: Path = WORK, wait_s: float = 120, part_bytes: int =
                 p = work / "jobs" / j["name"] / name
                 if p.exists():
                     tar.add(p, f"logs/{j['name']}/{name}")
-    size = bundle.stat().st_size
-    n_parts = -(-size // part_bytes)
-    if n_parts > MAX_PARTS:
-        sizes = {p.name: p.stat().st_size for p in (work / "export").glob("*.safetensors")}
-        raise SystemExit(f"the round's files are {size / 2**20:.1f} MiB, over {MAX_PARTS} parts of {part_bytes / 2**20:.0f} MiB: {sizes}")
+    tmp.replace(bundle)
+    return bundle
+
+
+def collect(out: Path, work: Path = WORK, wait_s: float = 120, part_bytes: int = PART_BYTES,
+            call_bytes: int = CALL_BYTES, from_part: int = 0) -> int | None:
+    """Wait up to wait_s for the jobs, stop the rest and export them from their last checkpoint,
+    bundle everything (_bundle) and write it in parts of at most part_bytes under `out`, as many
+    as one command may return (call_bytes), with a manifest (round.json: sizes and SHA-256).
+    Returns the first part left for the next call (`collect --from-part N`), or None."""
+    record = _read(work / "round.json")
+    if not record:
+        raise SystemExit(f"no round in {work}")
+    bundle = work / "round.tar.gz"
+    if from_part == 0:
+        poll(work, wait_s, every=30)
+        env = job_env(work)
+        for r in states(work):
+            if r["rc"] is None:  # stop it (its whole session) and export what its checkpoints hold
+                try:
+                    os.killpg(record["pids"][r["name"]], signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                time.sleep(2)
+            if not (work / "export" / f"{r['name']}.json").exists():
+                job = Job(**next(j for j in record["jobs"] if j["name"] == r["name"]))
+                res = subprocess.run(job_argv(job, work, "export"), cwd=ROOT, env=env, capture_output=True, text=True)
+                print(f"{r['name']}: exported from its last checkpoint" if res.returncode == 0 else f"{r['name']}: NO EXPORT ({res.stderr.strip().splitlines()[-1:]})")
+        _bundle(work, record)
+        print(report(work))
+    elif not bundle.exists():
+        raise SystemExit(f"no bundle in {work}: run collect without --from-part first")
+    data = bundle.read_bytes()
+    n_parts = -(-len(data) // part_bytes)
+    manifest = {**record, "collected": time.time(), "bytes": len(data), "parts": n_parts,
+                "sha256": hashlib.sha256(data).hexdigest(), "jobs_state": states(work)}
     out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with open(bundle, "rb") as f:
-        for i in range(n_parts):
-            chunk = f.read(part_bytes)
-            digest.update(chunk)
-            (out / f"round.tar.{i:03d}").write_bytes(chunk)
-    manifest = {**record, "collected": time.time(), "bytes": size, "parts": n_parts, "sha256": digest.hexdigest(), "jobs_state": states(work)}
+    i, sent = from_part, 0
+    while i < n_parts and (sent == 0 or sent + part_bytes <= call_bytes):
+        chunk = data[i * part_bytes : (i + 1) * part_bytes]
+        (out / f"round.tar.gz.{i:03d}").write_bytes(chunk)
+        sent, i = sent + len(chunk), i + 1
     (out / "round.json").write_text(json.dumps(manifest, indent=2))
-    print(report(work))
-    print(f"collected {size / 2**20:.1f} MiB in {n_parts} parts under {out}")
-    return out
+    print(f"bundle {len(data) / 2**20:.1f} MiB in {n_parts} parts; parts {from_part}..{i - 1} ({sent / 2**20:.1f} MiB) under {out}")
+    if i < n_parts:
+        print(f"MORE TO COLLECT: in the next call, back to back: python3 -m pqmim.gpu_round collect --out $OUT --from-part {i}")
+        return i
+    return None
 
 
 # ----------------------------------------------------------------------------- here, after the trip
-def reassemble(files: Path, dest: Path) -> dict:
-    """Join the parts that came back, check their SHA-256, unpack into dest; the manifest."""
-    manifest = json.loads((files / "round.json").read_text())
-    data = b"".join((files / f"round.tar.{i:03d}").read_bytes() for i in range(manifest["parts"]))
+def reassemble(folders: list[Path], dest: Path) -> dict:
+    """Join the parts that came back (in one or several folders, one per collect call), check
+    their SHA-256, unpack into dest; returns the manifest."""
+    manifest = json.loads((folders[0] / "round.json").read_text())
+    chunks = []
+    for i in range(manifest["parts"]):
+        found = [f / f"round.tar.gz.{i:03d}" for f in folders if (f / f"round.tar.gz.{i:03d}").exists()]
+        if not found:
+            raise SystemExit(f"part {i} of {manifest['parts']} is in none of {', '.join(map(str, folders))}: collect --from-part {i}")
+        chunks.append(found[0].read_bytes())
+    data = b"".join(chunks)
     if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise SystemExit(f"the parts in {files} do not add up to the round's bundle (size or SHA-256 differ): collect again")
+        raise SystemExit(f"the parts in {', '.join(map(str, folders))} do not add up to the round's bundle (size or SHA-256 differ): collect again")
     dest.mkdir(parents=True, exist_ok=True)
-    tar_path = dest / "round.tar"
-    tar_path.write_bytes(data)
-    with tarfile.open(tar_path) as tar:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
-    tar_path.unlink()
     return manifest
 
 
@@ -339,7 +361,7 @@ def ladder_psnr_at(bpp: float, points: list[tuple[float, float]]) -> float | Non
     return None
 
 
-def receive(files: Path, dest: Path, kodak: Path, images: int | None = None) -> list[dict]:
+def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = None) -> list[dict]:
     """Reassemble a round, complete each card (device, steps, wall time, samples seen come from
     the device; the round's manifest adds its date), measure every model on Kodak with the real
     codec on this CPU, and compare each rung with the shipped ladder at its rate."""
@@ -380,9 +402,10 @@ def receive(files: Path, dest: Path, kodak: Path, images: int | None = None) -> 
 
 
 def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", retired_in: str | None = None) -> None:
-    """Copy the named models of a received round into models/ (baselines into models/baselines/,
-    replacing those of the same architecture), keep every replaced rung's id known in
-    retired.json, and refuse to exceed the models/ budget."""
+    """Copy the named models of a received round into models/ (baselines into models/baselines/:
+    a round's baselines replace all shipped ones, the bench's yardstick being the same budget as
+    the ladder's), keep every replaced rung's id known in retired.json, and refuse to exceed the
+    models/ budget (it holds the ladder and one family of two baselines, not two)."""
     from . import __version__
 
     export = round_dir / "export"
@@ -395,9 +418,8 @@ def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", reti
             raise SystemExit(f"{name}: no measured card in {export} (run receive first)")
         plan.append((name, card, models / "baselines" if "arch" in card else models))
     replaced: list[Path] = []
-    for name, card, folder in plan:
-        if "arch" in card:  # a new set of baselines replaces the old set of that architecture
-            replaced += [p for p in folder.glob(f"{card['arch']}-*.safetensors") if p.stem not in names]
+    if any("arch" in card for _, card, _ in plan):
+        replaced = [p for p in (models / "baselines").glob("*.safetensors") if p.stem not in names]
     new_size = sum(p.stat().st_size for p in models.rglob("*.safetensors") if p not in replaced and p.stem not in names)
     new_size += sum((export / f"{n}.safetensors").stat().st_size for n, _, _ in plan)
     if new_size > MODELS_BUDGET:
@@ -413,7 +435,7 @@ def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", reti
     for p in replaced:
         p.unlink()
         p.with_suffix(".json").unlink(missing_ok=True)
-        print(f"removed {p.name} (replaced by this round's {p.stem.split('-lambda')[0]} baselines)")
+        print(f"removed {p.name} (replaced by this round's baselines)")
     retired_path.write_text(json.dumps(retired, indent=2) + "\n")
     print(f"now raise the version above {__version__} (pyproject.toml, pqmim/__init__.py): files of the replaced models need {__version__}")
 
@@ -473,7 +495,7 @@ def xcheck_device(out: Path, folder: Path = XCHECK, device: str = "cuda") -> dic
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
               "cpu_to_gpu_exact": sum(r["cpu_to_gpu_exact"] for r in rows.values()), "images": len(rows), "per_image": rows}
     (out / "xcheck.json").write_text(json.dumps(result, indent=2))
-    print(f"xcheck on {result['device']}: {result['cpu_to_gpu_exact']} of {len(rows)} files encoded on the CPU decode exactly on the GPU")
+    print(f"xcheck: {result['cpu_to_gpu_exact']} of {len(rows)} files encoded on the CPU decode exactly on {result['device']}")
     return result
 
 
@@ -514,8 +536,11 @@ def dry_run(base: Path, train: Path, kodak: Path, val: Path | None = None) -> li
         if time.time() > deadline:
             raise SystemExit("dry run: the tiny baseline wrote no checkpoint in a minute")
         time.sleep(1)
-    out = collect(base / "OUT", work, wait_s=0, part_bytes=256 << 10)
-    rows = receive(out, base / "received", kodak)
+    outs, nxt = [base / "OUT0"], collect(base / "OUT0", work, wait_s=0, part_bytes=32 << 10, call_bytes=64 << 10)
+    while nxt is not None:  # as on the device: one more call per 64 KiB here (60 MiB there)
+        outs.append(base / f"OUT{len(outs)}")
+        nxt = collect(outs[-1], work, part_bytes=32 << 10, call_bytes=64 << 10, from_part=nxt)
+    rows = receive(outs, base / "received", kodak)
     print(f"dry run: done in {time.time() - t0:.0f} s")
     return rows
 
@@ -528,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", default=str(SHARED / "data" / "val"))
     p.add_argument("--no-lighten", action="store_true")
     p = sub.add_parser("launch", help="device: start every job detached, watch them for a minute")
-    p.add_argument("--minutes", type=float, default=20, help="wall time of every job (its training: this less OVERHEAD_MIN, 1.5 minutes)")
+    p.add_argument("--minutes", type=float, default=19, help="wall time of every job (its training: this less OVERHEAD_MIN, 1.5 minutes)")
     p.add_argument("--only", nargs="*", help="job names (default: the 5 rungs and 4 baselines)")
     p.add_argument("--init", nargs="*", default=[], help="NAME=PATH: start that rung from a model file instead of from scratch")
     p.add_argument("--pack", default=str(TRIP / "pack.tar"))
@@ -540,10 +565,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=str(WORK))
     p = sub.add_parser("collect", help="device: export, bundle and split into --out")
     p.add_argument("--out", required=True, help="$OUT on the device")
+    p.add_argument("--from-part", type=int, default=0, help="a further call: the parts left by the last one")
     p.add_argument("--wait", type=float, default=120, help="seconds to wait for running jobs before stopping them")
     p.add_argument("--work", default=str(WORK))
     p = sub.add_parser("receive", help="here: join the parts, complete the cards, measure Kodak")
-    p.add_argument("files", help="the folder the device's files came back to (files_at)")
+    p.add_argument("files", nargs="+", help="the folders the collect calls' files came back to (files_at), in order")
     p.add_argument("--dest", default="", help="default: runs/round-<date>")
     p.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
     p.add_argument("--images", type=int, default=None, help="first N Kodak images only (quicker look)")
@@ -577,14 +603,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "poll":
         poll(Path(args.work), args.seconds, args.every)
     elif args.cmd == "collect":
-        collect(Path(args.out), Path(args.work), args.wait)
+        collect(Path(args.out), Path(args.work), args.wait, from_part=args.from_part)
     elif args.cmd == "receive":
         dest = Path(args.dest or ROOT / "runs" / time.strftime("round-%Y%m%d-%H%M"))
-        receive(Path(args.files), dest, Path(args.kodak), args.images)
+        receive([Path(f) for f in args.files], dest, Path(args.kodak), args.images)
         print(f"received into {dest}; ship the winners with: python -m pqmim.gpu_round ship {dest} NAME ...")
     elif args.cmd == "ship":
         ship(Path(args.round_dir), args.names)
     elif args.cmd == "xcheck":
+        install_wheels(TRIP / "whl", WORK)  # constriction: installed by launch, or now
+        sys.path.insert(0, str(WORK / "site"))
         xcheck_device(Path(args.out), device=args.device)
     elif args.cmd == "xcheck-prepare":
         from . import zoo

@@ -171,6 +171,15 @@ def test_ship_keeps_the_budget_and_retires_replaced_ids(tmp_path, monkeypatch):
     assert json.loads((models / "pqmim-q9.json").read_text())["model_id"] == new_id
     retired = json.loads((models / "retired.json").read_text())["retired"]
     assert [(r["model_id"], r["name"]) for r in retired] == [(old_id, "pqmim-q9")]
+    # a round's baselines replace every shipped baseline (another architecture's too)
+    (models / "baselines").mkdir()
+    for stem in ("bmshj2018-hyperprior-lambda0.0004", "bmshj2018-hyperprior-lambda0.0018"):
+        (models / "baselines" / f"{stem}.safetensors").write_bytes(b"old")
+        (models / "baselines" / f"{stem}.json").write_text("{}")
+    (export / "mbt2018-mean-lambda0.0018.safetensors").write_bytes(b"new")
+    (export / "mbt2018-mean-lambda0.0018.json").write_text(json.dumps({"arch": "mbt2018-mean", "kodak": {"bpp": 0.2, "psnr": 28.0}}))
+    gpu_round.ship(tmp_path / "round", ["mbt2018-mean-lambda0.0018"], models)
+    assert sorted(p.name for p in (models / "baselines").iterdir()) == ["mbt2018-mean-lambda0.0018.json", "mbt2018-mean-lambda0.0018.safetensors"]
 
 
 # ----------------------------------------------------------------------------- time budgets
@@ -184,7 +193,7 @@ def test_time_budgeted_plans_decay_over_their_minutes_and_stop_on_time():
     assert lr_at(600, 10**6, by_steps) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # the wall time is ignored
 
 
-def test_default_plan_covers_the_ladder_and_baselines_within_what_comes_back():
+def test_default_plan_covers_the_ladder_and_baselines_within_what_comes_back(tmp_path):
     plan = gpu_round.default_plan(20, ".round/pack.tar")
     names = [j.name for j in plan.jobs]
     assert names[:5] == [f"pqmim-q{q}" for q in range(1, 6)] and sum(j.kind == "baseline" for j in plan.jobs) == 4
@@ -192,10 +201,17 @@ def test_default_plan_covers_the_ladder_and_baselines_within_what_comes_back():
         s1 = json.loads(j.args[j.args.index("--stage1-plan") + 1])
         s2 = json.loads(j.args[j.args.index("--stage2-plan") + 1]) if "--stage2-plan" in j.args else {"minutes": 0}
         assert s1["crop"] == 256 and s1["minutes"] + s2["minutes"] <= 20 - gpu_round.OVERHEAD_MIN + 1e-9
-    # int8 weights of these architectures come back in at most 7 parts of 16 MiB
+    # what one collect call returns fits the device's limits (8 files of 16 MiB, 64 MiB in all)
+    assert gpu_round.PART_BYTES <= 16 << 20 and gpu_round.CALL_BYTES + (1 << 20) <= 64 << 20
+    assert gpu_round.CALL_BYTES // gpu_round.PART_BYTES + 1 <= 8
+    # and the int8 weights of these architectures come back in at most two calls, even uncompressed
+    from pqmim.baselines import Baseline, build
+
     sizes = sum(p.stat().st_size for p in (gpu_round.ROOT / "models").glob("pqmim-q*.safetensors"))
-    sizes += 4 * max(p.stat().st_size for p in (gpu_round.ROOT / "models" / "baselines").glob("*.safetensors"))
-    assert sizes <= gpu_round.MAX_PARTS * gpu_round.PART_BYTES and sizes <= 64 << 20
+    for arch in ("bmshj2018-hyperprior", "mbt2018-mean"):
+        Baseline(build(arch), arch, 128, 192).save(tmp_path / f"{arch}.safetensors")
+        sizes += 2 * (tmp_path / f"{arch}.safetensors").stat().st_size
+    assert sizes <= 2 * gpu_round.CALL_BYTES
     with pytest.raises(ValueError, match="no job named"):
         gpu_round.default_plan(20, "p.tar", only=["pqmim-q7"])
 
@@ -208,9 +224,12 @@ def test_dry_run_of_the_whole_round(tmp_path):
     train, kodak = photos(tmp_path / "train", 4, (320, 288)), photos(tmp_path / "kodak", 2, (96, 80), seed=5)
     rows = gpu_round.dry_run(tmp_path / "run", train, kodak)
     assert time.time() - t0 < 300
-    out = tmp_path / "run" / "OUT"
-    files = sorted(out.iterdir())
-    assert len(files) <= 8 and all(f.stat().st_size <= 256 << 10 for f in files) and len(files) > 2  # split for real
+    outs = sorted((tmp_path / "run").glob("OUT*"))
+    assert len(outs) >= 2  # more than one call's worth: the continuation path ran
+    for out in outs:
+        parts = sorted(out.glob("round.tar.gz.*"))
+        assert parts and len(parts) + 1 <= 8 and all(p.stat().st_size <= 32 << 10 for p in parts)
+        assert sum(p.stat().st_size for p in parts) <= 64 << 10
     cards = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run" / "received" / "export").glob("*.json")}
     assert set(cards) == {"tiny-pqmim", "tiny-hyperprior"} and {r["name"] for r in rows} == set(cards)
     pq, hp = cards["tiny-pqmim"], cards["tiny-hyperprior"]
@@ -221,13 +240,15 @@ def test_dry_run_of_the_whole_round(tmp_path):
     assert 0 < hp["training"]["steps_done"] < 10**6 and hp["kodak"]["bpp"] > 0  # stopped by collect, exported from its checkpoint
     codec = Codec.from_file(tmp_path / "run" / "received" / "export" / "tiny-pqmim.safetensors")
     assert codec.model_id.hex() == pq["model_id"]
-    # a damaged part is caught by the manifest's hash
-    part = sorted(out.glob("round.tar.*"))[1]
+    # a damaged part is caught by the manifest's hash, a missing one is named
+    part = sorted(outs[0].glob("round.tar.gz.*"))[1]
     damaged = bytearray(part.read_bytes())
     damaged[-1] ^= 1
     part.write_bytes(bytes(damaged))
     with pytest.raises(SystemExit, match="SHA-256"):
-        gpu_round.reassemble(out, tmp_path / "again")
+        gpu_round.reassemble(outs, tmp_path / "again")
+    with pytest.raises(SystemExit, match="part 2 of"):
+        gpu_round.reassemble(outs[:1], tmp_path / "again")
 
 
 def test_exactness_cross_check_between_machines(tmp_path):
