@@ -6,7 +6,7 @@ README's "A training round on a lent GPU" gives each device call's carry):
     here:    python -m pqmim.gpu_round prepare                # pack, wheels, weights out of the index
     here:    python -m pqmim.gpu_round xcheck-prepare         # Kodak, default model, this CPU's files
     device:  python3 -m pqmim.gpu_round launch --minutes 19  # carry .round/pack.tar, .round/whl
-    device:  python3 -m pqmim.gpu_round xcheck --out $OUT; python3 -m pqmim.gpu_round poll --seconds 480
+    device:  python3 -m pqmim.gpu_round xcheck --out $OUT; python3 -m pqmim.gpu_round poll --seconds 420
     device:  python3 -m pqmim.gpu_round poll --seconds 570   # back to back, until every job is done
     device:  python3 -m pqmim.gpu_round collect --out $OUT   # (then --from-part N if it says so)
     here:    ../shared/tools/device-tree restore
