@@ -395,7 +395,7 @@ def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = Non
             row["beats"] = (at is not None and res["psnr"] > at) or dominates
         rows.append(row)
         print(f"{card['name']:<36} Kodak {res['bpp']:.4f} bpp {res['psnr']:.2f} dB" +
-              ("" if is_baseline else f"; shipped {row['shipped'] and '%.4f bpp %.2f dB' % row['shipped']}; "
+              ("" if is_baseline else f"; shipped {'%.4f bpp %.2f dB' % row['shipped'] if row['shipped'] else 'none of that name'}; "
                f"shipped ladder at this rate: {'%.2f dB' % at if at is not None else 'out of range'} -> {'BEATS' if row['beats'] else 'does not beat'}"), flush=True)
     (dest / "verdict.json").write_text(json.dumps(rows, indent=2))
     return rows
