@@ -1,9 +1,11 @@
 """pqmim: learned image compression with product-quantized masked image modeling (PQ-MIM).
 
 `Codec` is imported on first use, so that training (``python -m pqmim.train``, the GPU round)
-runs where the entropy coder's library (constriction) is not installed.
+runs where the entropy coder's library (constriction) is not installed. Importing the package
+registers the .pqm format with Pillow (`Image.open("x.pqm")`, `im.save("x.pqm")`: pqmim/pillow.py).
 """
 
+from . import pillow as _pillow  # noqa: F401  (registers the .pqm format with Pillow)
 from .format import BitstreamError
 from .image import UnsupportedImageError
 from .models import ModelFileError

@@ -1,4 +1,4 @@
-"""Command line: pqmim encode | decode | info | models | train | bench.
+"""Command line: pqmim encode | decode | info | models | compare | train | bench.
 
 Errors print one line on stderr and exit with status 1; nothing partial is ever left behind.
 Given a folder or several files, encode and decode work through all of them, report each file
@@ -8,12 +8,14 @@ that fails, and exit with status 1 at the end if any did.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
-import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 USAGE_ERRORS = (ValueError, OSError)  # BitstreamError, UnsupportedImageError, missing files, ...
+LARGE_IMAGE_PIXELS = 4_000_000  # from here on, coding shows a progress bar on a terminal
 
 
 class CLIError(Exception):
@@ -32,7 +34,9 @@ def read_input(path: str) -> bytes:
 
 
 def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None:
-    """Write atomically: a temporary file in the destination folder, then rename."""
+    """Write atomically (pqmim.fileio: permissions from the umask), or to stdout for -."""
+    from .fileio import atomic_write
+
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -48,82 +52,144 @@ def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None
     folder = dest.parent if str(dest.parent) else Path(".")
     if not folder.is_dir():
         raise CLIError(f"no such folder: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(dest, data)
 
 
-def load_codec(model: str | None, model_file: str | None, data: bytes | None = None, quality: int | None = None):
-    """The codec for --model/--model-file; when decoding with neither, the shipped model whose id
-    the file names (so any shipped model's files decode without options)."""
-    from . import zoo
-    from .codec import Codec
-    from .format import BitstreamError, unpack
+def say(msg: str) -> None:
+    """One line on stderr that does not break a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+class Timings:
+    """Wall time of the phases of one file, for -v."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.phases.append((phase, time.perf_counter() - t0))
+
+    def __str__(self) -> str:
+        return ", ".join(f"{p} {s:.2f} s" for p, s in self.phases)
+
+
+@contextlib.contextmanager
+def coding_bar(args: argparse.Namespace, pixels: int, desc: str) -> Iterator:
+    """A progress callback for the entropy coder on a large image (a bar on a terminal), or None."""
+    if args.quiet or pixels < LARGE_IMAGE_PIXELS:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit="call", leave=False, disable=None, file=sys.stderr) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        yield update
+
+
+def load_codec(model: str | None, model_file: str | None, data: bytes | None = None, quality: int | None = None, verbose: bool = False):
+    """The codec for --model/--model-file/--quality; when decoding with none of them, the shipped
+    model whose id the file names (so any shipped model's files decode without options)."""
+    from .codec import Codec, codec_for, shipped_codec
 
     if sum(x is not None for x in (model, model_file, quality)) > 1:
         raise CLIError("choose one of --quality, --model and --model-file")
+    t0 = time.perf_counter()
     if model_file:
-        return Codec.from_file(model_file)
-    if model or quality is not None:
+        codec = Codec.from_file(model_file)
+    elif model or quality is not None:
+        from . import zoo
+
         try:
-            return Codec.from_pretrained(model, quality=quality)
+            codec = shipped_codec(zoo.model_for_quality(quality) if quality is not None else model)
         except ValueError as e:
             raise CLIError(str(e)) from None
-    if data is not None:
-        header, _ = unpack(data)
-        name = zoo.name_for_id(header.model_id)
-        if name is None:
-            what = zoo.describe_id(header.model_id)
-            raise BitstreamError(f"file encoded with {what}" + ("" if zoo.retired(header.model_id) else ", not a shipped one: pass --model-file"))
-        return Codec.from_pretrained(name)
-    return Codec.from_pretrained()
+    elif data is not None:
+        codec = codec_for(data)
+    else:
+        codec = shipped_codec()
+    if verbose:
+        say(f"pqmim: model {codec.name} ready in {time.perf_counter() - t0:.2f} s")
+    return codec
 
 
-def encode_file(codec, src: str, out: str | None, force: bool, quiet: bool) -> None:
-    """Encode one image file (or - for stdin) into a .pqm file (or - for stdout)."""
+def read_picture_arg(src: str):
+    """An image file (or - for stdin) as a pqmim.image.Picture."""
     import io
 
     from PIL import Image
 
-    from .image import load_image
+    from .image import UnsupportedImageError, read_picture
 
-    if src == "-":
+    if src != "-":
+        return read_picture(src)
+    try:
         with Image.open(io.BytesIO(read_input("-"))) as im:
             im.load()
-            rgb = load_image(im)
-    else:
-        rgb = load_image(src)
-    data = codec.compress(rgb)
+            return read_picture(im)
+    except (Image.UnidentifiedImageError, OSError) as e:
+        raise UnsupportedImageError(f"cannot read stdin as an image: {e}") from None
+
+
+def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> None:
+    """Encode one image file (or - for stdin) into a .pqm file (or - for stdout); `codec` is
+    None when --max-bytes / --max-bpp choose the model per image."""
+    from .sizing import bytes_for_bpp, compress_to_size
+
+    t = Timings()
+    with t("read"):
+        pic = read_picture_arg(src)
+    h, w = pic.rgb.shape[:2]
+    with t("encode"):
+        if codec is None:
+            budget = args.max_bytes if args.max_bytes is not None else bytes_for_bpp(args.max_bpp, w, h)
+            data, name = compress_to_size(pic, budget, args.keep_metadata)
+        else:
+            with coding_bar(args, w * h, Path(src).name) as progress:
+                data, name = codec.compress(pic, args.keep_metadata, progress), codec.name
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
-    write_output(out, data, force, [src])
-    if not quiet and out != "-":
-        h, w = rgb.shape[:2]
-        print(f"{out}: {w}x{h}, {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp ({codec.name})", file=sys.stderr)
+    with t("write"):
+        write_output(out, data, args.force, [src])
+    if not args.quiet and out != "-":
+        say(f"{out}: {w}x{h}, {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp ({name})" + (f"; {t}" if args.verbose else ""))
 
 
 def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | None) -> None:
     """Decode one .pqm file (or -); `codecs` caches the models met so far by name."""
     import io
 
-    data = read_input(src)
+    t = Timings()
+    with t("read"):
+        data = read_input(src)
     key = args.model_file or args.model or _model_name(data)
     if key not in codecs:
-        codecs[key] = load_codec(args.model, args.model_file, data)
-    image = codecs[key].decompress(data)
+        codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose)
+    codec = codecs[key]
+    with t("decode"):
+        from .format import unpack
+
+        header, _ = unpack(data)
+        with coding_bar(args, header.width * header.height, Path(src).name) as progress:
+            image = codec.decompress(data, progress)
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
     buf = io.BytesIO()
-    try:
-        image.save(buf, format="PNG" if out == "-" else pil_format_for(out))
-    except (KeyError, ValueError) as e:
-        raise CLIError(f"cannot write {out}: {e}") from None
-    write_output(out, buf.getvalue(), args.force, [src])
+    keep = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
+    with t("write"):
+        try:
+            image.save(buf, format="PNG" if out == "-" else pil_format_for(out), **keep)
+        except (KeyError, ValueError, OSError) as e:
+            raise CLIError(f"cannot write {out}: {e}") from None
+        write_output(out, buf.getvalue(), args.force, [src])
+    if args.verbose and out != "-":
+        say(f"{out}: {image.width}x{image.height} {image.mode} ({codec.name}); {t}")
 
 
 def _model_name(data: bytes) -> str:
@@ -164,19 +230,23 @@ def batch_jobs(inputs: list[str], output: str | None, wanted, suffix: str) -> li
     return jobs
 
 
-def run_batch(jobs: list[tuple[str, str]], one, verb: str) -> int:
-    """Run `one(src, dst)` for every job; a failure is reported and the batch goes on."""
+def run_batch(jobs: list[tuple[str, str]], one, verb: str, quiet: bool = False) -> int:
+    """Run `one(src, dst)` for every job (a progress bar on a terminal); a failure is reported
+    and the batch goes on. With `quiet`, the closing count is printed only if a file failed."""
+    from tqdm import tqdm
+
     failed = 0
-    for src, dst in jobs:
+    for src, dst in tqdm(jobs, unit="file", leave=False, disable=True if quiet else None, file=sys.stderr):
         try:
             one(src, dst)
         except (CLIError, *USAGE_ERRORS) as e:
             failed += 1
-            print(f"pqmim: error: {src}: {e}", file=sys.stderr)
+            say(f"pqmim: error: {src}: {e}")
         except Exception as e:  # a bug must not cost the rest of the batch either
             failed += 1
-            print(f"pqmim: error: {src}: {type(e).__name__}: {e}", file=sys.stderr)
-    print(f"{verb} {len(jobs) - failed} of {len(jobs)} files" + (f"; {failed} failed (see above)" if failed else ""), file=sys.stderr)
+            say(f"pqmim: error: {src}: {type(e).__name__}: {e}")
+    if failed or not quiet:
+        say(f"{verb} {len(jobs) - failed} of {len(jobs)} files" + (f"; {failed} failed (see above)" if failed else ""))
     return 1 if failed else 0
 
 
@@ -188,12 +258,19 @@ def _is_image(path: Path) -> bool:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    codec = load_codec(args.model, args.model_file, quality=args.quality)
+    sized = args.max_bytes is not None or args.max_bpp is not None
+    if sized and (args.quality is not None or args.model or args.model_file):
+        raise CLIError("--max-bytes and --max-bpp choose the model: give them without --quality, --model or --model-file")
+    if args.max_bytes is not None and args.max_bpp is not None:
+        raise CLIError("choose one of --max-bytes and --max-bpp")
+    if (args.max_bytes is not None and args.max_bytes < 1) or (args.max_bpp is not None and not args.max_bpp > 0):
+        raise CLIError("the size budget must be positive")
+    codec = None if sized else load_codec(args.model, args.model_file, quality=args.quality, verbose=args.verbose)
     if not is_batch(args.input):
-        encode_file(codec, args.input[0], args.output, args.force, args.quiet)
+        encode_file(codec, args, args.input[0], args.output)
         return 0
     jobs = batch_jobs(args.input, args.output, _is_image, ".pqm")
-    return run_batch(jobs, lambda src, dst: encode_file(codec, src, dst, args.force, args.quiet), "encoded")
+    return run_batch(jobs, lambda src, dst: encode_file(codec, args, src, dst), "encoded", args.quiet)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -202,7 +279,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         decode_file(codecs, args, args.input[0], args.output)
         return 0
     jobs = batch_jobs(args.input, args.output, lambda p: p.suffix.lower() == ".pqm", ".png")
-    return run_batch(jobs, lambda src, dst: decode_file(codecs, args, src, dst), "decoded")
+    return run_batch(jobs, lambda src, dst: decode_file(codecs, args, src, dst), "decoded", args.quiet)
 
 
 def pil_format_for(path: str) -> str:
@@ -228,6 +305,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"steps:   {header.steps}")
     print(f"bytes:   {len(data)} (payload {len(payload)}, header and checksum {len(data) - len(payload)})")
     print(f"bpp:     {len(data) * 8 / px:.4f}")
+    names = {b"ICCP": "ICC profile", b"EXIF": "EXIF", b"ALPH": "alpha plane"}
+    extras = ", ".join(f"{names[t]} ({len(d)} bytes)" for t, d in header.chunks) or "none"
+    print(f"extras:  {extras}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -263,12 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-m", "--model", help="shipped model name (see `pqmim models`)")
         p.add_argument("--model-file", help="a .safetensors model file written by `pqmim train`")
 
+    def talk_opts(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--quiet", action="store_true", help="print nothing on success")
+        g.add_argument("-v", "--verbose", action="store_true", help="also print what each file took (seconds per phase)")
+
     p = sub.add_parser("encode", help="compress an image into a .pqm file")
     p.add_argument("input", nargs="+", help="image file (PNG, JPEG, WebP, ...), - for stdin, or several files and folders (a batch)")
     p.add_argument("-o", "--output", help="output .pqm file, or - for stdout, or the output folder of a batch (default: input name with .pqm)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("-q", "--quality", type=int, help="quality level, 1 = smallest files (see `pqmim models`; default: the default model)")
-    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--max-bytes", type=int, metavar="N", help="the best quality level whose file is at most N bytes (never over)")
+    p.add_argument("--max-bpp", type=float, metavar="B", help="the best quality level whose file is at most B bits per pixel")
+    p.add_argument("--keep-metadata", action="store_true", help="also store the EXIF block (the ICC profile is always kept)")
+    talk_opts(p)
     model_opts(p)
     p.set_defaults(func=cmd_encode)
 
@@ -276,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="+", help=".pqm file, - for stdin, or several files and folders (a batch)")
     p.add_argument("-o", "--output", help="output image (.png, .webp, ...), or - for PNG on stdout, or the output folder of a batch (default: input name with .png)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    talk_opts(p)
     model_opts(p)
     p.set_defaults(func=cmd_decode)
 

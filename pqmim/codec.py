@@ -1,7 +1,12 @@
-"""The user-facing codec: images in, .pqm bytes out, and back."""
+"""The user-facing codec: images in, .pqm bytes out, and back.
+
+The model codes the RGB image; its ICC profile (always), EXIF block (with keep_metadata) and
+alpha plane (lossless) travel beside it as chunks of the file (pqmim/extras.py).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,8 +16,9 @@ from PIL import Image
 
 from . import format as fmt
 from . import tiling, zoo
-from .entropy.coder import CorruptPayloadError, MIMCoder
-from .image import ImageLike, load_image
+from .entropy.coder import CorruptPayloadError, MIMCoder, Progress
+from .extras import Extras
+from .image import ImageLike, Picture, picture_to_pil, read_picture
 from .models import PQMIM
 
 
@@ -82,24 +88,27 @@ class Codec:
         return Image.fromarray(tiling.decode_tiled(self.model, codes, self._tile, width, height), "RGB")
 
     # -- bitstreams
-    def compress(self, image: ImageLike) -> bytes:
-        """Compress an image (path, PIL.Image or HxWx3 uint8 array) into .pqm bytes."""
-        return self.compress_batch([image])[0]
+    def compress(self, image: ImageLike, keep_metadata: bool = False, progress: Progress | None = None) -> bytes:
+        """Compress an image (path, PIL.Image, HxWx3 or HxWx4 uint8 array, Picture) into .pqm
+        bytes: the ICC profile and any transparency are kept; EXIF too with keep_metadata.
+        `progress(done, total)` is called as the entropy coder works through the image."""
+        return self.compress_batch([image], keep_metadata, progress)[0]
 
-    def compress_batch(self, images: Sequence[ImageLike]) -> list[bytes]:
+    def compress_batch(self, images: Sequence[ImageLike], keep_metadata: bool = False, progress: Progress | None = None) -> list[bytes]:
         """Compress several images; the bytes are identical to compressing them one by one
         (up to the codes the encoder picks, which a batch may change, and which decode exactly)."""
-        arrays = [load_image(im) for im in images]
-        for a in arrays:
-            fmt.check_dimensions(a.shape[1], a.shape[0])
+        pictures = [read_picture(im) for im in images]
+        for p in pictures:
+            fmt.check_dimensions(p.rgb.shape[1], p.rgb.shape[0])
         out = []
-        for a, codes in zip(arrays, self.encode_codes(arrays)):
-            payload, grid = self.coder.encode(codes)
-            header = fmt.Header(self.model_id, a.shape[1], a.shape[0], self.cfg.steps, grid, fmt.codes_checksum(codes.numpy()))
+        for p, codes in zip(pictures, self.encode_codes([p.rgb for p in pictures])):
+            payload, grid = self.coder.encode(codes, progress)
+            chunks = Extras(p.icc, p.exif if keep_metadata else None, p.alpha).to_chunks()
+            header = fmt.Header(self.model_id, p.rgb.shape[1], p.rgb.shape[0], self.cfg.steps, grid, fmt.codes_checksum(codes.numpy()), chunks)
             out.append(fmt.pack(header, payload))
         return out
 
-    def decode_codes(self, data: bytes) -> tuple[fmt.Header, torch.Tensor]:
+    def decode_codes(self, data: bytes, progress: Progress | None = None) -> tuple[fmt.Header, torch.Tensor]:
         """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w))."""
         header, payload = fmt.unpack(data)
         if header.model_id != self.model_id:
@@ -109,14 +118,39 @@ class Codec:
         f = self.cfg.f
         h, w = -(-header.height // f), -(-header.width // f)
         try:
-            codes = self.coder.decode(payload, h, w, header.grid)
+            codes = self.coder.decode(payload, h, w, header.grid, progress)
         except CorruptPayloadError as e:
             raise fmt.BitstreamError(str(e)) from None
         if fmt.codes_checksum(codes.numpy()) != header.codes_crc:
             raise fmt.BitstreamError("decoded codes fail their checksum: the file was crafted or corrupted, or this machine computes the entropy model differently from the encoder's")
         return header, codes
 
-    def decompress(self, data: bytes) -> Image.Image:
-        """Decode .pqm bytes into an RGB PIL.Image of the original size."""
-        header, codes = self.decode_codes(data)
-        return self.decode_image(codes, header.width, header.height)
+    def decompress(self, data: bytes, progress: Progress | None = None) -> Image.Image:
+        """Decode .pqm bytes into a PIL.Image of the original size: RGB, or RGBA when the file
+        has an alpha plane; `info` holds the ICC profile and EXIF block the file carries."""
+        header, codes = self.decode_codes(data, progress)
+        extras = Extras.from_chunks(header.chunks, header.width, header.height)
+        rgb = np.asarray(self.decode_image(codes, header.width, header.height))
+        return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
+
+
+def shipped_codec(name: str | None = None) -> Codec:
+    """The Codec of a shipped model (None: the default), loaded once per process (for the CLI,
+    the Pillow plugin and target-size coding)."""
+    return _shipped(zoo.resolve(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped(name: str) -> Codec:
+    return Codec.from_pretrained(name)
+
+
+def codec_for(data: bytes) -> Codec:
+    """The shipped model whose id a bitstream names; BitstreamError if none is (saying which
+    model made it, and for a retired one the release that decodes it)."""
+    header, _ = fmt.unpack(data)
+    name = zoo.name_for_id(header.model_id)
+    if name is None:
+        what = zoo.describe_id(header.model_id)
+        raise fmt.BitstreamError(f"file encoded with {what}" + ("" if zoo.retired(header.model_id) else ", not a shipped one: load its model file (Codec.from_file, or --model-file)"))
+    return shipped_codec(name)

@@ -42,6 +42,7 @@ BUDGET_SLACK_BITS = 256
 WINDOWS_PER_CALL = 64
 
 StepFn = Callable[[np.ndarray, list[tuple[int, np.ndarray]]], np.ndarray]
+Progress = Callable[[int, int], None]  # (calls to the range coder done, calls in all)
 
 
 @contextlib.contextmanager
@@ -71,7 +72,7 @@ class MIMCoder:
         weights = pmf.integer_weights(logits, shift).to(torch.float32).numpy()
         return weights, pmf.margin(logits, shift) if check else math.inf
 
-    def _replay(self, h: int, w: int, shift: int, step_fn: StepFn, check: bool = False) -> tuple[torch.Tensor, float]:
+    def _replay(self, h: int, w: int, shift: int, step_fn: StepFn, check: bool = False, progress: Progress | None = None) -> tuple[torch.Tensor, float]:
         """Run the coding steps; returns the codes (m, h, w) and, if `check`, the margin."""
         cfg = self.cfg
         W, m = cfg.window, cfg.m
@@ -86,11 +87,13 @@ class MIMCoder:
             groups.append(reveal_groups(hh, ww, W, cfg.steps, cfg.alpha))
         workers = max(1, torch.get_num_threads())
         margin = math.inf
+        plan = [[(t, groups[t][s]) for t in range(n_t) if len(groups[t][s])] for s in range(cfg.steps)]
+        calls = [where[i : i + WINDOWS_PER_CALL] for where in plan for i in range(0, len(where), WINDOWS_PER_CALL)]
         with single_threaded_ops(), ThreadPoolExecutor(workers) as pool:
-            for s in range(cfg.steps):
-                where = [(t, groups[t][s]) for t in range(n_t) if len(groups[t][s])]
-                for i in range(0, len(where), WINDOWS_PER_CALL):
-                    margin = min(margin, self._step(pool, buf, visible, valid, where[i : i + WINDOWS_PER_CALL], shift, step_fn, check))
+            for done, chunk in enumerate(calls, 1):
+                margin = min(margin, self._step(pool, buf, visible, valid, chunk, shift, step_fn, check))
+                if progress is not None:
+                    progress(done, len(calls))
         out = torch.zeros(m, h, w, dtype=torch.long)
         for t, (y0, x0, hh, ww) in enumerate(tiles):
             out[:, y0 : y0 + hh, x0 : x0 + ww] = buf[t].view(m, W, W)[:, :hh, :ww]
@@ -129,7 +132,7 @@ class MIMCoder:
         """The symbols of one step, in the order of the probability rows."""
         return np.concatenate([padded[t][:, torch.from_numpy(g)].T.reshape(-1).numpy() for t, g in where])
 
-    def encode(self, codes: torch.Tensor) -> tuple[bytes, int]:
+    def encode(self, codes: torch.Tensor, progress: Progress | None = None) -> tuple[bytes, int]:
         """Codes (m, h, w) -> (range-coded payload, grid shift). The first grid shift whose
         margin is safe is used (almost always 0); if none is, the safest."""
         padded = self._pad(codes)
@@ -142,7 +145,7 @@ class MIMCoder:
                 enc.encode(symbols.astype(np.int32), self.family, weights)
                 return symbols
 
-            decoded, margin = self._replay(codes.shape[1], codes.shape[2], shift, step, check=True)
+            decoded, margin = self._replay(codes.shape[1], codes.shape[2], shift, step, check=True, progress=progress)
             assert torch.equal(decoded, codes), "internal error: replay diverged from the codes"
             payload = enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0")  # the decoder pads zeros back
             if margin >= pmf.MARGIN:
@@ -165,7 +168,7 @@ class MIMCoder:
         self._replay(codes.shape[1], codes.shape[2], shift, step)
         return total[0]
 
-    def decode(self, payload: bytes, h: int, w: int, shift: int = 0) -> torch.Tensor:
+    def decode(self, payload: bytes, h: int, w: int, shift: int = 0, progress: Progress | None = None) -> torch.Tensor:
         """Range-coded payload -> codes (m, h, w). Raises CorruptPayloadError as soon as the
         decoded codes would carry more information than the payload holds."""
         padded = payload + b"\0" * (-len(payload) % 4)
@@ -184,4 +187,4 @@ class MIMCoder:
                 raise CorruptPayloadError(f"payload too short ({len(payload)} bytes) for the image size in the header: the file is corrupted or its header is wrong")
             return symbols
 
-        return self._replay(h, w, shift, step)[0]
+        return self._replay(h, w, shift, step, progress=progress)[0]

@@ -1,0 +1,60 @@
+"""Files of a given size: the best quality level whose file fits a byte budget (`cwebp -size`).
+
+Invariant: the file returned is never over the budget; when even the smallest rung's file is,
+TargetSizeError says how many bytes that file needs. "Best" is the highest quality level that
+fits: file size grows with the level on every image we know of (each rung about doubles the
+rate on Kodak), so the search walks up or down the ladder from the level the shipped cards'
+Kodak bpp predicts, and stops at the first level past the budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import zoo
+from .image import ImageLike, read_picture
+
+
+class TargetSizeError(ValueError):
+    """No shipped quality level gives a file within the budget."""
+
+
+def bytes_for_bpp(bpp: float, width: int, height: int) -> int:
+    """The byte budget of a bits-per-pixel budget for an image of width x height."""
+    return math.floor(bpp * width * height / 8)
+
+
+def _predicted_bytes(name: str, pixels: int) -> float:
+    card = next((c for c in zoo.list_models() if c["name"] == name), {})
+    bpp = (card.get("kodak") or {}).get("bpp")
+    return bpp * pixels / 8 if isinstance(bpp, (int, float)) else math.inf
+
+
+def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False) -> tuple[bytes, str]:
+    """(the .pqm bytes, the model's name) of the highest quality level whose file of `image`
+    (ICC profile, alpha and, with keep_metadata, EXIF included) is at most max_bytes."""
+    from .codec import shipped_codec
+
+    pic = read_picture(image)
+    levels = zoo.quality_levels()  # level -> model name, ascending
+    if not levels:
+        raise TargetSizeError("no quality levels shipped")
+    qs = list(levels)
+    pixels = pic.rgb.shape[0] * pic.rgb.shape[1]
+    files: dict[int, bytes] = {}
+
+    def fits(i: int) -> bool:
+        if i not in files:
+            files[i] = shipped_codec(levels[qs[i]]).compress(pic, keep_metadata)
+        return len(files[i]) <= max_bytes
+
+    i = max([j for j, q in enumerate(qs) if _predicted_bytes(levels[q], pixels) <= max_bytes], default=0)
+    if fits(i):
+        while i + 1 < len(qs) and fits(i + 1):
+            i += 1
+        return files[i], levels[qs[i]]
+    while i > 0:
+        i -= 1
+        if fits(i):
+            return files[i], levels[qs[i]]
+    raise TargetSizeError(f"{max_bytes} bytes is too small for this image: its smallest pqmim file ({levels[qs[0]]}) is {len(files[0])} bytes")

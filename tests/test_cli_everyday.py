@@ -1,0 +1,87 @@
+"""Everyday habits of image tools, from the command line: file permissions from the umask,
+--quiet and -v, --max-bytes, alpha and metadata through encode / decode."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import ROOT
+from ladder import tiny_ladder  # noqa: F401  (fixture)
+
+
+def run(*args, umask=None, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    pre = (lambda: os.umask(umask)) if umask is not None else None
+    return subprocess.run([sys.executable, "-m", "pqmim", *map(str, args)], capture_output=True, env=env, timeout=300, preexec_fn=pre)
+
+
+def rgba_photo(path):
+    with Image.open(ROOT / "examples" / "kodim23.png") as im:
+        rgb = np.asarray(im.convert("RGB"))[200:260, 300:380]
+    a = np.full(rgb.shape[:2], 255, np.uint8)
+    a[10:40, 10:50] = 0
+    a[:, 60:] = 128
+    exif = Image.Exif()
+    exif[0x010F] = "pqmim camera"
+    Image.fromarray(np.dstack([rgb, a]), "RGBA").save(path, exif=exif)
+    return a
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path, tiny_ladder):
+    env = {"PQMIM_MODELS": str(tiny_ladder[0])}
+    src = tmp_path / "in.png"
+    alpha = rgba_photo(src)
+    r = run("encode", src, "-o", tmp_path / "a.pqm", "-q", "1", umask=0o022, env=env)
+    assert r.returncode == 0, r.stderr
+    assert mode(tmp_path / "a.pqm") == 0o644
+    r = run("decode", tmp_path / "a.pqm", "-o", tmp_path / "a.png", umask=0o077, env=env)
+    assert r.returncode == 0, r.stderr
+    assert mode(tmp_path / "a.png") == 0o600
+    os.chmod(tmp_path / "a.png", 0o640)
+    r = run("decode", tmp_path / "a.pqm", "-o", tmp_path / "a.png", "--force", umask=0o022, env=env)
+    assert r.returncode == 0 and mode(tmp_path / "a.png") == 0o640  # replaced, mode kept
+    with Image.open(tmp_path / "a.png") as out:  # alpha survives the CLI round trip exactly
+        assert out.mode == "RGBA" and (np.asarray(out)[..., 3] == alpha).all()
+        assert "exif" not in out.info or not out.getexif().get(0x010F)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_keep_metadata_quiet_verbose_info(tmp_path, tiny_ladder):
+    env = {"PQMIM_MODELS": str(tiny_ladder[0])}
+    src = tmp_path / "in.png"
+    rgba_photo(src)
+    r = run("encode", src, "-o", tmp_path / "a.pqm", "--keep-metadata", "--quiet", env=env)
+    assert r.returncode == 0 and r.stderr == b"" and r.stdout == b""
+    r = run("decode", tmp_path / "a.pqm", "-o", tmp_path / "a.png", "-v", env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "80x60 RGBA" in err and "decode" in err and " s" in err
+    with Image.open(tmp_path / "a.png") as out:
+        assert out.getexif()[0x010F] == "pqmim camera"
+    r = run("info", tmp_path / "a.pqm", env=env)
+    assert "alpha plane" in r.stdout.decode() and "EXIF" in r.stdout.decode()
+    r = run("encode", src, "-o", tmp_path / "b.pqm", "-v", env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "bpp" in err and "encode" in err and "ready in" in err
+
+
+def test_max_bytes_and_max_bpp(tmp_path, tiny_ladder):
+    env = {"PQMIM_MODELS": str(tiny_ladder[0])}
+    src = tmp_path / "in.png"
+    rgba_photo(src)
+    r = run("encode", src, "-o", tmp_path / "a.pqm", "--max-bytes", "100000", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "(pqmim-q" in r.stderr.decode()  # the model chosen is named
+    r = run("encode", src, "-o", tmp_path / "c.pqm", "--max-bytes", "20", env=env)
+    assert r.returncode == 1 and b"too small" in r.stderr and not (tmp_path / "c.pqm").exists()
+    r = run("encode", src, "-o", tmp_path / "d.pqm", "--max-bpp", "8", env=env)
+    assert r.returncode == 0 and (tmp_path / "d.pqm").stat().st_size <= 8 * 80 * 60 / 8
+    r = run("encode", src, "-o", tmp_path / "e.pqm", "--max-bytes", "900", "-q", "2", env=env)
+    assert r.returncode == 1 and b"choose the model" in r.stderr
