@@ -76,8 +76,7 @@ def fid_points(pq: list[codecs.Point], base: list[codecs.Point], classical: list
 
 def visual(points: list[codecs.Point], results: dict[str, dict], image: Path, target: str, out: Path, box=(256, 160, 224)) -> None:
     """The same crop of one image from each codec, at the point nearest the target point's rate on that image."""
-    from PIL import Image, ImageDraw
-
+    from pqmim.compare import tile_sheet
     from pqmim.image import load_image
 
     rgb = load_image(image)
@@ -89,12 +88,7 @@ def visual(points: list[codecs.Point], results: dict[str, dict], image: Path, ta
         n, dec, _, _ = p.roundtrip(rgb)
         tiles.append((dec, f"{report.family_label(c).split(' (')[0]}\n{p.label}, {n * 8 / (rgb.shape[0] * rgb.shape[1]):.3f} bpp"))
     x, y, s = box
-    sheet = Image.new("RGB", (len(tiles) * (s + 4), s + 30), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (im, label) in enumerate(tiles):
-        sheet.paste(Image.fromarray(np.ascontiguousarray(im[y : y + s, x : x + s])), (i * (s + 4), 30))
-        draw.multiline_text((i * (s + 4) + 2, 2), label, fill="black")
-    sheet.save(out)
+    tile_sheet([(im[y : y + s, x : x + s], label) for im, label in tiles]).save(out)
 
 
 def run(args) -> int:
