@@ -303,7 +303,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"model:   {zoo.describe_id(header.model_id).removeprefix('model ')}")
     print(f"image:   {header.width}x{header.height}")
     print(f"steps:   {header.steps}")
-    print(f"bytes:   {len(data)} (payload {len(payload)}, header and checksum {len(data) - len(payload)})")
+    extra = sum(len(d) for _, d in header.chunks)
+    print(f"bytes:   {len(data)} (payload {len(payload)}, extras {extra}, header and checksum {len(data) - len(payload) - extra})")
     print(f"bpp:     {len(data) * 8 / px:.4f}")
     names = {b"ICCP": "ICC profile", b"EXIF": "EXIF", b"ALPH": "alpha plane"}
     extras = ", ".join(f"{names[t]} ({len(d)} bytes)" for t, d in header.chunks) or "none"
@@ -330,6 +331,36 @@ def cmd_models(args: argparse.Namespace) -> None:
         default = " (default)" if c["name"] == zoo.DEFAULT_MODEL else ""
         print(f"{c['name']:<16} {quality.get(c['name'], '-'):>2} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3} {size:>5.1f}  "
               f"{num(kodak, 'bpp', '.4f'):>6} {num(kodak, 'psnr', '.2f'):>6} {num(kodak, 'ms_ssim', '.4f'):>7}  {c.get('description', '')}{default}")
+
+
+def parse_crop(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--crop takes X,Y,W,H in pixels, e.g. 256,128,256,256") from None
+    return x, y, w, h
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """One PNG: the same crop from pqmim and from JPEG, WebP and AVIF at the same file size."""
+    import io
+
+    from .compare import comparison_sheet
+
+    codec = load_codec(args.model, args.model_file, quality=args.quality)
+    out = args.output or str(Path(args.input).with_name(Path(args.input).stem + "_compare.png"))
+    sheet, rows = comparison_sheet(read_picture_arg(args.input).rgb, codec, crop=args.crop, size=args.size)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    write_output(out, buf.getvalue(), args.force, [args.input])
+    print(f"{'codec':<12} {'setting':<10} {'bytes':>7} {'bpp':>7} {'PSNR':>6}")
+    for r in rows:
+        if r["skipped"]:
+            print(f"{r['label']:<12} {r['skipped']}")
+        else:
+            size = f"{'>' if r['over_budget'] else ''}{r['bytes']}"
+            print(f"{r['label']:<12} {r['setting']:<10} {size:>7} {r['bpp']:>7.4f} {r['psnr']:>6.2f}")
+    print(f"wrote {out}" + ("  (> : even the lowest setting is larger than the pqmim file)" if any(r["over_budget"] for r in rows) else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the shipped models with their measured Kodak bpp/PSNR/MS-SSIM")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("compare", help="one PNG with the same crop from pqmim, JPEG, WebP and AVIF at the same file size")
+    p.add_argument("input", help="an image file, or - for stdin")
+    p.add_argument("-o", "--output", help="the PNG to write (default: <input name>_compare.png beside the input)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("-q", "--quality", type=int, help="the pqmim quality level to compare (default: the default model)")
+    p.add_argument("--crop", type=parse_crop, metavar="X,Y,W,H", help="the region shown (default: a centred square)")
+    p.add_argument("--size", type=int, default=256, help="side of the default centred square, in pixels (default 256)")
+    model_opts(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="train a model (see `pqmim train -h`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

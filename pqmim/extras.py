@@ -5,7 +5,8 @@ Each is one optional chunk of the bitstream (pqmim/format.py, FORMAT.md):
     ICCP  the ICC colour profile, zlib-deflated (restored by default: colours stay right)
     EXIF  the EXIF block as Pillow gives it (orientation already applied), zlib-deflated
     ALPH  the alpha plane, lossless: 1 byte filter (0 = none, 1 = each byte minus its left
-          neighbour, mod 256), then the zlib-deflated H*W bytes in raster order
+          neighbour, 2 = minus the one above, mod 256), then the zlib-deflated H*W bytes in
+          raster order; the encoder keeps whichever filter deflates smallest
 
 Invariants: alpha round-trips exactly; a chunk never inflates past its limit (the alpha plane
 exactly H*W bytes, a profile or EXIF block at most MAX_METADATA_BYTES), so a hostile file
@@ -22,7 +23,7 @@ import numpy as np
 from .format import BitstreamError
 
 MAX_METADATA_BYTES = 16 << 20  # an ICC profile or EXIF block, inflated
-ALPHA_FILTERS = (0, 1)
+ALPHA_FILTERS = (0, 1, 2)  # none, left difference, up difference
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,19 @@ def _inflate(data: bytes, limit: int, what: str, exact: bool = False) -> bytes:
 
 
 def _pack_alpha(alpha: np.ndarray) -> bytes:
-    """The smaller of the raw and the left-difference plane, deflated."""
+    """The smallest of the deflated plane and its left and up differences, with its filter byte."""
     a = np.ascontiguousarray(alpha, dtype=np.uint8)
-    diff = a.copy()
-    diff[:, 1:] -= a[:, :-1]  # uint8 arithmetic wraps mod 256
-    raw, sub = zlib.compress(a.tobytes(), 9), zlib.compress(diff.tobytes(), 9)
-    return bytes([1]) + sub if len(sub) < len(raw) else bytes([0]) + raw
+    left, up = a.copy(), a.copy()
+    left[:, 1:] -= a[:, :-1]  # uint8 arithmetic wraps mod 256
+    up[1:] -= a[:-1]
+    packed = [bytes([f]) + zlib.compress(p.tobytes(), 9) for f, p in enumerate((a, left, up))]
+    return min(packed, key=len)
 
 
 def _unpack_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     if not data or data[0] not in ALPHA_FILTERS:
         raise BitstreamError("the alpha chunk has an unknown filter")
     plane = np.frombuffer(_inflate(data[1:], width * height, "alpha", exact=True), dtype=np.uint8).reshape(height, width)
-    if data[0] == 1:
-        plane = np.cumsum(plane, axis=1, dtype=np.uint8)  # undoes the left difference, mod 256
+    if data[0] in (1, 2):
+        plane = np.cumsum(plane, axis=2 - data[0], dtype=np.uint8)  # undoes the difference, mod 256
     return np.ascontiguousarray(plane)

@@ -141,7 +141,7 @@ def pil_to_picture(im: Image.Image, what: str = "image") -> Picture:
 
 def _opaque(pic: Picture, what: str) -> Picture:
     if pic.alpha is not None:
-        raise UnsupportedImageError(f"{what} has transparency (an alpha channel), which this function cannot return: use read_picture, or flatten it first")
+        raise UnsupportedImageError(f"{what} has transparency (an alpha channel), and this measures colour only: flatten it first (encoding keeps alpha)")
     return pic
 
 

@@ -85,3 +85,23 @@ def test_max_bytes_and_max_bpp(tmp_path, tiny_ladder):
     assert r.returncode == 0 and (tmp_path / "d.pqm").stat().st_size <= 8 * 80 * 60 / 8
     r = run("encode", src, "-o", tmp_path / "e.pqm", "--max-bytes", "900", "-q", "2", env=env)
     assert r.returncode == 1 and b"choose the model" in r.stderr
+
+
+def test_compare_writes_one_sheet(tmp_path, tiny_ladder):
+    env = {"PQMIM_MODELS": str(tiny_ladder[0])}
+    with Image.open(ROOT / "examples" / "kodim23.png") as im:
+        im.crop((200, 100, 520, 340)).save(tmp_path / "p.png")
+    r = run("compare", tmp_path / "p.png", "-q", "2", "--size", "128", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    pqm = int(next(line.split()[2] for line in out.splitlines() if line.startswith("pqmim ")))
+    for label in ("JPEG 4:2:0", "WebP", "AVIF"):
+        line = next(line for line in out.splitlines() if line.startswith(label))
+        size = line.split()[-3]
+        assert size.startswith(">") or int(size) <= pqm  # same budget, never over (unless flagged)
+    with Image.open(tmp_path / "p_compare.png") as sheet:
+        assert sheet.height > 128 and sheet.width >= 5 * 128
+    r = run("compare", tmp_path / "p.png", "-q", "2", env=env)
+    assert r.returncode == 1 and b"exists" in r.stderr  # no overwrite without --force
+    r = run("compare", tmp_path / "missing.png", env=env)
+    assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
