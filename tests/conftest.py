@@ -1,3 +1,4 @@
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ from pqmim.config import ModelConfig
 from pqmim.models import PQMIM
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-KODAK = SHARED / "data" / "kodak"
+SHARED = ROOT.parent / "shared"  # data and weights beside the clone; not every checkout has it
+PHOTO = ROOT / "examples" / "kodim23.png"  # the photo the repository ships: natural pixels everywhere
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (Kodak, LPIPS/FID weights): absent beside this clone")
 
 # A small random model: the coding machinery is the same as for a trained one, and fast.
 TINY = ModelConfig(widths=(8, 8, 16, 16), res_blocks=1, m=3, k=32, sub_dim=2, d_model=32, n_layers=2, n_heads=2, window=8, steps=6)
@@ -37,11 +40,33 @@ def tiny_model_file(tmp_path_factory) -> Path:
     return path
 
 
-def kodak_crop(i: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _photo(variant: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(KODAK / f"kodim{i:02d}.png") as im:
-        return np.asarray(im.convert("RGB"))[y : y + h, x : x + w].copy()
+    with Image.open(PHOTO) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    if variant >= 4:  # 4-7: portrait, 512 wide and 768 high
+        rgb = rgb.transpose(1, 0, 2)
+    if variant & 1:
+        rgb = rgb[:, ::-1]
+    if variant & 2:
+        rgb = rgb[::-1]
+    rgb = np.ascontiguousarray(rgb)
+    rgb.flags.writeable = False
+    return rgb
+
+
+def photo_crop(x: int, y: int, w: int, h: int, variant: int = 0) -> np.ndarray:
+    """A w x h crop at (x, y) of the shipped photo, or of one of its 8 flips and transposes for
+    tests that need distinct images: variants 0-3 are 768x512 (0 the photo itself, 1 mirrored,
+    2 upside down, 3 both), 4-7 the same of its transpose, 512x768. The crop must fit."""
+    if not 0 <= variant < 8:
+        raise ValueError(f"variant {variant}: 0 to 7")
+    rgb = _photo(variant)
+    if not (0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= rgb.shape[1] and y + h <= rgb.shape[0]):
+        raise ValueError(f"crop {w}x{h} at ({x}, {y}) does not fit variant {variant} ({rgb.shape[1]}x{rgb.shape[0]})")
+    return rgb[y : y + h, x : x + w].copy()
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import kodak_crop
+from conftest import photo_crop
 from pqmim import ModelFileError
 from pqmim.baselines import Baseline, build
 from pqmim.train import main
@@ -15,10 +15,12 @@ pytest.importorskip("compressai")
 
 
 def test_train_export_and_code_a_tiny_hyperprior(tmp_path):
-    for name, n in (("train", 3), ("val", 1), ("kodak", 1)):
+    folders = {"train": [photo_crop(0, 0, 256, 256, variant=v) for v in range(3)], "val": [photo_crop(256, 128, 256, 256)],
+               "kodak": [photo_crop(350, 200, 100, 70)]}
+    for name, images in folders.items():
         (tmp_path / name).mkdir()
-        for i in range(n):
-            Image.fromarray(kodak_crop(i + 1, 0, 0, 256 if name != "kodak" else 100, 256 if name != "kodak" else 70)).save(tmp_path / name / f"{i}.png")
+        for i, rgb in enumerate(images):
+            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
     args = ["--arch", "bmshj2018-hyperprior", "--n", "8", "--m", "12", "--lmbda", "0.01", "--out", str(tmp_path / "run"),
             "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--kodak", str(tmp_path / "kodak"),
             "--stage1-plan", json.dumps({"steps": 4, "crop": 64, "batch": 2}), "--ckpt-every", "2", "--log-every", "1",
@@ -32,7 +34,7 @@ def test_train_export_and_code_a_tiny_hyperprior(tmp_path):
     assert card["kodak"]["images"] == 1 and card["kodak"]["bpp"] > 0
 
     model = Baseline.load(tmp_path / "models" / "hp-tiny.safetensors")
-    rgb = kodak_crop(5, 10, 20, 90, 70)  # not a multiple of 64: padded, then cropped back
+    rgb = photo_crop(10, 20, 90, 70, variant=5)  # not a multiple of 64: padded, then cropped back
     data = model.compress(rgb)
     out = model.decompress(data)
     assert out.shape == rgb.shape and out.dtype == np.uint8
@@ -59,5 +61,5 @@ def test_mbt2018_mean_saves_loads_and_codes(tmp_path):
     model.save(tmp_path / "mbt.safetensors")
     loaded = Baseline.load(tmp_path / "mbt.safetensors")
     assert loaded.arch == "mbt2018-mean" and loaded.name == "mbt"
-    rgb = kodak_crop(1, 0, 0, 64, 64)
+    rgb = photo_crop(0, 0, 64, 64, variant=1)
     assert loaded.decompress(loaded.compress(rgb)).shape == rgb.shape

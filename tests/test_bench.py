@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import KODAK, ROOT, SHARED, kodak_crop
+from conftest import ROOT, SHARED, needs_shared, photo_crop
 
 sys.path.insert(0, str(ROOT))
 pytest.importorskip("compressai")
 
 
+@needs_shared  # Kodak, the val photos and both sets of weights
 def test_bench_quick_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
                        capture_output=True, text=True, cwd=ROOT, timeout=900)
@@ -66,16 +67,18 @@ def test_bd_rate_reports_overlap():
     assert monotone([(0.2, 21.0), (0.18, 21.5), (0.3, 25.0)]) == [(0.18, 21.5), (0.3, 25.0)]
 
 
+@needs_shared  # the LPIPS backbone weights
 def test_lpips_uses_the_local_backbone():
     from bench.classical import decode, encode
     from bench.metrics import LPIPSAlex
 
     lp = LPIPSAlex(SHARED / "weights" / "lpips_alexnet_features.pth")
-    rgb = kodak_crop(23, 200, 100, 256, 256)
+    rgb = photo_crop(200, 100, 256, 256)
     low, high = (lp(rgb, decode(encode("jpeg420", rgb, q))) for q in (5, 90))
     assert lp(rgb, rgb) == 0.0 and 0.2 < low < 0.9 and high < 0.1 < low
 
 
+@needs_shared  # the published reference curves
 def test_published_curves_are_marked():
     from bench.report import family_label, published
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import KODAK, ROOT, kodak_crop
+from conftest import PHOTO, ROOT, photo_crop
 
 
 def run(*args, stdin=None, cwd=None):
@@ -19,7 +19,7 @@ def run(*args, stdin=None, cwd=None):
 @pytest.fixture()
 def photo(tmp_path):
     p = tmp_path / "photo.png"
-    Image.fromarray(kodak_crop(5, 100, 100, 70, 50)).save(p)
+    Image.fromarray(photo_crop(100, 100, 70, 50)).save(p)
     return p
 
 
@@ -94,8 +94,8 @@ def test_unsupported_images(tmp_path, tiny_model_file):
 
 
 def test_default_model_from_any_folder(tmp_path):
-    """The README's main job: encode and decode a Kodak image with the shipped default model."""
-    src = KODAK / "kodim23.png"
+    """The README's main job: encode and decode the shipped photo with the shipped default model."""
+    src = PHOTO
     r = run("encode", src, "-o", "k.pqm", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = run("decode", "k.pqm", "-o", "k.png", cwd=tmp_path)
@@ -112,7 +112,7 @@ def test_quality_option_picks_the_ladder_model(tmp_path):
 
     levels = zoo.quality_levels()
     assert len(levels) >= 5
-    Image.fromarray(kodak_crop(23, 256, 128, 256, 192)).save(tmp_path / "in.png")
+    Image.fromarray(photo_crop(256, 128, 256, 192)).save(tmp_path / "in.png")
     sizes = []
     for q in (min(levels), max(levels)):
         r = run("encode", "in.png", "-q", str(q), "-o", f"{q}.pqm", cwd=tmp_path)
@@ -137,8 +137,8 @@ def test_cli_shim_from_checkout(tmp_path):
 def test_batch_goes_on_past_a_bad_file(tmp_path, tiny_model_file):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(kodak_crop(1, 0, 0, 40, 30)).save(src / "a.png")
-    Image.fromarray(kodak_crop(2, 0, 0, 50, 20)).save(src / "c.jpg")
+    Image.fromarray(photo_crop(0, 0, 40, 30, variant=1)).save(src / "a.png")
+    Image.fromarray(photo_crop(0, 0, 50, 20, variant=2)).save(src / "c.jpg")
     (src / "b.png").write_bytes(b"\x89PNG broken")
     (src / "notes.txt").write_text("not an image: skipped")
     before = {p.name: p.read_bytes() for p in src.iterdir()}

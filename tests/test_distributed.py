@@ -9,7 +9,7 @@ import sys
 import torch
 from PIL import Image
 
-from conftest import TINY, kodak_crop
+from conftest import TINY, photo_crop
 
 LAUNCH = """
 import os, sys, torch
@@ -44,10 +44,11 @@ def assert_same(a, b):
 
 
 def test_two_ranks_identical_and_resume_exact(tmp_path):
-    for name, n in (("train", 4), ("val", 1)):
+    folders = {"train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(4)], "val": [photo_crop(240, 120, 288, 272)]}
+    for name, images in folders.items():
         (tmp_path / name).mkdir()
-        for i in range(n):
-            Image.fromarray(kodak_crop(i + 1, 0, 0, 288, 272)).save(tmp_path / name / f"{i}.png")
+        for i, rgb in enumerate(images):
+            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     torchrun(tmp_path, straight)
     log = (straight / "train.log").read_text()

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import kodak_crop
+from conftest import photo_crop
 from pqmim import BitstreamError
 from pqmim import format as fmt
 from pqmim.entropy import coder as coder_mod
@@ -20,7 +20,7 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 @pytest.fixture(scope="module")
 def sample(tiny_codec):
-    rgb = kodak_crop(5, 100, 80, 96, 72)
+    rgb = photo_crop(100, 80, 96, 72)
     data = tiny_codec.compress(rgb)
     return data, tiny_codec.decode_codes(data)[1]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, kodak_crop, make_tiny_model
+from conftest import TINY, make_tiny_model, photo_crop
 from pqmim import Codec, ModelFileError, zoo
 from pqmim.evaluate import psnr_uint8
 from pqmim.models import PQMIM, warm_start
@@ -33,7 +33,7 @@ def test_bad_model_files(tmp_path):
 
 def test_api_accepts_path_pil_and_array(tmp_path):
     codec = Codec(make_tiny_model(), name="tiny")
-    rgb = kodak_crop(8, 10, 10, 48, 40)
+    rgb = photo_crop(10, 10, 48, 40, variant=5)
     Image.fromarray(rgb).save(tmp_path / "a.png")
     outs = [codec.compress(x) for x in (rgb, Image.fromarray(rgb), tmp_path / "a.png", str(tmp_path / "a.png"))]
     assert len(set(outs)) == 1
@@ -41,10 +41,10 @@ def test_api_accepts_path_pil_and_array(tmp_path):
     assert isinstance(img, Image.Image) and img.size == (48, 40)
 
 
-def test_shipped_default_model_on_a_kodak_crop():
+def test_shipped_default_model_on_a_photo_crop():
     codec = Codec.from_pretrained()
     assert codec.name == zoo.DEFAULT_MODEL
-    rgb = kodak_crop(19, 200, 300, 192, 128)
+    rgb = photo_crop(200, 300, 192, 128)
     data = codec.compress(rgb)
     header, codes = codec.decode_codes(data)
     assert torch.equal(codes, codec.encode_codes([rgb])[0])
@@ -78,7 +78,7 @@ def test_ladder_cards_are_measured_and_ordered():
 def test_shipped_ladder_model_round_trip(quality):
     codec = Codec.from_pretrained(quality=quality)
     assert codec.name == f"pqmim-q{quality}"
-    rgb = kodak_crop(5, 100, 50, 160, 96)
+    rgb = photo_crop(100, 50, 160, 96)
     data = codec.compress(rgb)
     _, codes = codec.decode_codes(data)
     assert torch.equal(codes, codec.encode_codes([rgb])[0])

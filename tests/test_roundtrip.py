@@ -5,15 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kodak_crop
+from conftest import photo_crop
 
 
 def crops():
     rng = np.random.default_rng(0)
     out = []
-    for i in range(1, 25):  # every Kodak image, crops of varied sizes
+    for i in range(24):  # crops of varied sizes and places, 3 of each of the photo's 8 variants
+        v = i % 8
+        W, H = (768, 512) if v < 4 else (512, 768)
         w, h = int(rng.integers(40, 200)), int(rng.integers(40, 200))
-        out.append(kodak_crop(i, int(rng.integers(0, 500)), int(rng.integers(0, 300)), w, h))
+        out.append(photo_crop(int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1)), w, h, variant=v))
     return out
 
 
@@ -26,7 +28,7 @@ def assert_exact(codec, rgb, data, chosen=None):
     assert torch.equal(codes, codec.encode_codes([rgb])[0] if chosen is None else chosen)
 
 
-def test_kodak_crops_roundtrip_exactly(tiny_codec):
+def test_photo_crops_roundtrip_exactly(tiny_codec):
     for rgb in crops():
         data = tiny_codec.compress(rgb)
         assert_exact(tiny_codec, rgb, data)
@@ -53,7 +55,7 @@ def test_thread_count_does_not_matter(tiny_codec, enc_threads, dec_threads):
 
 
 def test_batch_equals_one_by_one(tiny_codec):
-    images = crops()[:4] + [kodak_crop(3, 0, 0, 64, 48), kodak_crop(4, 100, 100, 64, 48)]
+    images = crops()[:4] + [photo_crop(0, 0, 64, 48, variant=3), photo_crop(100, 100, 64, 48, variant=4)]
     batch = tiny_codec.compress_batch(images)
     for rgb, data in zip(images, batch):
         assert_exact(tiny_codec, rgb, data)
@@ -64,7 +66,7 @@ def test_batch_equals_one_by_one(tiny_codec):
 
 
 def test_compression_is_deterministic(tiny_codec):
-    rgb = kodak_crop(7, 50, 50, 120, 90)
+    rgb = photo_crop(50, 50, 120, 90, variant=7)
     assert tiny_codec.compress(rgb) == tiny_codec.compress(rgb)
 
 
@@ -84,7 +86,7 @@ def test_wrong_model_fails_clearly(tiny_codec):
     from pqmim.codec import Codec
 
     other = Codec(make_tiny_model(seed=1), name="other")
-    data = tiny_codec.compress(kodak_crop(1, 0, 0, 32, 32))
+    data = tiny_codec.compress(photo_crop(0, 0, 32, 32, variant=1))
     with pytest.raises(BitstreamError, match="encoded with"):
         other.decompress(data)
 
@@ -92,7 +94,7 @@ def test_wrong_model_fails_clearly(tiny_codec):
 def test_corrupted_payload_is_reported_not_decoded(tiny_codec):
     from pqmim import BitstreamError
 
-    data = bytearray(tiny_codec.compress(kodak_crop(2, 0, 0, 64, 64)))
+    data = bytearray(tiny_codec.compress(photo_crop(0, 0, 64, 64, variant=2)))
     data[len(data) // 2] ^= 0x10
     with pytest.raises(BitstreamError, match="checksum"):
         tiny_codec.decompress(bytes(data))
@@ -107,7 +109,7 @@ def test_decodes_exactly_when_logits_differ_within_the_margin(tiny_codec, monkey
     from pqmim.entropy import pmf
 
     assert noise < pmf.MARGIN or not exact
-    rgb = kodak_crop(9, 200, 100, 120, 96)
+    rgb = photo_crop(200, 100, 120, 96)
     data = tiny_codec.compress(rgb)
     chosen = tiny_codec.decode_codes(data)[1]
     ent = tiny_codec.coder.entropy
@@ -129,7 +131,7 @@ def test_encoder_shifts_the_grid_when_a_logit_is_too_close(tiny_codec, monkeypat
     ent = tiny_codec.coder.entropy
     real = type(ent).logits
     monkeypatch.setattr(ent, "logits", lambda h: torch.floor(real(ent, h) * pmf.STEPS_PER_NAT) / pmf.STEPS_PER_NAT + 0.5 / pmf.STEPS_PER_NAT)
-    rgb = kodak_crop(10, 0, 0, 64, 64)
+    rgb = photo_crop(0, 0, 64, 64, variant=6)
     data = tiny_codec.compress(rgb)
     header, codes = tiny_codec.decode_codes(data)
     assert header.grid != 0

@@ -4,16 +4,18 @@ import json
 
 from PIL import Image
 
-from conftest import TINY, kodak_crop
+from conftest import TINY, photo_crop
 from pqmim import Codec
 from pqmim.train import main
 
 
 def test_train_resume_export(tmp_path):
-    for name, n in (("train", 4), ("val", 2), ("kodak", 1)):
+    folders = {"train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(4)],  # the photo's 4 corners
+               "val": [photo_crop(240, 120, 288, 272, variant=v) for v in (0, 3)], "kodak": [photo_crop(350, 200, 64, 48)]}
+    for name, images in folders.items():
         (tmp_path / name).mkdir()
-        for i in range(n):
-            Image.fromarray(kodak_crop(i + 1, 0, 0, 288 if name != "kodak" else 64, 272 if name != "kodak" else 48)).save(tmp_path / name / f"{i}.png")
+        for i, rgb in enumerate(images):
+            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
     args = ["--out", str(tmp_path / "run"), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
             "--kodak", str(tmp_path / "kodak"), "--config", json.dumps(TINY.to_dict()),
             "--stage1-plan", json.dumps({"steps": 6, "warmup_ae_steps": 2, "small_crop_until": 3, "small_crop": 32,
@@ -31,5 +33,5 @@ def test_train_resume_export(tmp_path):
     assert card["kodak"]["images"] == 1 and card["kodak"]["bpp"] > 0
     codec = Codec.from_file(tmp_path / "models" / "tiny-trained.safetensors")
     assert codec.model_id.hex() == card["model_id"]
-    rgb = kodak_crop(3, 0, 0, 40, 30)
+    rgb = photo_crop(0, 0, 40, 30, variant=4)
     assert codec.decompress(codec.compress(rgb)).size == (40, 30)
