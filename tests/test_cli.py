@@ -85,10 +85,9 @@ def test_refuses_to_overwrite_without_force(tmp_path, photo, tiny_model_file):
 
 
 def test_unsupported_images(tmp_path, tiny_model_file):
-    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    r = run("encode", tmp_path / "a.png", "-o", tmp_path / "a.pqm", "--model-file", tiny_model_file)
-    assert r.returncode == 1 and b"transparency" in r.stderr
+    Image.fromarray(np.zeros((8, 8), dtype=np.float32), "F").save(tmp_path / "a.tiff")
+    r = run("encode", tmp_path / "a.tiff", "-o", tmp_path / "a.pqm", "--model-file", tiny_model_file)
+    assert r.returncode == 1 and b"floating-point" in r.stderr and not (tmp_path / "a.pqm").exists()
     r = run("encode", tmp_path / "missing.png", "-o", tmp_path / "m.pqm", "--model-file", tiny_model_file)
     assert r.returncode == 1 and b"no such file" in r.stderr
 

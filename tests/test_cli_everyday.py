@@ -9,8 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT
-from ladder import tiny_ladder  # noqa: F401  (fixture)
+from conftest import PHOTO, ROOT
 
 
 def run(*args, umask=None, env=None):
@@ -20,7 +19,7 @@ def run(*args, umask=None, env=None):
 
 
 def rgba_photo(path):
-    with Image.open(ROOT / "examples" / "kodim23.png") as im:
+    with Image.open(PHOTO) as im:
         rgb = np.asarray(im.convert("RGB"))[200:260, 300:380]
     a = np.full(rgb.shape[:2], 255, np.uint8)
     a[10:40, 10:50] = 0
@@ -89,7 +88,7 @@ def test_max_bytes_and_max_bpp(tmp_path, tiny_ladder):
 
 def test_compare_writes_one_sheet(tmp_path, tiny_ladder):
     env = {"PQMIM_MODELS": str(tiny_ladder[0])}
-    with Image.open(ROOT / "examples" / "kodim23.png") as im:
+    with Image.open(PHOTO) as im:
         im.crop((200, 100, 520, 340)).save(tmp_path / "p.png")
     r = run("compare", tmp_path / "p.png", "-q", "2", "--size", "128", env=env)
     assert r.returncode == 0, r.stderr

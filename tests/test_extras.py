@@ -14,9 +14,8 @@ from pqmim import format as fmt
 from pqmim.extras import Extras
 from pqmim.image import Picture, read_picture
 
-from conftest import ROOT
+from conftest import PHOTO
 
-PHOTO = ROOT / "examples" / "kodim23.png"
 
 
 def photo(w=64, h=48) -> np.ndarray:

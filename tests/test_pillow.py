@@ -8,10 +8,8 @@ from PIL import Image
 
 import pqmim  # noqa: F401  (registers the plugin)
 
-from conftest import ROOT
-from ladder import tiny_ladder  # noqa: F401  (fixture)
+from conftest import PHOTO
 
-PHOTO = ROOT / "examples" / "kodim23.png"
 
 
 def crop(w=80, h=56) -> Image.Image:

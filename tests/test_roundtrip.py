@@ -136,3 +136,14 @@ def test_encoder_shifts_the_grid_when_a_logit_is_too_close(tiny_codec, monkeypat
     header, codes = tiny_codec.decode_codes(data)
     assert header.grid != 0
     assert_exact(tiny_codec, rgb, data)
+
+
+def test_progress_callback_counts_up_to_its_total(tiny_codec):
+    rgb = photo_crop(0, 0, 200, 136)
+    calls = []
+    data = tiny_codec.compress(rgb, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == list(range(1, len(calls) + 1))
+    seen = []
+    tiny_codec.decompress(data, progress=lambda done, total: seen.append((done, total)))
+    assert seen == calls  # the decoder replays the encoder's steps
+    assert data == tiny_codec.compress(rgb)  # reporting changes nothing

@@ -6,14 +6,13 @@ import pytest
 from pqmim.codec import shipped_codec
 from pqmim.sizing import TargetSizeError, bytes_for_bpp, compress_to_size
 
-from conftest import ROOT
-from ladder import tiny_ladder  # noqa: F401  (fixture)
+from conftest import PHOTO
 
 
 def photo() -> np.ndarray:
     from PIL import Image
 
-    with Image.open(ROOT / "examples" / "kodim23.png") as im:
+    with Image.open(PHOTO) as im:
         return np.asarray(im.convert("RGB"))[100:212, 200:360].copy()
 
 
