@@ -360,7 +360,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         else:
             size = f"{'>' if r['over_budget'] else ''}{r['bytes']}"
             print(f"{r['label']:<12} {r['setting']:<10} {size:>7} {r['bpp']:>7.4f} {r['psnr']:>6.2f}")
-    print(f"wrote {out}" + ("  (> : even the lowest setting is larger than the pqmim file)" if any(r["over_budget"] for r in rows) else ""))
+    print(f"wrote {out}" + ("  (>: that codec cannot make a file as small as pqmim's; this is its smallest)" if any(r["over_budget"] for r in rows) else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ the highest quality setting whose file is no larger than pqmim's (pqmim.classica
 and lays out the same crop of the original and of every decoded image, each labelled with its
 setting, bytes, bpp and the PSNR of the full image. Invariants: every byte count is a real
 file's size; a classical file is never larger than pqmim's unless even its codec's lowest
-setting is (then its row says `over_budget` and its label "at least N B"); a codec this Pillow
+setting is (then its row says `over_budget` and its label "smallest N B"); a codec this Pillow
 cannot write gets a blank tile and a row saying so, not an exception.
 
 `tile_sheet` draws labelled tiles side by side; the bench's visual comparison uses it too.
@@ -94,6 +94,6 @@ def comparison_sheet(rgb: ImageLike, pqmim_codec, crop: tuple[int, int, int, int
 
 
 def _label(row: dict) -> str:
-    size = f"at least {row['bytes']} B" if row["over_budget"] else f"{row['bytes']} B"
+    size = f"smallest {row['bytes']} B" if row["over_budget"] else f"{row['bytes']} B"
     name = row["setting"] if row["setting"].startswith(row["label"]) else f"{row['label']} {row['setting']}"
     return f"{name}\n{size}, {row['bpp']:.3f} bpp\nPSNR {row['psnr']:.2f} dB"

@@ -43,7 +43,7 @@ def test_encode_at_size_below_the_lowest_setting(codec):
     need(codec)
     lo = QUALITY_RANGE[codec][0]
     q, data = encode_at_size(codec, RGB, 100)
-    assert q == lo and data == encode(codec, RGB, lo) and len(data) > 100  # over budget: the caller says "at least"
+    assert q == lo and data == encode(codec, RGB, lo) and len(data) > 100  # over budget: the caller says "smallest"
 
 
 def test_crop_box():
