@@ -104,3 +104,28 @@ def test_compare_writes_one_sheet(tmp_path, tiny_ladder):
     assert r.returncode == 1 and b"exists" in r.stderr  # no overwrite without --force
     r = run("compare", tmp_path / "missing.png", env=env)
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
+
+
+BLOCK_BENCH = """
+import sys
+for name in ("compressai", "lpips", "torch_fidelity", "bjontegaard", "matplotlib", "torchvision", "pytest", "hypothesis"):
+    sys.modules[name] = None  # as if not installed: import raises ModuleNotFoundError, find_spec gives None
+from pqmim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_core_install_needs_no_benchmark_package(tmp_path, tiny_ladder):
+    """What `pip install pqmim` gives (no extras) is enough for the CLI and the Pillow plugin."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if d.split(">")[0].split("=")[0].split("<")[0].strip() in {"compressai", "lpips", "torch-fidelity", "bjontegaard", "matplotlib", "torchvision"}]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PQMIM_MODELS": str(tiny_ladder[0])}
+    with Image.open(PHOTO) as im:
+        im.crop((0, 0, 96, 64)).save(tmp_path / "p.png")
+    for args in (["--version"], ["models"], ["encode", tmp_path / "p.png", "-o", tmp_path / "p.pqm", "-q", "1"],
+                 ["decode", tmp_path / "p.pqm", "-o", tmp_path / "p_out.png"], ["info", tmp_path / "p.pqm"]):
+        r = subprocess.run([sys.executable, "-c", BLOCK_BENCH, *map(str, args)], capture_output=True, env=env, timeout=300)
+        assert r.returncode == 0, (args, r.stderr)
+    assert Image.open(tmp_path / "p_out.png").size == (96, 64)
