@@ -3,8 +3,8 @@
 `Codec` and `ModelFileError` are imported on first use, so that training (``python -m
 pqmim.train``, the GPU round) runs where the entropy coder's library (constriction) is not
 installed, and so that `import pqmim` (and `pqmim --version`, `info`, `models`) does not wait
-for torch. Importing the package
-registers the .pqm format with Pillow (`Image.open("x.pqm")`, `im.save("x.pqm")`: pqmim/pillow.py).
+for torch. Importing the package registers the .pqm format with Pillow (`Image.open("x.pqm")`,
+`im.save("x.pqm")`: pqmim/pillow.py).
 """
 
 from . import pillow as _pillow  # noqa: F401  (registers the .pqm format with Pillow)

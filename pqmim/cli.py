@@ -166,17 +166,18 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
     """Decode one .pqm file (or -); `codecs` caches the models met so far by name."""
     import io
 
+    from . import zoo
+    from .format import unpack
+
     t = Timings()
     with t("read"):
         data = read_input(src)
-    key = args.model_file or args.model or _model_name(data)
+        header, _ = unpack(data)
+    key = args.model_file or args.model or zoo.name_for_id(header.model_id) or header.model_id.hex()
     if key not in codecs:
         codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose)
     codec = codecs[key]
     with t("decode"):
-        from .format import unpack
-
-        header, _ = unpack(data)
         with coding_bar(args, header.width * header.height, Path(src).name) as progress:
             image = codec.decompress(data, progress)
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
@@ -190,14 +191,6 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
         write_output(out, buf.getvalue(), args.force, [src])
     if args.verbose and out != "-":
         say(f"{out}: {image.width}x{image.height} {image.mode} ({codec.name}); {t}")
-
-
-def _model_name(data: bytes) -> str:
-    from . import zoo
-    from .format import unpack
-
-    header, _ = unpack(data)
-    return zoo.name_for_id(header.model_id) or header.model_id.hex()
 
 
 def is_batch(inputs: list[str]) -> bool:
@@ -349,7 +342,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     codec = load_codec(args.model, args.model_file, quality=args.quality)
     out = args.output or str(Path(args.input).with_name(Path(args.input).stem + "_compare.png"))
-    sheet, rows = comparison_sheet(read_picture_arg(args.input).rgb, codec, crop=args.crop, size=args.size)
+    sheet, rows = comparison_sheet(read_picture_arg(args.input), codec, crop=args.crop, size=args.size)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     write_output(out, buf.getvalue(), args.force, [args.input])

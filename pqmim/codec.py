@@ -130,7 +130,7 @@ class Codec:
         has an alpha plane; `info` holds the ICC profile and EXIF block the file carries."""
         header, codes = self.decode_codes(data, progress)
         extras = Extras.from_chunks(header.chunks, header.width, header.height)
-        rgb = np.asarray(self.decode_image(codes, header.width, header.height))
+        rgb = tiling.decode_tiled(self.model, codes, self._tile, header.width, header.height)
         return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
 
 

@@ -24,10 +24,9 @@ def bytes_for_bpp(bpp: float, width: int, height: int) -> int:
     return math.floor(bpp * width * height / 8)
 
 
-def _predicted_bytes(name: str, pixels: int) -> float:
-    card = next((c for c in zoo.list_models() if c["name"] == name), {})
+def _kodak_bpp(card: dict) -> float:
     bpp = (card.get("kodak") or {}).get("bpp")
-    return bpp * pixels / 8 if isinstance(bpp, (int, float)) else math.inf
+    return bpp if isinstance(bpp, (int, float)) else math.inf
 
 
 def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False) -> tuple[bytes, str]:
@@ -48,7 +47,8 @@ def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = Fal
             files[i] = shipped_codec(levels[qs[i]]).compress(pic, keep_metadata)
         return len(files[i]) <= max_bytes
 
-    i = max([j for j, q in enumerate(qs) if _predicted_bytes(levels[q], pixels) <= max_bytes], default=0)
+    bpp = {c["name"]: _kodak_bpp(c) for c in zoo.list_models()}
+    i = max([j for j, q in enumerate(qs) if bpp.get(levels[q], math.inf) * pixels / 8 <= max_bytes], default=0)
     if fits(i):
         while i + 1 < len(qs) and fits(i + 1):
             i += 1
