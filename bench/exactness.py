@@ -8,7 +8,8 @@ Then, with the encoder's codes as context, compute every logit the coder uses al
 arithmetic paths and compare with the coder's own (one window at a time, single-threaded ops,
 last layer on the coded rows only):
   - float64, all windows of the image in one batch with full rows and the process's threads:
-    other matrix shapes, so other kernels and summation orders, as on another machine;
+    other matrix shapes, so other kernels and summation orders, as on another machine (for a
+    block-causal model: the training path, both streams under a mask, instead of the cache);
   - float32, the same batch: what a decoder running the model in float32 would compute.
 For each it reports the largest logit difference and how many snapped logits (the integers the
 probability tables are built from) differ. Writes bench/results/exactness.json.
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from pqmim import Codec
 from pqmim.data import list_images
 from pqmim.entropy import pmf
-from pqmim.entropy.coder import single_threaded_ops
+from pqmim.models.transformer import KVCache
+from pqmim.threads import fixed_pieces
 from pqmim.entropy.schedule import reveal_groups, window_tiles
 
 from .kodak import write_json
@@ -38,7 +40,9 @@ from .suite import RESULTS, SHARED, environment
 
 @torch.no_grad()
 def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
-    """Compare the coder's float64 logits with a batched float64 and a batched float32 path."""
+    """Compare the coder's float64 logits with a batched float64 and a batched float32 path.
+    For a block-causal model the batched paths are the training path (`two_stream`: both
+    streams of every window at once, under an attention mask), not the coder's cached one."""
     cfg, coder = codec.cfg, codec.coder
     W, m = cfg.window, cfg.m
     padded = coder._pad(codes).view(-1, m, W, W)
@@ -51,20 +55,36 @@ def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
     f32 = copy.deepcopy(coder.entropy).float()
     visible = torch.zeros(len(tiles), W * W, dtype=torch.bool)
     stats = {"logits": 0, "max_diff_f64": 0.0, "max_diff_f32": 0.0, "snap_diff_f64": 0, "snap_diff_f32": 0, "min_margin": np.inf}
+    if cfg.causal:
+        step_of = torch.full((len(tiles), W * W), cfg.steps)
+        for t in range(len(tiles)):
+            for s in range(cfg.steps):
+                step_of[t, torch.from_numpy(groups[t][s])] = s
+        step_of = step_of.view(-1, W, W)
+        full64 = coder.entropy.two_stream(padded, step_of, valid)  # (n_t, W*W, m, k)
+        full32 = f32.two_stream(padded, step_of, valid).double()
+        caches = [KVCache(cfg.n_layers) for _ in tiles]
+        last: list[torch.Tensor | None] = [None] * len(tiles)
     for s in range(cfg.steps):
-        batch64 = coder.entropy(padded, visible.view(-1, W, W), valid)  # (n_t, W*W, m, k)
-        batch32 = f32(padded, visible.view(-1, W, W), valid).double()
+        if not cfg.causal:
+            full64 = coder.entropy(padded, visible.view(-1, W, W), valid)  # (n_t, W*W, m, k)
+            full32 = f32(padded, visible.view(-1, W, W), valid).double()
         for t in range(len(tiles)):
             g = torch.from_numpy(groups[t][s])
             if not len(g):
                 continue
-            with single_threaded_ops():
-                own = coder.entropy.logits(coder.entropy.hidden(padded[t : t + 1], visible[t : t + 1].view(1, W, W), valid[t : t + 1], g)[0])
+            with fixed_pieces():
+                if cfg.causal:
+                    new = last[t]
+                    own = coder.entropy.logits(coder.entropy.advance(caches[t], None if new is None else padded[t : t + 1].view(1, m, -1)[:, :, new], new, g, 1)[0])
+                    last[t] = g
+                else:
+                    own = coder.entropy.logits(coder.entropy.hidden(padded[t : t + 1], visible[t : t + 1].view(1, W, W), valid[t : t + 1], g)[0])
             own = own.reshape(-1, cfg.k)
             snap = pmf.snap(own)
             stats["logits"] += own.numel()
             stats["min_margin"] = min(stats["min_margin"], pmf.margin(own, 0))
-            for name, other in (("f64", batch64[t, g]), ("f32", batch32[t, g])):
+            for name, other in (("f64", full64[t, g]), ("f32", full32[t, g])):
                 other = other.reshape(-1, cfg.k)
                 stats[f"max_diff_{name}"] = max(stats[f"max_diff_{name}"], float((own - other).abs().max()))
                 stats[f"snap_diff_{name}"] += int((pmf.snap(other) != snap).sum())

@@ -1,11 +1,14 @@
-"""Encode/decode time and peak memory with a shipped model: a Kodak image, or large mosaics.
+"""Encode/decode time and peak memory with a shipped model, beside WebP and AVIF.
 
     python -m bench speed [--model pqmim-q3] [--image ../shared/data/kodak/kodim01.png]
     python -m bench speed --megapixels 1 4 16 --threads 2     # large images: the README table
 
-Each measurement runs in a fresh process (so peak RSS is that of one encode or one decode,
-model loading included); times are the median of --repeat runs inside that process, after
-one warm-up, with the model already loaded (large images: one run, no warm-up).
+Default: the image at its size (Kodak, 768x512) and downscaled to 480x320 (Lanczos). For each,
+pqmim encodes and decodes in fresh processes (so peak RSS is that of one encode or one
+decode, model loading included); times are the median of --repeat runs inside that process,
+after one warm-up, with the model already loaded (large images: one run, no warm-up). WebP and
+AVIF (Pillow, the settings of the rate-distortion bench: pqmim.classical) are timed in this
+process at the quality whose file is the largest not above pqmim's, median of --repeat runs.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from pathlib import Path
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak" / "kodim01.png"
 
 
-def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str) -> dict:
+def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str, device: str = "cpu") -> dict:
     """One process, one job: encode `image` into `pqm`, or decode `pqm` (made by an encode run)."""
     import torch
 
     from pqmim import Codec
 
     torch.set_num_threads(threads)
-    codec = Codec.from_pretrained(model)
+    codec = Codec.from_pretrained(model, device=device)
     times = []
     for i in range(repeat + (1 if repeat > 1 else 0)):  # one warm-up when the median is of several
         t = time.perf_counter()
@@ -46,13 +49,13 @@ def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: st
     return {"what": what, "median_s": statistics.median(times), "min_s": min(times), "peak_rss_mb": peak_mb, "bytes": Path(pqm).stat().st_size, "threads": threads}
 
 
-def measure(model: str, image: str, repeat: int, threads: int) -> list[dict]:
+def measure(model: str, image: str, repeat: int, threads: int, device: str = "cpu") -> list[dict]:
     """Encode then decode `image`, each in a fresh process (so peak RSS is that job's alone)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pqm = str(Path(tmp) / "out.pqm")
         for what in ("encode", "decode"):
-            cmd = [sys.executable, "-m", "bench", "speed", "--model", model, "--image", image, "--repeat", str(repeat), "--worker", what, str(threads), pqm]
+            cmd = [sys.executable, "-m", "bench", "speed", "--model", model, "--image", image, "--repeat", str(repeat), "--device", device, "--worker", what, str(threads), pqm]
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
             if r.returncode:
                 raise RuntimeError(f"{what} worker failed:\n{r.stderr}")
@@ -79,7 +82,7 @@ def mosaic(width: int, height: int, path: Path) -> None:
     Image.fromarray(out).save(path)
 
 
-def large(model: str, megapixels: list[int], threads: int, repeat: int) -> list[dict]:
+def large(model: str, megapixels: list[int], threads: int, repeat: int, device: str = "cpu") -> list[dict]:
     """Time and peak memory of square photo-like images of the given megapixels."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,44 +90,100 @@ def large(model: str, megapixels: list[int], threads: int, repeat: int) -> list[
             side = int(round((mp * 2**20) ** 0.5))
             path = Path(tmp) / f"mosaic{mp}.png"
             mosaic(side, side, path)
-            enc, dec = measure(model, str(path), repeat, threads)
+            enc, dec = measure(model, str(path), repeat, threads, device)
             rows.append({"megapixels": mp, "side": side, "bytes": enc["bytes"], "encode_s": enc["median_s"], "decode_s": dec["median_s"],
                          "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"], "threads": threads})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
+def classical_rows(image: str, pqm_bytes: int, repeat: int) -> list[dict]:
+    """WebP and AVIF at the highest quality whose file is at most pqmim's: median times."""
+    import numpy as np
+    from PIL import Image
+
+    from pqmim import classical
+
+    with Image.open(image) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    rows = []
+    for codec in ("webp", "avif"):
+        if not classical.available(codec):
+            rows.append({"codec": codec, "skipped": "this Pillow cannot write it"})
+            continue
+        quality, data = classical.encode_at_size(codec, rgb, pqm_bytes)
+        enc, dec = [], []
+        for _ in range(repeat + 1):  # the first run is a warm-up
+            t = time.perf_counter()
+            classical.encode(codec, rgb, quality)
+            enc.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            classical.decode(data)
+            dec.append(time.perf_counter() - t)
+        rows.append({"codec": codec, "quality": quality, "bytes": len(data), "over_budget": len(data) > pqm_bytes, "encode_s": statistics.median(enc[1:]), "decode_s": statistics.median(dec[1:])})
+    return rows
+
+
+def downscaled(image: str, width: int, height: int, folder: Path) -> str:
+    from PIL import Image
+
+    path = folder / f"{Path(image).stem}_{width}x{height}.png"
+    with Image.open(image) as im:
+        im.convert("RGB").resize((width, height), Image.LANCZOS).save(path)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default", help="shipped model name (default: the default model)")
     ap.add_argument("--image", default=str(DEFAULT_IMAGE))
+    ap.add_argument("--small", default="480x320", help="also time the image downscaled to this size ('' for none)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--megapixels", type=int, nargs="+", help="instead of --image: square Kodak mosaics of these sizes (e.g. 1 4 16), timed once each")
+    ap.add_argument("--device", default="cpu", help="where pqmim's networks run: cpu, or cuda (files decode on the CPU either way)")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--worker", nargs=3, metavar=("WHAT", "THREADS", "PQM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]), args.worker[2])))
+        print(json.dumps(worker(args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]), args.worker[2], args.device)))
         return 0
     if args.megapixels:
-        rows = large(args.model, args.megapixels, args.threads[0], 1 if args.repeat == 5 else args.repeat)
+        rows = large(args.model, args.megapixels, args.threads[0], 1 if args.repeat == 5 else args.repeat, args.device)
         print(f"{args.model}, {rows[0]['threads']} threads, photo-like Kodak mosaics, each job in a fresh process")
         print("| megapixels | size | encode (s) | decode (s) | s per MP (enc + dec) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|")
         for r in rows:
             per_mp = (r["encode_s"] + r["decode_s"]) * 2**20 / (r["side"] ** 2)
             print(f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | {per_mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |")
     else:
-        rows = []
-        for threads in args.threads:
-            rows += measure(args.model, args.image, args.repeat, threads)
         from PIL import Image
 
-        w, h = Image.open(args.image).size
-        print(f"{args.model} on {Path(args.image).name} ({w}x{h}), median of {args.repeat} runs")
-        print("| threads | step | time (s) | peak RSS (MB) |\n|---|---|---|---|")
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            images = [args.image]
+            if args.small:
+                w, h = (int(v) for v in args.small.split("x"))
+                images.append(downscaled(args.image, w, h, Path(tmp)))
+            for image in images:
+                with Image.open(image) as im:
+                    size = f"{im.width}x{im.height}"
+                pq = {}
+                for threads in args.threads:
+                    enc, dec = measure(args.model, image, args.repeat, threads, args.device)
+                    pq[threads] = enc["bytes"]
+                    rows.append({"image": size, "codec": f"pqmim {args.model}" + ("" if args.device == "cpu" else f" ({args.device})"), "threads": threads, "bytes": enc["bytes"], "encode_s": enc["median_s"],
+                                 "decode_s": dec["median_s"], "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"]})
+                for r in classical_rows(image, pq[args.threads[0]], args.repeat):
+                    rows.append({"image": size, "threads": "-", **r})
+        print(f"{Path(args.image).name}, median of {args.repeat} runs; WebP and AVIF at the largest file not above pqmim's")
+        print("| image | codec | threads | bytes | encode (s) | decode (s) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['threads']} | {r['what']} | {r['median_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+            if "skipped" in r:
+                print(f"| {r['image']} | {r['codec']} | | | {r['skipped']} | | | |")
+                continue
+            label = r["codec"] if r["codec"].startswith("pqmim") else f"{r['codec']} q={r['quality']}" + (" (its smallest file: larger than pqmim's)" if r["over_budget"] else "")
+            peaks = f"{r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f}" if "encode_peak_mb" in r else "| "
+            print(f"| {r['image']} | {label} | {r['threads']} | {r['bytes']} | {r['encode_s']:.3f} | {r['decode_s']:.3f} | {peaks} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

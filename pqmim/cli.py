@@ -95,7 +95,22 @@ def coding_bar(args: argparse.Namespace, pixels: int, desc: str) -> Iterator:
         yield update
 
 
-def load_codec(model: str | None, model_file: str | None, data: bytes | None = None, quality: int | None = None, verbose: bool = False):
+def check_device(device: str) -> str:
+    """--device: 'cpu', or 'cuda' ('cuda:N') where torch sees a GPU."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CLIError(f"unknown device {device!r}: use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: this torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"unsupported device {device!r}: use cpu or cuda")
+    return str(dev)
+
+
+def load_codec(model: str | None, model_file: str | None, data: bytes | None = None, quality: int | None = None, verbose: bool = False, device: str = "cpu"):
     """The codec for --model/--model-file/--quality; when decoding with none of them, the shipped
     model whose id the file names (so any shipped model's files decode without options)."""
     from .codec import Codec, codec_for, shipped_codec
@@ -104,18 +119,18 @@ def load_codec(model: str | None, model_file: str | None, data: bytes | None = N
         raise CLIError("choose one of --quality, --model and --model-file")
     t0 = time.perf_counter()
     if model_file:
-        codec = Codec.from_file(model_file)
+        codec = Codec.from_file(model_file, device=device)
     elif model or quality is not None:
         from . import zoo
 
         try:
-            codec = shipped_codec(zoo.model_for_quality(quality) if quality is not None else model)
+            codec = shipped_codec(zoo.model_for_quality(quality) if quality is not None else model, device)
         except ValueError as e:
             raise CLIError(str(e)) from None
     elif data is not None:
-        codec = codec_for(data)
+        codec = codec_for(data, device)
     else:
-        codec = shipped_codec()
+        codec = shipped_codec(None, device)
     if verbose:
         say(f"pqmim: model {codec.name} ready in {time.perf_counter() - t0:.2f} s")
     return codec
@@ -151,7 +166,7 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
     with t("encode"):
         if codec is None:
             budget = args.max_bytes if args.max_bytes is not None else bytes_for_bpp(args.max_bpp, w, h)
-            data, name = compress_to_size(pic, budget, args.keep_metadata)
+            data, name = compress_to_size(pic, budget, args.keep_metadata, args.device)
         else:
             with coding_bar(args, w * h, Path(src).name) as progress:
                 data, name = codec.compress(pic, args.keep_metadata, progress), codec.name
@@ -175,7 +190,7 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
         header, _ = unpack(data)
     key = args.model_file or args.model or zoo.name_for_id(header.model_id) or header.model_id.hex()
     if key not in codecs:
-        codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose)
+        codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose, device=args.device)
     codec = codecs[key]
     with t("decode"):
         with coding_bar(args, header.width * header.height, Path(src).name) as progress:
@@ -258,7 +273,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise CLIError("choose one of --max-bytes and --max-bpp")
     if (args.max_bytes is not None and args.max_bytes < 1) or (args.max_bpp is not None and not args.max_bpp > 0):
         raise CLIError("the size budget must be positive")
-    codec = None if sized else load_codec(args.model, args.model_file, quality=args.quality, verbose=args.verbose)
+    args.device = check_device(args.device)
+    codec = None if sized else load_codec(args.model, args.model_file, quality=args.quality, verbose=args.verbose, device=args.device)
     if not is_batch(args.input):
         encode_file(codec, args, args.input[0], args.output)
         return 0
@@ -267,6 +283,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    args.device = check_device(args.device)
     codecs: dict = {}
     if not is_batch(args.input):
         decode_file(codecs, args, args.input[0], args.output)
@@ -340,7 +357,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from .compare import comparison_sheet
 
-    codec = load_codec(args.model, args.model_file, quality=args.quality)
+    codec = load_codec(args.model, args.model_file, quality=args.quality, device=check_device(args.device))
     out = args.output or str(Path(args.input).with_name(Path(args.input).stem + "_compare.png"))
     sheet, rows = comparison_sheet(read_picture_arg(args.input), codec, crop=args.crop, size=args.size)
     buf = io.BytesIO()
@@ -366,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("-m", "--model", help="shipped model name (see `pqmim models`)")
         p.add_argument("--model-file", help="a .safetensors model file written by `pqmim train`")
+        p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the networks run; files are the same either way")
 
     def talk_opts(p: argparse.ArgumentParser) -> None:
         g = p.add_mutually_exclusive_group()

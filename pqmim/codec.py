@@ -95,8 +95,8 @@ class Codec:
         return self.compress_batch([image], keep_metadata, progress)[0]
 
     def compress_batch(self, images: Sequence[ImageLike], keep_metadata: bool = False, progress: Progress | None = None) -> list[bytes]:
-        """Compress several images; the bytes are identical to compressing them one by one
-        (up to the codes the encoder picks, which a batch may change, and which decode exactly)."""
+        """Compress several images; the bytes are identical to compressing them one by one (on
+        the CPU the analysis runs image by image in fixed bands: see pqmim/models/banded.py)."""
         pictures = [read_picture(im) for im in images]
         for p in pictures:
             fmt.check_dimensions(p.rgb.shape[1], p.rgb.shape[0])
@@ -134,18 +134,18 @@ class Codec:
         return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
 
 
-def shipped_codec(name: str | None = None) -> Codec:
-    """The Codec of a shipped model (None: the default), loaded once per process (for the CLI,
-    the Pillow plugin and target-size coding)."""
-    return _shipped(zoo.resolve(name))
+def shipped_codec(name: str | None = None, device: str = "cpu") -> Codec:
+    """The Codec of a shipped model (None: the default) on a device, loaded once per process
+    (for the CLI, the Pillow plugin and target-size coding)."""
+    return _shipped(zoo.resolve(name), str(torch.device(device)))
 
 
 @functools.lru_cache(maxsize=None)
-def _shipped(name: str) -> Codec:
-    return Codec.from_pretrained(name)
+def _shipped(name: str, device: str) -> Codec:
+    return Codec.from_pretrained(name, device=device)
 
 
-def codec_for(data: bytes) -> Codec:
+def codec_for(data: bytes, device: str = "cpu") -> Codec:
     """The shipped model whose id a bitstream names; BitstreamError if none is (saying which
     model made it, and for a retired one the release that decodes it)."""
     header, _ = fmt.unpack(data)
@@ -153,4 +153,4 @@ def codec_for(data: bytes) -> Codec:
     if name is None:
         what = zoo.describe_id(header.model_id)
         raise fmt.BitstreamError(f"file encoded with {what}" + ("" if zoo.retired(header.model_id) else ", not a shipped one: load its model file (Codec.from_file, or --model-file)"))
-    return shipped_codec(name)
+    return shipped_codec(name, device)

@@ -30,12 +30,18 @@ class ModelConfig:
     # coding schedule
     steps: int = 8  # S: positions are revealed in S groups
     alpha: float = 2.2  # cumulative share revealed after step s is (s/S) ** alpha
+    # block-causal ("two-stream") attention: a revealed code attends only to codes revealed at
+    # the same or earlier steps, so its activations never change once computed and the coder
+    # caches them (M2T, Mentzer et al. 2023): about 4x less work per image than full attention
+    causal: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
         ints = [*self.widths, self.res_blocks, self.m, self.k, self.sub_dim, self.d_model, self.n_layers, self.n_heads, self.window, self.steps]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
             raise ValueError("invalid model config: sizes must be integers")
+        if not isinstance(self.causal, bool):
+            raise ValueError("invalid model config: causal must be true or false")
         # upper bounds keep a hostile model file from asking for terabytes before its weights are read
         checks = {
             "widths must hold 1 to 6 stages of 1 to 4096 channels": 1 <= len(self.widths) <= 6 and all(1 <= w <= 4096 for w in self.widths),
@@ -64,6 +70,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
+        if not self.causal:  # absent in models made before the field existed: their ids must not change
+            del d["causal"]
         return d
 
     @classmethod

@@ -29,7 +29,7 @@ def _kodak_bpp(card: dict) -> float:
     return bpp if isinstance(bpp, (int, float)) else math.inf
 
 
-def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False) -> tuple[bytes, str]:
+def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False, device: str = "cpu") -> tuple[bytes, str]:
     """(the .pqm bytes, the model's name) of the highest quality level whose file of `image`
     (ICC profile, alpha and, with keep_metadata, EXIF included) is at most max_bytes."""
     from .codec import shipped_codec
@@ -44,7 +44,7 @@ def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = Fal
 
     def fits(i: int) -> bool:
         if i not in files:
-            files[i] = shipped_codec(levels[qs[i]]).compress(pic, keep_metadata)
+            files[i] = shipped_codec(levels[qs[i]], device).compress(pic, keep_metadata)
         return len(files[i]) <= max_bytes
 
     bpp = {c["name"]: _kodak_bpp(c) for c in zoo.list_models()}

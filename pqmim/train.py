@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .entropy.schedule import cumulative_counts
 from .data import CropSource, center_crops, describe_source, photos
 from .distributed import Dist, broadcast_buffers, index_stream, setup, teardown
 from .evaluate import psnr_uint8
@@ -325,6 +326,37 @@ def random_visible(valid: torch.Tensor, rng: np.random.Generator, min_mask: floa
     return valid & ~masked
 
 
+def random_groups(valid: torch.Tensor, rng: np.random.Generator, steps: int, alpha: float) -> torch.Tensor:
+    """Per window, the coding step of every real position (B, W, W): a random order cut into
+    groups of the coding schedule's sizes (the coder uses one fixed order; training on random
+    ones teaches the model every order). Padding gets step `steps`."""
+    b = valid.shape[0]
+    scores = torch.from_numpy(rng.random(valid.shape)).float()
+    scores = torch.where(valid, scores, torch.full_like(scores, 2.0))  # padding sorts last
+    rank = scores.flatten(1).argsort(1).argsort(1)  # B, n
+    group = torch.full_like(rank, steps)
+    for i, n in enumerate(valid.flatten(1).sum(1).tolist()):
+        bounds = torch.tensor(cumulative_counts(n, steps, alpha))
+        real = rank[i] < n
+        group[i, real] = torch.searchsorted(bounds, rank[i, real], right=True)
+    return group.reshape(valid.shape)
+
+
+class CausalCodeLoss(nn.Module):
+    """Stage 2's loss for a block-causal model: mean cross-entropy, in bits per code, of every
+    real position given the groups before its own (exactly what coding the window costs)."""
+
+    def __init__(self, entropy: nn.Module, k: int) -> None:
+        super().__init__()
+        self.entropy, self.k = entropy, k
+
+    def forward(self, codes: torch.Tensor, group: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        sel = valid.flatten(1)
+        lg = self.entropy.two_stream(codes, group, valid)[sel].float()  # P, m, k
+        tg = codes.flatten(2).transpose(1, 2)[sel]  # P, m
+        return F.cross_entropy(lg.reshape(-1, self.k), tg.reshape(-1)) / math.log(2)
+
+
 class MaskedCodeLoss(nn.Module):
     """Mean cross-entropy, in bits per code, of the masked real positions (stage 2's loss)."""
 
@@ -351,26 +383,32 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
     if finished(step, elapsed, plan):
         return True
     maps, val_maps = cached_code_maps(model, args, device, ctx)
-    loss_fn = MaskedCodeLoss(model.entropy, model.cfg.k)
+    cfg = model.cfg
+    loss_fn = (CausalCodeLoss if cfg.causal else MaskedCodeLoss)(model.entropy, cfg.k)
+
+    def hidden_part(valid: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """What the model is not told: each position's coding step, or which are visible."""
+        return random_groups(valid, rng, cfg.steps, cfg.alpha) if cfg.causal else random_visible(valid, rng, plan.min_mask)
+
     net = compiled(ctx.wrap(loss_fn, device), args)
     b = per_rank(plan.batch, ctx)
     stream = index_stream(len(maps), ctx, args.seed, start=step * b)
     vrng = np.random.default_rng(1234)
     val_batches = []
     for _ in range(8):
-        c, v = sample_windows(val_maps, vrng.integers(len(val_maps), size=32).tolist(), model.cfg.window, vrng)
-        val_batches.append((c, random_visible(v, vrng, plan.min_mask), v))
+        c, v = sample_windows(val_maps, vrng.integers(len(val_maps), size=32).tolist(), cfg.window, vrng)
+        val_batches.append((c, hidden_part(v, vrng), v))
     model.entropy.train()
     t0 = time.time() - elapsed
     ckpts = Checkpoints(args.ckpt_every, args.ckpt_minutes)
     while not finished(step, elapsed, plan):
         rng = np.random.default_rng([args.seed, ctx.rank, step])
         codes, valid = sample_windows(maps, [next(stream) for _ in range(b)], model.cfg.window, rng)
-        visible = random_visible(valid, rng, plan.min_mask)
+        given = hidden_part(valid, rng)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed, plan)
         with autocast(device):
-            loss = net(codes.to(device), visible.to(device), valid.to(device))
+            loss = net(codes.to(device), given.to(device), valid.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.entropy.parameters(), 1.0)
@@ -388,7 +426,7 @@ def train_stage2(model: PQMIM, plan: Stage2Plan, args, device: torch.device, ctx
             with torch.no_grad():
                 vl = np.mean([loss_fn(c.to(device), vi.to(device), v.to(device)).item() for c, vi, v in val_batches])
             model.entropy.train()
-            log(out, f"stage2 val step {step}: {vl:.3f} bits/code on masked val codes", ctx)
+            log(out, f"stage2 val step {step}: {vl:.3f} bits/code on {'all' if cfg.causal else 'masked'} val codes", ctx)
             status(out, ctx, val_bits_per_code=float(vl), val_bpp=float(vl) * model.cfg.m / model.cfg.f**2, val_step=step)
             save_ckpt(ckpt_path, entropy=model.entropy.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - t0, seen=seen)
         if stop:
@@ -508,6 +546,7 @@ def export_baseline(net: nn.Module, args, device_name: str) -> Path:
         "init_from": read_json(out / "warm_start.json") or None,
         "data": {**describe_source(args.train), "val": str(args.val)},
         "storage": args.storage,
+        **({"entropy_variant_of": args.base} if args.base else {}),
         "training": {**read_json(out / "stage1_plan.json"), **progress(ck), "device": device_name, "torch": torch.__version__},
     }
     if args.kodak:
@@ -564,7 +603,7 @@ def export(model: PQMIM, args, device_name: str) -> Path:
     dest = Path(args.export_dir)
     dest.mkdir(parents=True, exist_ok=True)
     weights = dest / f"{args.name}.safetensors"
-    model.cpu().eval().save(weights, storage=args.storage)
+    model.cpu().eval().save(weights, storage=args.storage, base=dest / f"{args.base}.safetensors" if args.base else None)
     shipped = PQMIM.load(weights)  # what ships: the stored weights, read back
     card = {
         "name": args.name,
@@ -572,6 +611,7 @@ def export(model: PQMIM, args, device_name: str) -> Path:
         "config": model.cfg.to_dict(),
         "model_id": shipped.model_id().hex(),
         "storage": args.storage,
+        **({"entropy_variant_of": args.base} if args.base else {}),
         "init_from": read_json(out / "warm_start.json") or None,
         "data": {**describe_source(args.train), "val": str(args.val)},
         "training": {
@@ -616,6 +656,7 @@ def main(argv: list[str] | None = None) -> PQMIM:
     ap.add_argument("--name", default="pqmim-default")
     ap.add_argument("--description", default="")
     ap.add_argument("--export-dir", default="models")
+    ap.add_argument("--base", default="", help="export only the entropy model, as a variant of this model in --export-dir (same autoencoder; e.g. a block-causal entropy model trained with --stages 2 on a shipped model's codes)")
     ap.add_argument("--storage", default="int8", choices=STORAGES, help="exported weights: int8 per channel (default, exact everywhere), float16 or float32")
     ap.add_argument("--max-side", type=int, default=1024, help="downscale larger training images to this side")
     ap.add_argument("--ckpt-every", type=int, default=250)
@@ -676,6 +717,12 @@ def _run(args, ctx: Dist, device: torch.device) -> PQMIM:
         plan1 = Stage1Plan(**(read_json(out / "stage1_plan.json") or json.loads(args.stage1_plan)))
         if not train_stage1(model, plan1, args, device, ctx):
             return model
+    if "1" not in stages and args.init_from and not (out / "stage1.pt").exists() and ctx.main:
+        # stage 2 alone on a trained model's autoencoder (e.g. a block-causal entropy model for a
+        # shipped model, fine-tuned from its full-attention one): the warm start is stage 1
+        save_ckpt(out / "stage1.pt", model=model.state_dict(), step=0, elapsed=0.0)
+        log(out, f"stage 1: the autoencoder and quantizer of {args.init_from}, as they are", ctx)
+    ctx.barrier()
     if "2" in stages or "export" in stages:
         ck = load_ckpt(out / "stage1.pt")
         if ck is None:

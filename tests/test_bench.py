@@ -118,3 +118,20 @@ def test_default_point_against_a_curve():
     assert rate_at(curve, 27.0) == pytest.approx(0.2)  # halfway in log-rate
     assert point_saving(0.1, 27.0, curve) == pytest.approx(-50.0)
     assert point_saving(0.1, 30.0, curve) is None
+
+
+def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
+    """`python -m bench speed` on the shipped photo and a small downscale of it: every row has
+    real times and sizes, and the classical codecs are held to pqmim's file size."""
+    out = tmp_path / "speed.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "speed", "--image", str(ROOT / "examples" / "kodim23.png"), "--small", "96x64",
+                          "--repeat", "1", "--threads", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())
+    assert {r["image"] for r in rows} == {"768x512", "96x64"}
+    for size in ("768x512", "96x64"):
+        pq = [r for r in rows if r["image"] == size and r["codec"].startswith("pqmim")][0]
+        assert pq["encode_s"] > 0 and pq["decode_s"] > 0 and pq["bytes"] > 0 and pq["decode_peak_mb"] > 0
+        for r in rows:
+            if r["image"] == size and r["codec"] in ("webp", "avif") and "skipped" not in r:
+                assert r["encode_s"] > 0 and (r["bytes"] <= pq["bytes"]) != r["over_budget"]

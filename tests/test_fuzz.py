@@ -108,11 +108,11 @@ def test_huge_dimensions_stop_after_one_chunk(tiny_codec, sample, monkeypatch):
     header, payload = fmt.unpack(data)
     forged = fmt.pack(fmt.Header(header.model_id, 8000, 8000, header.steps, header.grid, header.codes_crc), payload)
     calls = []
-    real = coder_mod.MIMCoder._window_weights
-    monkeypatch.setattr(coder_mod.MIMCoder, "_window_weights", lambda self, *a: calls.append(1) or real(self, *a))
+    real = coder_mod.MIMCoder._piece_weights
+    monkeypatch.setattr(coder_mod.MIMCoder, "_piece_weights", lambda self, piece, *a: calls.append(len(piece.tiles)) or real(self, piece, *a))
     with pytest.raises(BitstreamError, match="too short|cannot be decoded"):
         tiny_codec.decompress(forged)
-    assert 0 < len(calls) <= coder_mod.WINDOWS_PER_CALL
+    assert 0 < sum(calls) <= coder_mod.WINDOWS_PER_CALL  # windows computed before the refusal
 
 
 def test_pixel_limit_is_checked_before_decoding(tiny_codec, sample, monkeypatch):

@@ -4,25 +4,29 @@ Encoder and decoder run the very same loop (`_replay`): at step s, for every win
 transformer sees the codes revealed at steps < s and gives M categorical distributions for each
 position of group s; all symbols of the step go through constriction's range coder in one
 vectorised call. The probabilities are integer tables computed from float64 logits on a grid
-(`pmf.py`), so they are the same on any machine; on top of that, each window is computed on its
-own with fixed shapes and single-threaded ops (windows are spread over worker threads), so on
-one machine the float64 logits themselves do not depend on the thread count or on how many
-windows or images are coded together.
+(`pmf.py`), so they are the same on any machine; on top of that, the windows are computed in
+pieces fixed by the grid size (`pieces`), each with fixed shapes and single-threaded ops (the
+pieces are spread over worker threads), so on one machine the float64 logits themselves do not
+depend on the thread count or on how many images are coded together.
+
+A block-causal model (`ModelConfig.causal`) keeps the keys and values of the revealed codes of
+each piece (`KVCache`): a step computes the content stream of the group revealed last and the
+query stream of the group coded now, instead of the whole window again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable
 
 import constriction
 import numpy as np
 import torch
 
 from ..models import PQMIM
+from ..models.transformer import KVCache
+from ..threads import fixed_pieces
 from . import pmf
 from .schedule import reveal_groups, window_tiles
 
@@ -40,19 +44,46 @@ BUDGET_SLACK_BITS = 256
 # Windows of one step go to the range coder in chunks (the symbol order is unchanged): this bounds
 # the memory of a step's probability tables and how long a bad file runs before it is caught.
 WINDOWS_PER_CALL = 64
+# Neighbouring windows of one size are computed together, in pieces of at most this many: larger
+# matrix products run faster, and the pieces are fixed by the grid size alone (see `pieces`).
+PIECE_WINDOWS = 4
 
 StepFn = Callable[[np.ndarray, list[tuple[int, np.ndarray]]], np.ndarray]
 Progress = Callable[[int, int], None]  # (calls to the range coder done, calls in all)
 
 
-@contextlib.contextmanager
-def single_threaded_ops() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+class _Piece:
+    """Up to PIECE_WINDOWS neighbouring windows of the same size, computed together in every step
+    (they share each step's positions): their codes so far, and for a block-causal model the
+    keys and values of the revealed ones, plus the group coded last, not yet in the cache."""
+
+    def __init__(self, tiles: list[int], hh: int, ww: int, cfg) -> None:
+        W, b = cfg.window, len(tiles)
+        self.tiles = tiles  # window indices, consecutive in raster order
+        self.groups = reveal_groups(hh, ww, W, cfg.steps, cfg.alpha)
+        self.codes = torch.zeros(b, cfg.m, W * W, dtype=torch.long)
+        self.visible = torch.zeros(b, W * W, dtype=torch.bool)
+        self.valid = torch.zeros(b, W, W, dtype=torch.bool)
+        self.valid[:, :hh, :ww] = True
+        self.cache = KVCache(cfg.n_layers)
+        self.unrevealed: np.ndarray | None = None
+
+
+def pieces(tiles: list[tuple[int, int, int, int]], cfg) -> list[_Piece]:
+    """Runs of consecutive windows of one size, each cut into near-equal pieces of at most
+    PIECE_WINDOWS: fixed by the grid size alone, hence the same float results everywhere."""
+    out, t = [], 0
+    while t < len(tiles):
+        run = t
+        while run < len(tiles) and tiles[run][2:] == tiles[t][2:]:
+            run += 1
+        n = run - t
+        parts = -(-n // PIECE_WINDOWS)
+        sizes = [n // parts + (i < n % parts) for i in range(parts)]
+        for size in sizes:
+            out.append(_Piece(list(range(t, t + size)), *tiles[t][2:], cfg))
+            t += size
+    return out
 
 
 class MIMCoder:
@@ -63,57 +94,72 @@ class MIMCoder:
         self.family = constriction.stream.model.Categorical(perfect=False)
 
     @torch.no_grad()
-    def _window_weights(self, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor, idx: np.ndarray, shift: int, check: bool) -> tuple[np.ndarray, float]:
-        """Integer weights (len(idx) * m, k), as exact float32, of the codes at flat positions idx
-        of one window; and, if `check`, the logits' smallest distance to a grid boundary."""
-        d = self.device
-        h = self.entropy.hidden(codes.to(d), visible.to(d), valid.to(d), torch.from_numpy(idx).to(d))[0]
-        logits = self.entropy.logits(h).reshape(-1, self.cfg.k).cpu()
-        weights = pmf.integer_weights(logits, shift).to(torch.float32).numpy()
+    def _piece_weights(self, piece: _Piece, s: int, shift: int, check: bool) -> tuple[np.ndarray, float]:
+        """Integer weights (windows * len(group) * m, k), as exact float32, of the piece's codes
+        coded at step s, window by window; and, if `check`, the logits' smallest distance to a
+        grid boundary."""
+        d, cfg = self.device, self.cfg
+        idx = torch.from_numpy(piece.groups[s]).to(d)
+        if cfg.causal:  # the group coded last joins the cache as this step's group is predicted
+            new = None if piece.unrevealed is None else torch.from_numpy(piece.unrevealed)
+            h = self.entropy.advance(piece.cache, None if new is None else piece.codes[:, :, new].to(d), None if new is None else new.to(d), idx, len(piece.tiles))
+            piece.unrevealed = None
+        else:
+            W = cfg.window
+            h = self.entropy.hidden(piece.codes.view(-1, cfg.m, W, W).to(d), piece.visible.view(-1, W, W).to(d), piece.valid.to(d), idx)
+        logits = self.entropy.logits(h).reshape(-1, cfg.k).cpu()  # rows: window, position, sub-vector
+        weights = pmf.integer_weights(logits, shift, torch.float32).numpy()
         return weights, pmf.margin(logits, shift) if check else math.inf
 
     def _replay(self, h: int, w: int, shift: int, step_fn: StepFn, check: bool = False, progress: Progress | None = None) -> tuple[torch.Tensor, float]:
-        """Run the coding steps; returns the codes (m, h, w) and, if `check`, the margin."""
+        """Run the coding steps; returns the codes (m, h, w) and, if `check`, the margin. In each
+        step the symbols go to the range coder window by window in raster order (the format's
+        order), in calls of at most WINDOWS_PER_CALL windows."""
         cfg = self.cfg
         W, m = cfg.window, cfg.m
         tiles = window_tiles(h, w, W)
-        n_t = len(tiles)
-        buf = torch.zeros(n_t, m, W * W, dtype=torch.long)
-        visible = torch.zeros(n_t, W * W, dtype=torch.bool)
-        valid = torch.zeros(n_t, W, W, dtype=torch.bool)
-        groups = []
-        for t, (_, _, hh, ww) in enumerate(tiles):
-            valid[t, :hh, :ww] = True
-            groups.append(reveal_groups(hh, ww, W, cfg.steps, cfg.alpha))
-        workers = max(1, torch.get_num_threads())
+        parts = pieces(tiles, cfg)
+        calls: list[list[_Piece]] = []
+        steps_of_call: list[int] = []
+        for s in range(cfg.steps):
+            chunk: list[_Piece] = []
+            for p in parts:
+                if not len(p.groups[s]):
+                    continue
+                if chunk and sum(len(q.tiles) for q in chunk) + len(p.tiles) > WINDOWS_PER_CALL:
+                    calls.append(chunk)
+                    steps_of_call.append(s)
+                    chunk = []
+                chunk.append(p)
+            if chunk:
+                calls.append(chunk)
+                steps_of_call.append(s)
         margin = math.inf
-        plan = [[(t, groups[t][s]) for t in range(n_t) if len(groups[t][s])] for s in range(cfg.steps)]
-        calls = [where[i : i + WINDOWS_PER_CALL] for where in plan for i in range(0, len(where), WINDOWS_PER_CALL)]
-        with single_threaded_ops(), ThreadPoolExecutor(workers) as pool:
-            for done, chunk in enumerate(calls, 1):
-                margin = min(margin, self._step(pool, buf, visible, valid, chunk, shift, step_fn, check))
+        with fixed_pieces() as pool:
+            for done, (chunk, s) in enumerate(zip(calls, steps_of_call), 1):
+                margin = min(margin, self._step(pool, chunk, s, shift, step_fn, check))
                 if progress is not None:
                     progress(done, len(calls))
         out = torch.zeros(m, h, w, dtype=torch.long)
-        for t, (y0, x0, hh, ww) in enumerate(tiles):
-            out[:, y0 : y0 + hh, x0 : x0 + ww] = buf[t].view(m, W, W)[:, :hh, :ww]
+        for p in parts:
+            for b, t in enumerate(p.tiles):
+                y0, x0, hh, ww = tiles[t]
+                out[:, y0 : y0 + hh, x0 : x0 + ww] = p.codes[b].view(m, W, W)[:, :hh, :ww]
         return out, margin
 
-    def _step(self, pool, buf, visible, valid, where, shift, step_fn, check) -> float:
-        m, W = self.cfg.m, self.cfg.window
-
-        def weights_of(tg: tuple[int, np.ndarray]) -> tuple[np.ndarray, float]:
-            t, g = tg
-            return self._window_weights(buf[t : t + 1].view(1, m, W, W), visible[t : t + 1].view(1, W, W), valid[t : t + 1], g, shift, check)
-
-        results = list(pool.map(weights_of, where))
+    def _step(self, pool, chunk: list[_Piece], s: int, shift, step_fn, check) -> float:
+        m = self.cfg.m
+        results = list(pool.map(lambda p: self._piece_weights(p, s, shift, check), chunk))
         weights = np.concatenate([r[0] for r in results])
+        where = [(t, p.groups[s]) for p in chunk for t in p.tiles]
         symbols = torch.from_numpy(step_fn(weights, where).astype(np.int64))
         o = 0
-        for t, g in where:
-            n = len(g) * m
-            buf[t][:, torch.from_numpy(g)] = symbols[o : o + n].view(len(g), m).T
-            visible[t, torch.from_numpy(g)] = True
+        for p in chunk:
+            g = p.groups[s]
+            n = len(p.tiles) * len(g) * m
+            p.codes[:, :, torch.from_numpy(g)] = symbols[o : o + n].view(len(p.tiles), len(g), m).transpose(1, 2)
+            p.visible[:, torch.from_numpy(g)] = True
+            p.unrevealed = g
             o += n
         return min(r[1] for r in results)
 

@@ -57,15 +57,19 @@ def _grid(logits: torch.Tensor, shift: int) -> torch.Tensor:
 
 def snap(logits: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """Float64 logits -> the integers (as float64) the probability tables are built from."""
-    return torch.floor(_grid(logits, shift))
+    return _grid(logits, shift).floor_()
 
 
-def integer_weights(logits: torch.Tensor, shift: int = 0) -> torch.Tensor:
-    """Float64 logits (..., k) -> integer weights (..., k), int64 in [1, 2**24]: the
-    distribution each row gives the range coder (it need not be normalised)."""
+EXP_TABLE_F32 = EXP_TABLE.to(torch.float32)  # exact: every entry is an integer <= 2**24
+
+
+def integer_weights(logits: torch.Tensor, shift: int = 0, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Float64 logits (..., k) -> integer weights (..., k) in [1, 2**24]: the distribution each
+    row gives the range coder (it need not be normalised). dtype int64, or float32 (exact,
+    what constriction takes)."""
     q = snap(logits, shift)
-    drop = (q.amax(dim=-1, keepdim=True) - q).clamp_(max=MAX_DROP).long()
-    return EXP_TABLE[drop]
+    drop = q.sub_(q.amax(dim=-1, keepdim=True)).neg_().clamp_(max=MAX_DROP).long()  # max(q) - q, in place
+    return (EXP_TABLE_F32 if dtype == torch.float32 else EXP_TABLE)[drop]
 
 
 def margin(logits: torch.Tensor, shift: int) -> float:

@@ -37,8 +37,13 @@ def reveal_groups(hh: int, ww: int, window: int, steps: int, alpha: float) -> tu
     keys = [_splitmix64(SCHEDULE_SEED ^ (i * 0x100000001B3)) for i in range(n)]
     order = sorted(range(n), key=lambda i: keys[i])
     flat = np.array([(i // ww) * window + (i % ww) for i in order], dtype=np.int64)
+    bounds = [0] + cumulative_counts(n, steps, alpha)
+    return tuple(flat[bounds[s] : bounds[s + 1]] for s in range(steps))
+
+
+def cumulative_counts(n: int, steps: int, alpha: float) -> list[int]:
+    """How many of n positions are revealed after each of the steps (the last: all n)."""
     # the small epsilon keeps exact products (e.g. n * 1.0) from rounding up
     cum = [max(math.ceil(n * (s / steps) ** alpha - 1e-9), min(s, n)) for s in range(1, steps + 1)]
     cum[-1] = n
-    bounds = [0] + cum
-    return tuple(flat[bounds[s] : bounds[s + 1]] for s in range(steps))
+    return cum

@@ -1,7 +1,11 @@
 """The whole model: encoder, product quantizer, decoder and MIM entropy model, plus weight I/O.
 
 Weights are stored as safetensors (never pickle) with the config in the file's metadata; the
-model id written into every bitstream is a short hash of those weights.
+model id written into every bitstream is a short hash of those weights. An *entropy variant*
+file holds only an entropy model and names its base file (same folder) and the base's id: the
+variant is the base's autoencoder and quantizer with another entropy model (for example a
+block-causal one), so both code the same images into the same codes, and the base keeps
+decoding its own files.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..threads import fixed_pieces
+from . import banded
 from .autoencoder import Decoder, Encoder
 from .quantizer import ProductQuantizer
 from .transformer import MIMTransformer
 from .weights import ModelFileError, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-model-1"
+ENTROPY = "entropy."  # the entropy model's tensors: all that an entropy variant file holds
+AUTOENCODER_FIELDS = ("widths", "res_blocks", "m", "k", "sub_dim")  # a variant shares these with its base
 
 
 class PQMIM(nn.Module):
@@ -33,13 +41,23 @@ class PQMIM(nn.Module):
 
     @torch.no_grad()
     def encode_codes(self, x01: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1], H and W multiples of f -> codes (B, m, H/f, W/f)."""
-        return self.quantizer.codes_for(self.encoder(x01 - 0.5))
+        """Images (B, 3, H, W) in [0, 1], H and W multiples of f -> codes (B, m, H/f, W/f). On
+        the CPU, image by image in fixed row bands (`banded`): the same codes with any thread
+        count or batch."""
+        if x01.device.type != "cpu":
+            return self.quantizer.codes_for(self.encoder(x01 - 0.5))
+        with fixed_pieces() as pool:
+            return torch.cat([self.quantizer.codes_for(banded.run(self.encoder.net, xi - 0.5, pool)) for xi in x01.split(1)])
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes (B, m, h, w) -> images (B, 3, h*f, w*f) in [0, 1]."""
-        return (self.decoder(self.quantizer.latents_for(codes)) + 0.5).clamp(0, 1)
+        """Codes (B, m, h, w) -> images (B, 3, h*f, w*f) in [0, 1]. On the CPU the synthesis runs
+        in fixed row bands (`banded`): the same pixels with any thread count or batch."""
+        z = self.quantizer.latents_for(codes)
+        if z.device.type != "cpu":
+            return (self.decoder(z) + 0.5).clamp(0, 1)
+        with fixed_pieces() as pool:
+            return (banded.run(self.decoder.net, z, pool) + 0.5).clamp(0, 1)
 
     # -- weights
     def model_id(self) -> bytes:
@@ -51,13 +69,29 @@ class PQMIM(nn.Module):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.digest()[:4]
 
-    def save(self, path: str | Path, storage: str = "float32") -> None:
-        """Write the weights; storage is float32, float16 or int8 (see pqmim.models.weights)."""
-        save_tensors(path, self.state_dict(), {"format": FORMAT_TAG, "config": json.dumps(self.cfg.to_dict())}, storage)
+    def save(self, path: str | Path, storage: str = "float32", base: str | Path | None = None) -> None:
+        """Write the weights; storage is float32, float16 or int8 (see pqmim.models.weights).
+        With `base` (another model file beside this one, with the same autoencoder and
+        quantizer), only the entropy model is written: an *entropy variant* of that model,
+        loaded with the base's other weights."""
+        meta = {"format": FORMAT_TAG, "config": json.dumps(self.cfg.to_dict())}
+        state = self.state_dict()
+        if base is not None:
+            base_path = Path(base)
+            if base_path.parent.resolve() != Path(path).parent.resolve():
+                raise ValueError("an entropy variant must be saved beside its base model file")
+            shared = PQMIM.load(base_path)
+            for name, t in shared.state_dict().items():
+                if not name.startswith(ENTROPY) and not torch.equal(t, state[name]):
+                    raise ValueError(f"{base_path}: tensor {name} differs: not the base of this model")
+            state = {k: v for k, v in state.items() if k.startswith(ENTROPY)}
+            meta.update(base=base_path.stem, base_id=shared.model_id().hex())
+        save_tensors(path, state, meta, storage)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PQMIM":
-        """Load and validate a safetensors model file (config from its metadata)."""
+    def load(cls, path: str | Path, variant_ok: bool = True) -> "PQMIM":
+        """Load and validate a safetensors model file (config from its metadata); an entropy
+        variant takes its other weights from its base file, whose id must match."""
         meta, tensors = read_tensors(path, FORMAT_TAG, "pqmim model")
         if "config" not in meta:
             raise ModelFileError(f"{path} is not a pqmim model file")
@@ -65,6 +99,18 @@ class PQMIM(nn.Module):
             cfg = ModelConfig.from_dict(json.loads(meta["config"]))
         except (ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: bad config: {e}") from None
+        if "base" in meta:
+            if not variant_ok:
+                raise ModelFileError(f"{path} is an entropy variant itself: a variant's base must be a whole model")
+            base_path = Path(path).with_name(f"{meta['base']}.safetensors")
+            if any(not k.startswith(ENTROPY) for k in tensors):
+                raise ModelFileError(f"{path}: an entropy variant may hold entropy model weights only")
+            base = cls.load(base_path, variant_ok=False)
+            if base.model_id().hex() != meta.get("base_id"):
+                raise ModelFileError(f"{path}: its base {base_path.name} is not the model it was made from (id {meta.get('base_id')})")
+            if any(getattr(base.cfg, f) != getattr(cfg, f) for f in AUTOENCODER_FIELDS):
+                raise ModelFileError(f"{path}: config does not match its base's autoencoder")
+            tensors = {**{k: v for k, v in base.state_dict().items() if not k.startswith(ENTROPY)}, **tensors}
         with torch.device("meta"):  # shapes first, without allocating anything
             expected = cls(cfg).state_dict()
         if set(tensors) != set(expected):
@@ -79,4 +125,3 @@ class PQMIM(nn.Module):
         model = cls(cfg)
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         return model.eval()
-

@@ -3,6 +3,19 @@
 It works on windows of at most ``window x window`` latent positions (M2T-style): a latent grid
 of any size is tiled into windows, each padded to the full window with positions excluded from
 attention. A learned position embedding per window cell therefore covers every grid size.
+
+Two attention patterns, set by ``ModelConfig.causal``:
+
+- full (the paper's MIM): every position, revealed or masked, attends to every other; at each
+  coding step the whole window is computed again.
+- block-causal, two streams (M2T's causal variant, XLNet's two-stream attention): the
+  *content* stream of a code revealed at step g attends to the content of codes revealed at
+  steps <= g; the *query* stream of a position coded at step g (its mask embedding plus its
+  position) attends to the content of codes revealed at steps < g and to itself, and gives
+  its logits. Content activations never change once a code is revealed, so the coder keeps
+  their keys and values (`KVCache`) and each step computes only the rows of one group.
+  Training sees both streams of a whole window at once (`two_stream`); the coder's
+  incremental path (`advance`, one call per step) computes the same function.
 """
 
 from __future__ import annotations
@@ -24,16 +37,43 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, n, d) -> q, k, v, each (B, n_heads, n, d / n_heads)."""
+        b, n, d = x.shape
+        return self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Residual updates from the attention output y (B, n_heads, n, d / n_heads)."""
+        b, n, d = x.shape
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.ln2(x))
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, query: torch.Tensor | None = None) -> torch.Tensor:
         """With `query` (flat indices), only those rows are computed and returned: all positions
         still serve as keys and values."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.heads(x)
         if query is not None:
             q, x = q[:, :, query], x[:, query]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, x.shape[1], d))
-        return x + self.mlp(self.ln2(x))
+        return self.update(x, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+
+
+class KVCache:
+    """Keys and values (per layer, (B, n_heads, c, d / n_heads)) of the c codes revealed so far
+    in a block-causal model's windows, in the order they were revealed."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+
+    def with_new(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys and values of `layer` followed by k and v."""
+        if self.k[layer] is None:
+            return k, v
+        return torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
+
+    @property
+    def size(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].shape[2]
 
 
 class MIMTransformer(nn.Module):
@@ -68,6 +108,60 @@ class MIMTransformer(nn.Module):
         attn_mask = valid.reshape(b, 1, 1, n)
         for i, blk in enumerate(self.blocks):
             x = blk(x, attn_mask, query if i == len(self.blocks) - 1 else None)
+        return self.ln_f(x)
+
+    # -- block-causal models
+    def two_stream(self, codes: torch.Tensor, group: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Training path of a block-causal model. codes (B, m, W, W); group (B, W, W): the step
+        at which each position is coded; valid (B, W, W). Returns the query stream's logits
+        (B, W*W, m, k): those of each position given the codes of earlier groups."""
+        b = codes.shape[0]
+        n = self.window * self.window
+        tok = codes.reshape(b, self.m, n).transpose(1, 2) + self.offsets  # B, n, m
+        content = self.tok_emb(tok).sum(2) + self.pos_emb
+        query = (self.mask_emb + self.pos_emb).to(content.dtype).expand(b, n, -1)
+        x = torch.cat([content, query], 1)  # B, 2n, d
+        mask = self.two_stream_mask(group.reshape(b, n), valid.reshape(b, n))
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.logits(self.ln_f(x[:, n:]))
+
+    @staticmethod
+    def two_stream_mask(group: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Attention mask (B, 1, 2n, 2n) of [content; query] rows over [content; query] keys."""
+        b, n = group.shape
+        g_row, g_col, key_ok = group[:, :, None], group[:, None, :], valid[:, None, :]
+        content_content = (g_col <= g_row) & key_ok  # a row always sees itself (no empty row)
+        query_content = (g_col < g_row) & key_ok
+        eye = torch.eye(n, dtype=torch.bool, device=group.device).expand(b, n, n)
+        top = torch.cat([content_content, torch.zeros_like(eye)], 2)
+        bottom = torch.cat([query_content, eye], 2)  # a query sees itself, not other queries
+        return torch.cat([top, bottom], 1)[:, None]
+
+    def advance(self, cache: KVCache, codes: torch.Tensor | None, revealed: torch.Tensor | None, query: torch.Tensor, batch: int) -> torch.Tensor:
+        """One coding step of a block-causal model, both streams in one pass: the content stream
+        of the codes (B, m, r1) just revealed at flat positions `revealed` (r1,), which attend
+        to the cache and to each other and whose keys and values join the cache (none at the
+        first step); and the query stream of the positions `query` (r2,) coded now, which attend
+        to the cache, the new codes and themselves. Returns the query rows' hidden states
+        (B, r2, d)."""
+        r1, r2, c = (0 if codes is None else codes.shape[2]), len(query), cache.size
+        x = (self.mask_emb + self.pos_emb[query]).expand(batch, r2, -1)
+        if r1:
+            tok = codes.transpose(1, 2) + self.offsets  # B, r1, m
+            x = torch.cat([self.tok_emb(tok).sum(2) + self.pos_emb[revealed], x], 1)
+        # rows [new content; queries] over keys [cache; new content; queries]
+        mask = torch.zeros(r1 + r2, c + r1 + r2, dtype=torch.bool, device=x.device)
+        mask[:, : c + r1] = True
+        mask[r1:, c + r1 :] = torch.eye(r2, dtype=torch.bool, device=x.device)
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.heads(x)
+            keys, values = cache.with_new(i, k, v)
+            if r1:
+                cache.k[i], cache.v[i] = keys[:, :, : c + r1], values[:, :, : c + r1]
+            if i + 1 == len(self.blocks):  # the new content's last output is never used
+                q, x, mask = q[:, :, r1:], x[:, r1:], mask[r1:]
+            x = blk.update(x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
         return self.ln_f(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

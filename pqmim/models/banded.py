@@ -1,0 +1,99 @@
+"""The transforms computed in fixed row bands: the same pixels (and codes) whatever the thread count.
+
+A multi-threaded convolution splits its sums differently for different thread counts (oneDNN
+and MKL choose their blocking per thread), so its float result, and now and then a decoded
+pixel, changes with `torch.set_num_threads`. Here every layer of a transform is cut into
+horizontal bands whose boundaries depend only on the layer's height (`BAND_ROWS`), each band is
+computed by one single-threaded call, and the bands run on a pool of threads. Which thread
+computes a band, and how many threads there are, then changes nothing: on one machine a code
+grid decodes to the same pixels with any thread count, alone or in any batch, and an image
+encodes to the same codes (hence the same file).
+
+A band of a 3x3 convolution reads one row above and below it from the (zero-padded) layer
+input, so the bands need no overlap beyond the convolution's own reach, and the elementwise
+work around a convolution (GELU before and after, the residual sum, the pixel shuffle) is done
+in the same pass over the band. Activations are channels-last, which this CPU convolves faster.
+The layers are the few kinds defined in `autoencoder.py`; anything else is refused rather than
+computed in another way.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autoencoder import ResBlock, Upsample
+
+BAND_ROWS = 16  # rows of a layer's output per band: part of what fixes the decoded pixels
+
+Post = Callable[[torch.Tensor, int, int], torch.Tensor]  # (band output, y0, y1) -> band output
+
+
+def bands(height: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of one layer's output: fixed by its height alone."""
+    return [(a, min(a + BAND_ROWS, height)) for a in range(0, height, BAND_ROWS)]
+
+
+def _conv_stage(pool: Executor, conv: nn.Conv2d, x: torch.Tensor, pre: Callable | None = None, post: Post | None = None) -> torch.Tensor:
+    """post(conv(pre(x))) band by band: each band reads the rows of x its output rows need
+    (zero rows beyond the edges, as the convolution's own padding; pre must keep zero at zero,
+    as GELU does), and elementwise work rides along in the same pass."""
+    if conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple):
+        raise NotImplementedError("banded transforms support plain convolutions only")
+    (kh, _), (sh, _), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    height = x.shape[2]
+    out_height = (height + 2 * ph - kh) // sh + 1
+
+    def band(rows: tuple[int, int]) -> torch.Tensor:
+        a, b = rows
+        lo, hi = sh * a - ph, sh * (b - 1) - ph + kh  # input rows read, in unpadded coordinates
+        inp = x[:, :, max(0, lo) : min(height, hi)]
+        if lo < 0 or hi > height:
+            inp = F.pad(inp, (0, 0, max(0, -lo), max(0, hi - height)))
+        if pre is not None:
+            inp = pre(inp)
+        y = F.conv2d(inp, conv.weight, conv.bias, stride=conv.stride, padding=(0, pw))
+        return y if post is None else post(y, a, b)
+
+    return torch.cat(list(pool.map(band, bands(out_height))), 2)
+
+
+def _elementwise(pool: Executor, fn: Callable, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat(list(pool.map(lambda r: fn(x[:, :, r[0] : r[1]]), bands(x.shape[2]))), 2)
+
+
+def run(net: nn.Sequential, x: torch.Tensor, pool: Executor) -> torch.Tensor:
+    """net(x) for a transform of the kinds in `autoencoder.py` (the encoder's or the decoder's
+    `net`), computed image by image in fixed bands (so an image's result does not depend on the
+    batch either); call it with torch set to one thread (`pqmim.threads.fixed_pieces`), the pool
+    giving the parallelism."""
+    if x.shape[0] != 1:
+        return torch.cat([run(net, xi, pool) for xi in x.split(1)])
+    if x.shape[1] >= 8:  # channels-last convolves faster on this CPU, except an RGB input
+        x = x.contiguous(memory_format=torch.channels_last)
+    layers = list(net)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        then_gelu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.GELU) and layers[i + 1].approximate == "none"
+        if isinstance(layer, nn.Conv2d):
+            x = _conv_stage(pool, layer, x, post=(lambda y, a, b: F.gelu(y)) if then_gelu else None)
+        elif isinstance(layer, nn.GELU) and layer.approximate == "none":
+            x = _elementwise(pool, F.gelu, x)
+        elif isinstance(layer, ResBlock):
+            if not isinstance(layer.act, nn.GELU) or layer.act.approximate != "none":
+                raise NotImplementedError("banded transforms expect GELU residual blocks")
+            h = _conv_stage(pool, layer.conv1, x, pre=F.gelu, post=lambda y, a, b: F.gelu(y))
+            x = _conv_stage(pool, layer.conv2, h, post=lambda y, a, b, x=x: x[:, :, a:b] + y)
+            then_gelu = False
+        elif isinstance(layer, Upsample):
+            shuffle = layer.shuffle
+            x = _conv_stage(pool, layer.conv, x, post=(lambda y, a, b: F.gelu(shuffle(y))) if then_gelu else (lambda y, a, b: shuffle(y)))
+        else:
+            raise NotImplementedError(f"banded transforms cannot compute a {type(layer).__name__}")
+        i += 2 if then_gelu else 1
+    return x.contiguous()
