@@ -1,7 +1,7 @@
 """Training curves from `pqmim train` logs: validation PSNR (stage 1) and validation rate
 (stage 2) against training steps, to see whether more compute would still pay.
 
-    python -m bench curves [models/logs/pqmim-q3.train.log ...] [--out models/efficiency.png]
+    python -m bench curves [models/logs/pqmim-q3-full.train.log ...] [--out models/efficiency.png]
 
 Stage 2's validation figure is the cross-entropy of masked validation codes; it is shown as
 bpp = bits/code x M / f^2, the rate it implies. A run restarted from scratch replaces the points
@@ -46,7 +46,7 @@ def parse_log(text: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench curves", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("logs", nargs="*", default=[str(LOGS / "pqmim-q3.train.log")])
+    ap.add_argument("logs", nargs="*", default=[str(LOGS / "pqmim-q3-full.train.log")])
     ap.add_argument("--out", default=str(LOGS.parent / "efficiency.png"))
     args = ap.parse_args(argv)
 

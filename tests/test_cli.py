@@ -154,3 +154,17 @@ def test_batch_goes_on_past_a_bad_file(tmp_path, tiny_model_file):
     assert not (tmp_path / "decoded" / "d.png").exists()  # a failure leaves nothing behind
     r = run("decode", tmp_path / "coded" / "a.pqm", tmp_path / "coded" / "c.pqm", "-o", tmp_path / "decoded", "--model-file", tiny_model_file)
     assert r.returncode == 1 and "exists (use --force" in r.stderr.decode()  # no silent overwrite in a batch either
+
+
+def test_device_option(tmp_path, photo, tiny_model_file):
+    """--device cpu is the default; a device this torch cannot use is refused in one line,
+    before anything is written."""
+    import torch
+
+    r = run("encode", photo, "-o", tmp_path / "a.pqm", "--model-file", tiny_model_file, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    bad = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        r = run("decode", tmp_path / "a.pqm", "-o", tmp_path / "b.png", "--model-file", tiny_model_file, "--device", device)
+        assert r.returncode == 1 and len(r.stderr.decode().strip().splitlines()) == 1 and "device" in r.stderr.decode()
+        assert not (tmp_path / "b.png").exists()

@@ -16,6 +16,9 @@ def test_save_load_keeps_weights_and_id(tmp_path):
     m.save(tmp_path / "m.safetensors")
     m2 = PQMIM.load(tmp_path / "m.safetensors")
     assert m2.cfg == TINY and m2.model_id() == m.model_id()
+    from pqmim.fileio import current_umask
+
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~current_umask()  # as any file the user makes
 
 
 def test_bad_model_files(tmp_path):

@@ -16,7 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from ..fileio import atomic_write
 
 STORAGES = ("float32", "float16", "int8")
 INT8_MIN_ELEMENTS = 1024  # smaller tensors gain nothing worth their scales
@@ -58,9 +60,7 @@ def save_tensors(path: str | Path, state: dict[str, torch.Tensor], meta: dict[st
             tensors[name] = t.half()
         else:
             tensors[name] = t
-    tmp = Path(str(path) + ".tmp")
-    save_file(tensors, str(tmp), metadata={**meta, "storage": storage})
-    tmp.replace(path)
+    atomic_write(path, save(tensors, metadata={**meta, "storage": storage}))  # save_file would make it 0600
 
 
 def _dequantized(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
