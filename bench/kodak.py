@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pqmim.image import load_image
 
 from .codecs import Point
-from .metrics import LPIPSAlex, quality
+from .metrics import LPIPS_BACKBONE, LPIPSAlex, quality
 
 
 def write_json(path: Path, obj) -> None:
@@ -57,5 +57,5 @@ def measure_point(point: Point, files: list[Path], lpips_fn: LPIPSAlex | None, c
 
 
 def run(points: list[Point], files: list[Path], cache_dir: Path, lpips: bool = True, fresh: bool = False, progress: bool = True) -> list[dict]:
-    lpips_fn = LPIPSAlex() if lpips else None
+    lpips_fn = LPIPSAlex(LPIPS_BACKBONE) if lpips else None
     return [measure_point(p, files, lpips_fn, cache_dir, fresh, progress) for p in tqdm(points, desc="Kodak", disable=not progress)]

@@ -1,4 +1,4 @@
-"""Command line: pqmim encode | decode | info | models | compare | train | bench.
+"""Command line: pqmim encode | decode | info | models | compare | serve | train | bench.
 
 Errors print one line on stderr and exit with status 1; nothing partial is ever left behind.
 Given a folder or several files, encode and decode work through all of them, report each file
@@ -373,6 +373,20 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {out}" + ("  (>: that codec cannot make a file as small as pqmim's; this is its smallest)" if any(r["over_budget"] for r in rows) else ""))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """The local comparison page (pqmim/web): needs the web extra."""
+    try:
+        from .web.app import Settings, serve
+    except ImportError as e:
+        raise CLIError(f"pqmim serve needs the web extra ({e.name} is missing): pip install \"pqmim[web]\"") from None
+    if args.lpips_weights and not Path(args.lpips_weights).is_file():
+        raise CLIError(f"no such file: {args.lpips_weights}")
+    if args.max_upload_mb <= 0:
+        raise CLIError("--max-upload-mb must be positive")
+    serve(args.host, args.port, Settings(check_device(args.device), Path(args.lpips_weights) if args.lpips_weights else None,
+                                         int(args.max_upload_mb * 2**20)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -426,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of the default centred square, in pixels (default 256)")
     model_opts(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("serve", help="a local web page: your image through pqmim beside JPEG, WebP or AVIF at the same size")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--lpips-weights", metavar="PATH", help="AlexNet backbone weights for LPIPS (a checkout's ../shared/weights/lpips_alexnet_features.pth); without them LPIPS is not shown")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted, in MiB (default 50)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the networks run")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train", help="train a model (see `pqmim train -h`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

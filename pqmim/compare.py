@@ -65,7 +65,8 @@ def comparison_sheet(rgb: ImageLike, pqmim_codec, crop: tuple[int, int, int, int
                      codecs: Sequence[str] = ("jpeg420", "webp", "avif")) -> tuple[Image.Image, list[dict]]:
     """(sheet, rows): the sheet as described in the module docstring, and one row per codec
     (pqmim first): codec, label, setting, bytes, bpp, psnr, over_budget, skipped (None, or why
-    the codec was skipped; then setting, bytes, bpp, psnr and over_budget are None)."""
+    the codec was skipped; then setting, bytes, bpp, psnr and over_budget are None), and for
+    a classical codec its file under "file" (see classical_at_size)."""
     rgb = load_image(rgb)
     height, width = rgb.shape[:2]
     x, y, w, h = crop_box(width, height, crop, size)
@@ -80,17 +81,24 @@ def comparison_sheet(rgb: ImageLike, pqmim_codec, crop: tuple[int, int, int, int
              "psnr": psnr_uint8(rgb, decoded), "over_budget": False, "skipped": None}]
     tiles = [(cut(rgb), f"original\n{width}x{height}\ncrop {w}x{h} at {x},{y}"), (cut(decoded), _label(rows[0]))]
     for c in codecs:
-        if not classical.available(c):  # looked up on the module, so a test can replace it
-            rows.append({"codec": c, "label": LABELS[c], "setting": None, "bytes": None, "bpp": None, "psnr": None,
-                         "over_budget": None, "skipped": f"this Pillow build cannot write {LABELS[c]}"})
-            tiles.append((None, f"{LABELS[c]}\nnot available:\nPillow cannot write it"))
-            continue
-        quality, file = encode_at_size(c, rgb, budget)
-        out = decode(file)
-        rows.append({"codec": c, "label": LABELS[c], "setting": f"q={quality}", "bytes": len(file), "bpp": bpp(len(file)),
-                     "psnr": psnr_uint8(rgb, out), "over_budget": len(file) > budget, "skipped": None})
-        tiles.append((cut(out), _label(rows[-1])))
+        row, out = classical_at_size(c, rgb, budget)
+        rows.append(row)
+        tiles.append((None, f"{LABELS[c]}\nnot available:\nPillow cannot write it") if out is None else (cut(out), _label(row)))
     return tile_sheet(tiles), rows
+
+
+def classical_at_size(codec: str, rgb: np.ndarray, budget: int) -> tuple[dict, np.ndarray | None]:
+    """(row, decoded image) of a classical codec at the highest setting whose file fits `budget`
+    bytes: the row as comparison_sheet's, plus the file itself under "file". When this Pillow
+    cannot write the codec, the row says why under "skipped" and the image is None."""
+    height, width = rgb.shape[:2]
+    if not classical.available(codec):  # looked up on the module, so a test can replace it
+        return {"codec": codec, "label": LABELS[codec], "setting": None, "bytes": None, "bpp": None, "psnr": None,
+                "over_budget": None, "skipped": f"this Pillow build cannot write {LABELS[codec]}", "file": None}, None
+    quality, file = encode_at_size(codec, rgb, budget)
+    out = decode(file)
+    return {"codec": codec, "label": LABELS[codec], "setting": f"q={quality}", "bytes": len(file), "bpp": len(file) * 8 / (width * height),
+            "psnr": psnr_uint8(rgb, out), "over_budget": len(file) > budget, "skipped": None, "file": file}, out
 
 
 def _label(row: dict) -> str:

@@ -1,5 +1,7 @@
 """Measure a codec on a folder of images the way the field does: bpp from real file sizes,
-PSNR and MS-SSIM on the decoded 8-bit RGB image, per image, then averaged over images."""
+PSNR and MS-SSIM on the decoded 8-bit RGB image, per image, then averaged over images; and
+LPIPS-Alex of one image (the lpips package, backbone weights from a local file: nothing is
+downloaded), for the bench and `pqmim serve`."""
 
 from __future__ import annotations
 
@@ -28,6 +30,41 @@ def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     t = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float()  # noqa: E731
     return float(ms_ssim(t(a), t(b), data_range=255))
+
+
+class LPIPSAlex:
+    """LPIPS v0.1 with the AlexNet backbone. The lpips package ships its linear layers; the
+    backbone's convolutions (torchvision's AlexNet `features.*`) come from the file `backbone`."""
+
+    def __init__(self, backbone: str | Path, device: str = "cpu") -> None:
+        import warnings
+
+        import lpips
+        import torch
+
+        with warnings.catch_warnings():  # torchvision's about `pretrained`: no weights are fetched (pnet_rand)
+            warnings.simplefilter("ignore", UserWarning)
+            self.net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        feats = torch.load(backbone, map_location="cpu", weights_only=True)
+        # lpips splits features into slices that keep torchvision's layer index as the module name
+        slices = {name: sl for name, sl in self.net.net.named_children()}
+        loaded = 0
+        for key, t in feats.items():
+            _, idx, kind = key.split(".")
+            sl = next(s for s in slices.values() if idx in dict(s.named_children()))
+            getattr(getattr(sl, idx), kind).data.copy_(t)
+            loaded += 1
+        if loaded != 10:
+            raise ValueError(f"{backbone}: expected the 5 AlexNet conv layers, found {loaded} tensors")
+        self.device = device
+        self.net = self.net.to(device).eval()
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
+        import torch
+
+        t = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(self.device)  # noqa: E731
+        with torch.no_grad():
+            return float(self.net(t(a), t(b)).item())
 
 
 def roundtrip(codec, rgb: np.ndarray) -> tuple[int, np.ndarray, float, float, bool | None]:

@@ -10,6 +10,7 @@ Kodak bpp predicts, and stops at the first level past the budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from . import zoo
 from .image import ImageLike, read_picture
@@ -29,9 +30,11 @@ def _kodak_bpp(card: dict) -> float:
     return bpp if isinstance(bpp, (int, float)) else math.inf
 
 
-def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False, device: str = "cpu") -> tuple[bytes, str]:
+def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False, device: str = "cpu",
+                     progress: Callable[[str, int, int], None] | None = None) -> tuple[bytes, str]:
     """(the .pqm bytes, the model's name) of the highest quality level whose file of `image`
-    (ICC profile, alpha and, with keep_metadata, EXIF included) is at most max_bytes."""
+    (ICC profile, alpha and, with keep_metadata, EXIF included) is at most max_bytes.
+    `progress(model name, done, total)` follows the entropy coder through each level tried."""
     from .codec import shipped_codec
 
     pic = read_picture(image)
@@ -44,7 +47,9 @@ def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = Fal
 
     def fits(i: int) -> bool:
         if i not in files:
-            files[i] = shipped_codec(levels[qs[i]], device).compress(pic, keep_metadata)
+            name = levels[qs[i]]
+            report = None if progress is None else (lambda done, total: progress(name, done, total))
+            files[i] = shipped_codec(name, device).compress(pic, keep_metadata, report)
         return len(files[i]) <= max_bytes
 
     bpp = {c["name"]: _kodak_bpp(c) for c in zoo.list_models()}

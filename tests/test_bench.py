@@ -70,7 +70,7 @@ def test_bd_rate_reports_overlap():
 @needs_shared  # the LPIPS backbone weights
 def test_lpips_uses_the_local_backbone():
     from bench.classical import decode, encode
-    from bench.metrics import LPIPSAlex
+    from pqmim.evaluate import LPIPSAlex
 
     lp = LPIPSAlex(SHARED / "weights" / "lpips_alexnet_features.pth")
     rgb = photo_crop(200, 100, 256, 256)
