@@ -38,6 +38,7 @@ from .jobs import Request as JobRequest
 
 MAX_UPLOAD_BYTES = 50 << 20
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BUSY = "busy: another image is being compressed (in this or another tab); try again when it is done"
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,14 @@ def create_app(settings: Settings = Settings(), run=None) -> Starlette:
                 return error(413, too_large(settings.max_upload_bytes))
         worker: Worker = request.app.state.worker
         if worker.busy:
-            return error(409, "busy: another image is being compressed (in this or another tab); try again when it is done")
+            return error(409, BUSY)
         try:
             rgb = await run_in_threadpool(read_upload, bytes(body), settings.max_pixels, job_request.name)
         except UploadError as e:
             return error(400, str(e))
         job = worker.submit(rgb, job_request)
         if job is None:
-            return error(409, "busy: another image is being compressed (in this or another tab); try again when it is done")
+            return error(409, BUSY)
         return JSONResponse({"id": job.id}, status_code=202)
 
     async def state(request: Request) -> Response:

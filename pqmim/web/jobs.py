@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .. import format as fmt
-from ..image import pil_to_picture
+from ..image import UnsupportedImageError, load_image
 
 log = logging.getLogger("pqmim.serve")
 KEEP_JOBS = 4  # finished jobs whose images stay downloadable
@@ -100,12 +100,9 @@ def read_upload(data: bytes, max_pixels: int | None, filename: str = "upload") -
         try:
             fmt.check_dimensions(w, h)
             im.load()
-            pic = pil_to_picture(im, filename)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated data, odd modes
-            raise UploadError(f"{filename} cannot be read as an image: {e}") from None
-    if pic.alpha is not None:
-        raise UploadError(f"{filename} has transparency: the classical codecs here compare colour only, so flatten it first (pqmim encode keeps alpha)")
-    return pic.rgb
+            return load_image(im)  # the codec's policy; refuses transparency (the comparison is of colour)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated data, odd modes, alpha
+            raise UploadError(f"{filename}: {e}" if isinstance(e, UnsupportedImageError) else f"{filename} cannot be read as an image: {e}") from None
 
 
 def finite(psnr: float) -> float | None:
@@ -135,8 +132,8 @@ class Worker:
             if self._busy:
                 return None
             self._busy = True
-            job = Job(secrets.token_hex(8), request, self.scratch / "pending")
-            job.folder = self.scratch / job.id
+            job_id = secrets.token_hex(8)
+            job = Job(job_id, request, self.scratch / job_id)
             job.folder.mkdir()
             self.jobs[job.id] = job
             while len(self.jobs) > KEEP_JOBS:
