@@ -1,11 +1,11 @@
 import sys
 
-USAGE = "usage: python -m bench {run,report,speed,curves,exactness} [options]   (each takes -h; `pqmim bench ...` is the same)"
+USAGE = "usage: python -m bench {run,report,speed,curves,exactness,progressive} [options]   (each takes -h; `pqmim bench ...` is the same)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("run", "report", "speed", "curves", "exactness"):
+    if not argv or argv[0] not in ("run", "report", "speed", "curves", "exactness", "progressive"):
         print(USAGE, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         from .exactness import main as exactness
 
         return exactness(rest)
+    if cmd == "progressive":
+        from .progressive import main as progressive
+
+        return progressive(rest)
     if cmd == "curves":
         from .curves import main as curves
 

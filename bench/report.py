@@ -202,12 +202,13 @@ def markdown(kodak: dict, fid: dict | None, bd: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, section: str) -> None:
+def update_readme(readme: Path, section: str, begin: str = README_BEGIN, end: str = README_END) -> None:
+    """Replace what lies between the markers `begin` and `end` in the README with `section`."""
     text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no bench section markers ({README_BEGIN} ... {README_END})")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no section markers ({begin} ... {end})")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(f"{head}{README_BEGIN}\n{section}\n{README_END}{tail}")
+    tmp.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
     tmp.replace(readme)

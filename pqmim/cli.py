@@ -157,6 +157,7 @@ def read_picture_arg(src: str):
 def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> None:
     """Encode one image file (or - for stdin) into a .pqm file (or - for stdout); `codec` is
     None when --max-bytes / --max-bpp choose the model per image."""
+    from .format import unpack
     from .sizing import bytes_for_bpp, compress_to_size
 
     t = Timings()
@@ -169,12 +170,15 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
             data, name = compress_to_size(pic, budget, args.keep_metadata, args.device)
         else:
             with coding_bar(args, w * h, Path(src).name) as progress:
-                data, name = codec.compress(pic, args.keep_metadata, progress), codec.name
+                data = codec.compress(pic, args.keep_metadata, progress, send_steps=args.send_steps, seed=args.seed, progressive=args.progressive)
+                name = codec.name
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
     with t("write"):
         write_output(out, data, args.force, [src])
     if not args.quiet and out != "-":
-        say(f"{out}: {w}x{h}, {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp ({name})" + (f"; {t}" if args.verbose else ""))
+        header, _ = unpack(data)
+        steps = "" if header.sent is None else f", {header.sent} of {header.steps} steps sent"
+        say(f"{out}: {w}x{h}, {len(data)} bytes, {len(data) * 8 / (w * h):.4f} bpp ({name}{steps})" + (f"; {t}" if args.verbose else ""))
 
 
 def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | None) -> None:
@@ -182,19 +186,21 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
     import io
 
     from . import zoo
-    from .format import unpack
+    from .format import unpack, unpack_partial
 
     t = Timings()
     with t("read"):
         data = read_input(src)
-        header, _ = unpack(data)
+        header, payload, complete = unpack_partial(data) if args.partial else (*unpack(data), True)
     key = args.model_file or args.model or zoo.name_for_id(header.model_id) or header.model_id.hex()
     if key not in codecs:
         codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose, device=args.device)
     codec = codecs[key]
     with t("decode"):
         with coding_bar(args, header.width * header.height, Path(src).name) as progress:
-            image = codec.decompress(data, progress)
+            image = codec.decompress(data, progress, partial=args.partial, seed=args.seed)
+    if not complete and not args.quiet:
+        say(f"{src}: cut short: {len(data)} bytes hold {header.steps_in(len(payload))} of {header.steps} coding steps; the rest is filled in")
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
     buf = io.BytesIO()
     keep = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
@@ -269,6 +275,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     sized = args.max_bytes is not None or args.max_bpp is not None
     if sized and (args.quality is not None or args.model or args.model_file):
         raise CLIError("--max-bytes and --max-bpp choose the model: give them without --quality, --model or --model-file")
+    if sized and (args.send_steps is not None or args.seed is not None or args.progressive):
+        raise CLIError("--max-bytes and --max-bpp choose the steps sent: give them without --send-steps, --seed or --progressive")
+    if args.seed is not None and args.send_steps is None:
+        raise CLIError("--seed fills in the steps not sent: give it with --send-steps")
     if args.max_bytes is not None and args.max_bpp is not None:
         raise CLIError("choose one of --max-bytes and --max-bpp")
     if (args.max_bytes is not None and args.max_bytes < 1) or (args.max_bpp is not None and not args.max_bpp > 0):
@@ -284,6 +294,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     args.device = check_device(args.device)
+    if args.seed is not None and not args.partial:
+        raise CLIError("--seed fills in the codes of a file cut short: give it with --partial")
     codecs: dict = {}
     if not is_batch(args.input):
         decode_file(codecs, args, args.input[0], args.output)
@@ -312,8 +324,10 @@ def cmd_info(args: argparse.Namespace) -> None:
     px = header.width * header.height
     print(f"model:   {zoo.describe_id(header.model_id).removeprefix('model ')}")
     print(f"image:   {header.width}x{header.height}")
-    print(f"steps:   {header.steps}")
-    extra = sum(len(d) for _, d in header.chunks)
+    print(f"steps:   {header.steps}" + ("" if header.sent is None else f", {header.sent} sent, the rest filled in with " + ("expected code words" if not header.fill else f"codes drawn with seed {header.fill - 1}")))
+    if header.step_bytes is not None:
+        print("preview: progressive; payload bytes per step " + ", ".join(map(str, header.step_bytes)))
+    extra = sum(len(d) for _, d in header.chunks)  # the extras (profile, EXIF, alpha); SEND and prog count as header
     print(f"bytes:   {len(data)} (payload {len(payload)}, extras {extra}, header and checksum {len(data) - len(payload) - extra})")
     print(f"bpp:     {len(data) * 8 / px:.4f}")
     names = {b"ICCP": "ICC profile", b"EXIF": "EXIF", b"ALPH": "alpha plane"}
@@ -409,8 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output .pqm file, or - for stdout, or the output folder of a batch (default: input name with .pqm)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("-q", "--quality", type=int, help="quality level, 1 = smallest files (see `pqmim models`; default: the default model)")
-    p.add_argument("--max-bytes", type=int, metavar="N", help="the best quality level whose file is at most N bytes (never over)")
-    p.add_argument("--max-bpp", type=float, metavar="B", help="the best quality level whose file is at most B bits per pixel")
+    p.add_argument("--max-bytes", type=int, metavar="N", help="the best file of at most N bytes (never over): the quality level and the number of coding steps sent with the highest PSNR")
+    p.add_argument("--max-bpp", type=float, metavar="B", help="the same, at most B bits per pixel")
+    p.add_argument("--send-steps", type=int, metavar="S", help="send only the first S coding steps (0 to the model's steps, 8); the decoder fills in the rest with the transformer")
+    p.add_argument("--seed", type=int, help="with --send-steps: fill in the codes not sent by drawing them with this seed (default: the code words the transformer expects, the best PSNR)")
+    p.add_argument("--progressive", action="store_true", help="add a table (about a byte per step) with which the start of the file decodes to a preview (decode --partial)")
     p.add_argument("--keep-metadata", action="store_true", help="also store the EXIF block (the ICC profile is always kept)")
     talk_opts(p)
     model_opts(p)
@@ -420,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="+", help=".pqm file, - for stdin, or several files and folders (a batch)")
     p.add_argument("-o", "--output", help="output image (.png, .webp, ...), or - for PNG on stdout, or the output folder of a batch (default: input name with .png)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--partial", action="store_true", help="accept a progressive file cut short: decode the steps it holds and fill in the rest")
+    p.add_argument("--seed", type=int, help="with --partial: fill in the codes not received by drawing them with this seed (default: the code words the transformer expects)")
     talk_opts(p)
     model_opts(p)
     p.set_defaults(func=cmd_decode)

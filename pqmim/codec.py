@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import format as fmt
 from . import tiling, zoo
-from .entropy.coder import CorruptPayloadError, MIMCoder, Progress
+from .entropy.coder import CorruptPayloadError, Decoded, MIMCoder, Progress
 from .extras import Extras
 from .image import ImageLike, Picture, picture_to_pil, read_picture
 from .models import PQMIM
@@ -85,53 +85,97 @@ class Codec:
 
     def decode_image(self, codes: torch.Tensor, width: int, height: int) -> Image.Image:
         """Code grid (m, h, w) -> RGB image of width x height."""
-        return Image.fromarray(tiling.decode_tiled(self.model, codes, self._tile, width, height), "RGB")
+        return Image.fromarray(tiling.decode_tiled(self.model, self.latents(Decoded(codes)), self._tile, width, height), "RGB")
 
     # -- bitstreams
-    def compress(self, image: ImageLike, keep_metadata: bool = False, progress: Progress | None = None) -> bytes:
+    def compress(self, image: ImageLike, keep_metadata: bool = False, progress: Progress | None = None, *,
+                 send_steps: int | None = None, seed: int | None = None, progressive: bool = False) -> bytes:
         """Compress an image (path, PIL.Image, HxWx3 or HxWx4 uint8 array, Picture) into .pqm
         bytes: the ICC profile and any transparency are kept; EXIF too with keep_metadata.
-        `progress(done, total)` is called as the entropy coder works through the image."""
-        return self.compress_batch([image], keep_metadata, progress)[0]
+        `progress(done, total)` is called as the entropy coder works through the image.
 
-    def compress_batch(self, images: Sequence[ImageLike], keep_metadata: bool = False, progress: Progress | None = None) -> list[bytes]:
+        send_steps: write only the first s of the model's steps; the decoder fills in the rest
+        with the transformer (the code words it expects, or codes drawn with `seed`), the same
+        on every machine. progressive: add a table (about a byte per step) with which any prefix
+        of the file decodes to a full image (`decompress(..., partial=True)`)."""
+        return self.compress_batch([image], keep_metadata, progress, send_steps=send_steps, seed=seed, progressive=progressive)[0]
+
+    def compress_batch(self, images: Sequence[ImageLike], keep_metadata: bool = False, progress: Progress | None = None, *,
+                       send_steps: int | None = None, seed: int | None = None, progressive: bool = False) -> list[bytes]:
         """Compress several images; the bytes are identical to compressing them one by one (on
         the CPU the analysis runs image by image in fixed bands: see pqmim/models/banded.py)."""
+        sent = None if send_steps is None or send_steps == self.cfg.steps else send_steps
+        if sent is not None and not 0 <= sent < self.cfg.steps:
+            raise ValueError(f"send_steps must be 0 to {self.cfg.steps} (the model's steps), got {send_steps}")
+        fill = fill_of(seed)
+        if fill and sent is None:
+            raise ValueError("a seed fills in the steps not sent: give it with send_steps below the model's steps")
         pictures = [read_picture(im) for im in images]
         for p in pictures:
             fmt.check_dimensions(p.rgb.shape[1], p.rgb.shape[0])
         out = []
         for p, codes in zip(pictures, self.encode_codes([p.rgb for p in pictures])):
-            payload, grid = self.coder.encode(codes, progress)
+            coded = self.coder.encode(codes, progress, sent, fill, progressive)
             chunks = Extras(p.icc, p.exif if keep_metadata else None, p.alpha).to_chunks()
-            header = fmt.Header(self.model_id, p.rgb.shape[1], p.rgb.shape[0], self.cfg.steps, grid, fmt.codes_checksum(codes.numpy()), chunks)
-            out.append(fmt.pack(header, payload))
+            header = fmt.Header(self.model_id, p.rgb.shape[1], p.rgb.shape[0], self.cfg.steps, coded.shift, fmt.codes_checksum(coded.codes.numpy()),
+                                chunks, sent, fill, coded.step_bytes)
+            out.append(fmt.pack(header, coded.payload))
         return out
 
-    def decode_codes(self, data: bytes, progress: Progress | None = None) -> tuple[fmt.Header, torch.Tensor]:
-        """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w))."""
-        header, payload = fmt.unpack(data)
+    def decode_codes(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> tuple[fmt.Header, torch.Tensor]:
+        """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w)). With
+        `partial`, `data` may be the start of a progressive file: the steps it holds are decoded
+        and the rest filled in (see `compress`; the codes returned for fill 0 are the most likely
+        ones, the context of the later steps, while the image uses their expected code words)."""
+        header, decoded = self._decode(data, progress, partial, seed)
+        return header, decoded.codes
+
+    def _decode(self, data: bytes, progress: Progress | None, partial: bool, seed: int | None) -> tuple[fmt.Header, Decoded]:
+        header, payload, complete = fmt.unpack_partial(data) if partial else (*fmt.unpack(data), True)
         if header.model_id != self.model_id:
             raise fmt.BitstreamError(f"this file was encoded with {zoo.describe_id(header.model_id)}, not with {self.name or 'this model'} (id {self.model_id.hex()})")
         if header.steps != self.cfg.steps:
             raise fmt.BitstreamError(f"file coded with {header.steps} steps, model uses {self.cfg.steps}")
+        sent, fill = header.steps_sent, header.fill
+        if not complete:
+            sent = header.steps_in(len(payload))
+            payload = payload[: header.step_bytes[sent - 1]] if sent else b""
+            fill = header.fill if header.sent is not None else fill_of(seed)
         f = self.cfg.f
         h, w = -(-header.height // f), -(-header.width // f)
         try:
-            codes = self.coder.decode(payload, h, w, header.grid, progress)
+            decoded = self.coder.decode(payload, h, w, header.grid, progress, sent, fill)
         except CorruptPayloadError as e:
             raise fmt.BitstreamError(str(e)) from None
-        if fmt.codes_checksum(codes.numpy()) != header.codes_crc:
+        if complete and fmt.codes_checksum(decoded.codes.numpy()) != header.codes_crc:
             raise fmt.BitstreamError("decoded codes fail their checksum: the file was crafted or corrupted, or this machine computes the entropy model differently from the encoder's")
-        return header, codes
+        return header, decoded
 
-    def decompress(self, data: bytes, progress: Progress | None = None) -> Image.Image:
+    def latents(self, decoded: Decoded) -> torch.Tensor:
+        """The synthesis input (m*sub_dim, h, w): the code words of the codes, and where codes
+        were filled in with fill 0, their expected code words."""
+        z = self.model.quantizer.latents_for(decoded.codes[None].to(self.device))[0].cpu()
+        if decoded.filled is not None:
+            z[:, decoded.filled] = decoded.expected[decoded.filled].T
+        return z
+
+    def decompress(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> Image.Image:
         """Decode .pqm bytes into a PIL.Image of the original size: RGB, or RGBA when the file
-        has an alpha plane; `info` holds the ICC profile and EXIF block the file carries."""
-        header, codes = self.decode_codes(data, progress)
+        has an alpha plane; `info` holds the ICC profile and EXIF block the file carries.
+        partial: `data` may be a progressive file cut short (see `decode_codes`)."""
+        header, decoded = self._decode(data, progress, partial, seed)
         extras = Extras.from_chunks(header.chunks, header.width, header.height)
-        rgb = tiling.decode_tiled(self.model, codes, self._tile, header.width, header.height)
+        rgb = tiling.decode_tiled(self.model, self.latents(decoded), self._tile, header.width, header.height)
         return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
+
+
+def fill_of(seed: int | None) -> int:
+    """The format's fill field for a seed: 0 (expected code words) for None, else seed + 1."""
+    if seed is None:
+        return 0
+    if not 0 <= seed < fmt.MAX_FILL:
+        raise ValueError(f"seed must be 0 to {fmt.MAX_FILL - 1}, got {seed}")
+    return seed + 1
 
 
 def shipped_codec(name: str | None = None, device: str = "cpu") -> Codec:
@@ -148,7 +192,7 @@ def _shipped(name: str, device: str) -> Codec:
 def codec_for(data: bytes, device: str = "cpu") -> Codec:
     """The shipped model whose id a bitstream names; BitstreamError if none is (saying which
     model made it, and for a retired one the release that decodes it)."""
-    header, _ = fmt.unpack(data)
+    header, _, _ = fmt.unpack_partial(data)  # a progressive file cut short names its model too
     name = zoo.name_for_id(header.model_id)
     if name is None:
         what = zoo.describe_id(header.model_id)

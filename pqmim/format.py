@@ -20,6 +20,16 @@ it (so older decoders read it); chunks are optional data beside the coded image 
 profile, metadata, alpha: see pqmim/extras.py), each tag at most once, in the order written. A
 tag this version does not know is skipped when its first letter is lowercase (ancillary) and
 refused when it is uppercase (critical), as in PNG.
+
+Two chunks describe the payload itself, and live in the Header's own fields:
+
+    SEND  (critical) the payload holds only the first `sent` of the S steps; the decoder fills
+          in the rest with `fill` (0: expected code words; n >= 1: drawn with seed n - 1). The
+          codes CRC covers the filled-in grid, so a decoder that fills in differently refuses
+          the file. Older decoders refuse the file (they cannot fill in).
+    prog  (ancillary) progressive: for each step sent, the payload bytes from which a decoder
+          gets the codes of that step and all before it. A file cut short decodes from its
+          longest such prefix (`unpack_partial`); older decoders ignore the table.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ MAX_IMAGE_PIXELS = 89_478_485  # like Pillow's default; set pqmim.format.MAX_IMA
 MAX_STEPS = 64
 GRID_SHIFTS = 4
 MAX_CHUNKS = 16
-KNOWN_CHUNKS = (b"ICCP", b"EXIF", b"ALPH")  # see pqmim/extras.py
+SEND, PROG = b"SEND", b"prog"  # the payload's own chunks: Header.sent / fill and Header.step_bytes
+KNOWN_CHUNKS = (b"ICCP", b"EXIF", b"ALPH", SEND, PROG)  # the extras: see pqmim/extras.py
+MAX_FILL = 1 << 32  # fill = seed + 1, seeds 0 .. 2**32 - 1
 
 
 class BitstreamError(ValueError):
@@ -53,10 +65,23 @@ class Header:
     steps: int
     grid: int = 0
     codes_crc: int = 0
-    chunks: tuple[tuple[bytes, bytes], ...] = ()  # (tag, data) pairs, in file order
+    chunks: tuple[tuple[bytes, bytes], ...] = ()  # (tag, data) pairs of the extras, in file order
+    sent: int | None = None  # SEND: steps in the payload (None: all `steps`)
+    fill: int = 0  # SEND: how the codes not sent are filled in (0: expected code words; n: drawn with seed n - 1)
+    step_bytes: tuple[int, ...] | None = None  # prog: payload bytes that decode steps <= s
 
     def chunk(self, tag: bytes) -> bytes | None:
         return next((data for t, data in self.chunks if t == tag), None)
+
+    @property
+    def steps_sent(self) -> int:
+        return self.steps if self.sent is None else self.sent
+
+    def steps_in(self, payload_bytes: int) -> int:
+        """How many steps a payload prefix of this many bytes decodes (progressive files)."""
+        if self.step_bytes is None:
+            return self.steps_sent
+        return sum(n <= payload_bytes for n in self.step_bytes)
 
 
 def _put_varint(n: int) -> bytes:
@@ -102,19 +127,50 @@ def pack(header: Header, payload: bytes) -> bytes:
     if not 0 <= header.grid < GRID_SHIFTS:
         raise ValueError("grid shift out of range")
     fields = _put_varint(header.width) + _put_varint(header.height) + _put_varint(header.steps)
+    all_chunks = _payload_chunks(header, len(payload)) + header.chunks
     chunks = b""
-    if header.chunks:
-        tags = [t for t, _ in header.chunks]
+    if all_chunks:
+        tags = [t for t, _ in all_chunks]
         if len(tags) > MAX_CHUNKS or len(set(tags)) != len(tags) or any(len(t) != 4 or not t.isascii() or not t.isalpha() for t in tags):
             raise ValueError("chunks: at most 16, distinct tags of 4 ASCII letters")
-        chunks = _put_varint(len(tags)) + b"".join(t + _put_varint(len(d)) + d for t, d in header.chunks)
-    version = VERSION_CHUNKS if header.chunks else VERSION
+        chunks = _put_varint(len(tags)) + b"".join(t + _put_varint(len(d)) + d for t, d in all_chunks)
+    version = VERSION_CHUNKS if all_chunks else VERSION
     body = MAGIC + bytes([version]) + header.model_id + fields + bytes([header.grid]) + header.codes_crc.to_bytes(4, "little") + chunks + payload
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
+def _payload_chunks(header: Header, payload_bytes: int) -> tuple[tuple[bytes, bytes], ...]:
+    """The SEND and prog chunks of a header (checked: a bad value is a bug of the caller)."""
+    out = []
+    if header.sent is not None:
+        if not 0 <= header.sent < header.steps or not 0 <= header.fill <= MAX_FILL:
+            raise ValueError("SEND: steps sent must be below the model's steps, the fill 0 to 2**32")
+        out.append((SEND, _put_varint(header.sent) + _put_varint(header.fill)))
+    elif header.fill:
+        raise ValueError("a fill needs steps sent")
+    if header.step_bytes is not None:
+        sb = header.step_bytes
+        if len(sb) != header.steps_sent or any(b > a for a, b in zip(sb[1:], sb)) or (sb and sb[-1] > payload_bytes):
+            raise ValueError("prog: one nondecreasing payload length per step sent, at most the payload")
+        out.append((PROG, b"".join(_put_varint(b - a) for a, b in zip((0, *sb), sb))))
+    return tuple(out)
+
+
 def unpack(data: bytes) -> tuple[Header, bytes]:
     """Parse and verify a bitstream; raises BitstreamError with a message saying what is wrong."""
+    header, payload, complete = _unpack(data, partial=False)
+    return header, payload
+
+
+def unpack_partial(data: bytes) -> tuple[Header, bytes, bool]:
+    """(header, payload, complete) of a bitstream that may be cut short: a complete file is
+    verified as by `unpack`; otherwise the data must hold the whole header (chunks included)
+    and a progressive table (prog), and what follows is the start of the payload, unverified
+    (a prefix has no checksum: corrupted data decodes to a wrong but valid image)."""
+    return _unpack(data, partial=True)
+
+
+def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("bitstream must be bytes")
     data = bytes(data)
@@ -143,8 +199,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     codes_crc = int.from_bytes(data[pos + 1 : pos + 5], "little")
     pos += 5
     body, crc = data[:-4], int.from_bytes(data[-4:], "little")
-    if zlib.crc32(body) != crc:
-        raise BitstreamError("checksum mismatch: the file is truncated or corrupted")
+    complete = zlib.crc32(body) == crc
+    if not complete:
+        if not partial:
+            raise BitstreamError("checksum mismatch: the file is truncated or corrupted")
+        body = data  # a prefix: no checksum at the end, everything after the header is payload
     chunks: tuple[tuple[bytes, bytes], ...] = ()
     if version == VERSION_CHUNKS:
         chunks, pos = _get_chunks(body, pos)
@@ -153,7 +212,39 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise BitstreamError(f"invalid number of coding steps {steps}")
     if grid >= GRID_SHIFTS:
         raise BitstreamError(f"invalid grid shift {grid} (must be below {GRID_SHIFTS})")
-    return Header(model_id, width, height, steps, grid, codes_crc, chunks), body[pos:]
+    payload = body[pos:]
+    found = dict(chunks)
+    sent, fill = _get_send(found.pop(SEND), steps) if SEND in found else (None, 0)
+    step_bytes = _get_prog(found.pop(PROG), steps if sent is None else sent, len(payload) if complete else None) if PROG in found else None
+    if not complete and step_bytes is None:
+        raise BitstreamError("checksum mismatch: the file is truncated or corrupted (a file cut short decodes only if it was encoded with --progressive)")
+    extras = tuple((t, d) for t, d in chunks if t in found)
+    return Header(model_id, width, height, steps, grid, codes_crc, extras, sent, fill, step_bytes), payload, complete
+
+
+def _get_send(data: bytes, steps: int) -> tuple[int, int]:
+    sent, pos = _get_varint(data, 0, "steps sent")
+    fill, pos = _get_varint(data, pos, "fill")
+    if pos != len(data):
+        raise BitstreamError("the SEND chunk has trailing data")
+    if not sent < steps:
+        raise BitstreamError(f"the SEND chunk says {sent} steps sent, the file has {steps}")
+    if fill > MAX_FILL:
+        raise BitstreamError(f"invalid fill {fill} in the SEND chunk")
+    return sent, fill
+
+
+def _get_prog(data: bytes, sent: int, payload_bytes: int | None) -> tuple[int, ...]:
+    out, pos, total = [], 0, 0
+    for s in range(sent):
+        delta, pos = _get_varint(data, pos, "progressive table")
+        total += delta
+        out.append(total)
+    if pos != len(data):
+        raise BitstreamError("the prog chunk has trailing data")
+    if payload_bytes is not None and out and out[-1] > payload_bytes:
+        raise BitstreamError("the prog chunk points past the end of the payload")
+    return tuple(out)
 
 
 def _get_chunks(body: bytes, pos: int) -> tuple[tuple[tuple[bytes, bytes], ...], int]:

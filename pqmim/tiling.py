@@ -57,17 +57,17 @@ def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_tiled(model, codes: torch.Tensor, tile: int, width: int, height: int) -> np.ndarray:
-    """HxWx3 uint8 image of a code grid (m, h, w), cropped to width x height."""
+def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int) -> np.ndarray:
+    """HxWx3 uint8 image of a latent grid (m*sub_dim, h, w), cropped to width x height."""
     f = model.cfg.f
-    _, h, w = codes.shape
+    _, h, w = z.shape
     halo = math.ceil(context_radius(model.decoder))  # the decoder's input is the latent grid
     out = np.empty((height, width, 3), dtype=np.uint8)
     for y0, y1 in spans(h, tile):
         for x0, x1 in spans(w, tile):
             a, b = max(0, y0 - halo), min(h, y1 + halo)
             c, d = max(0, x0 - halo), min(w, x1 + halo)
-            x = model.decode_codes(codes[None, :, a:b, c:d].to(model_device(model)))[0].cpu()
+            x = model.decode_latents(z[None, :, a:b, c:d].to(model_device(model)))[0].cpu()
             x = x[:, (y0 - a) * f : (y1 - a) * f, (x0 - c) * f : (x1 - c) * f]
             py0, px0 = y0 * f, x0 * f
             py1, px1 = min(y1 * f, height), min(x1 * f, width)

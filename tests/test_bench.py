@@ -135,3 +135,26 @@ def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
         for r in rows:
             if r["image"] == size and r["codec"] in ("webp", "avif") and "skipped" not in r:
                 assert r["encode_s"] > 0 and (r["bytes"] <= pq["bytes"]) != r["over_budget"]
+
+
+@needs_shared  # Kodak and the LPIPS weights
+def test_bench_progressive_quick(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- progressive:begin (python -m bench progressive writes this section) -->\nold\n<!-- progressive:end -->\ntail\n")
+    r = subprocess.run([sys.executable, "-m", "bench", "progressive", "--quick", "--no-fid", "--results", str(tmp_path), "--readme", str(readme), "--threads", "2"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "progressive_quick.json").read_text())
+    assert [p["label"] for p in res["send"]] == ["q1 s=1", "q1 s=4", "q3 s=1", "q3 s=4"]
+    for model in ("pqmim-q1", "pqmim-q3"):
+        pts = [p for p in res["send"] if p["model"] == model]
+        assert pts[0]["bpp"] < pts[1]["bpp"] and all(p["images"] == 2 for p in pts)
+    for prefix in res["prefix"]:
+        assert prefix["prefix_bpp"] == sorted(prefix["prefix_bpp"]) and 0 < prefix["table_bytes"] < 30
+    for mb in res["max_bytes"]:  # never over
+        assert mb["within"] == 2 and all(row["bytes"] <= mb["budget"] for row in mb["rows"])
+    assert res["tiny"]["codecs"]["jpeg420"]["fits"] == 0  # JPEG's headers alone are over 200 bytes
+    for name in ("progressive_psnr.png", "progressive_quick.png", "tiny_quick.png"):
+        assert (tmp_path / name).stat().st_size > 5_000, name
+    text = readme.read_text()
+    assert "old" not in text and "--max-bytes N" in text and text.endswith("tail\n")

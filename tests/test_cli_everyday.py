@@ -1,5 +1,6 @@
 """Everyday habits of image tools, from the command line: file permissions from the umask,
---quiet and -v, --max-bytes, alpha and metadata through encode / decode."""
+--quiet and -v, --max-bytes, alpha and metadata through encode / decode, files that send only
+some steps and files cut short."""
 
 import os
 import stat
@@ -84,6 +85,32 @@ def test_max_bytes_and_max_bpp(tmp_path, tiny_ladder):
     assert r.returncode == 0 and (tmp_path / "d.pqm").stat().st_size <= 8 * 80 * 60 / 8
     r = run("encode", src, "-o", tmp_path / "e.pqm", "--max-bytes", "900", "-q", "2", env=env)
     assert r.returncode == 1 and b"choose the model" in r.stderr
+
+
+def test_send_steps_progressive_and_partial(tmp_path, tiny_ladder):
+    env = {"PQMIM_MODELS": str(tiny_ladder[0])}
+    src = tmp_path / "in.png"
+    rgba_photo(src)
+    r = run("encode", src, "-o", tmp_path / "s.pqm", "--send-steps", "2", "--seed", "5", env=env)
+    assert r.returncode == 0 and b"2 of 6 steps sent" in r.stderr, r.stderr
+    r = run("info", tmp_path / "s.pqm", env=env)
+    assert b"2 sent, the rest filled in with codes drawn with seed 5" in r.stdout, r.stdout
+    assert run("decode", tmp_path / "s.pqm", "-o", tmp_path / "s.png", env=env).returncode == 0
+    assert Image.open(tmp_path / "s.png").size == (80, 60)
+    r = run("encode", src, "-o", tmp_path / "p.pqm", "--progressive", env=env)
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "p.pqm").read_bytes()
+    assert b"progressive" in run("info", tmp_path / "p.pqm", env=env).stdout
+    (tmp_path / "cut.pqm").write_bytes(data[: len(data) * 2 // 3])
+    r = run("decode", tmp_path / "cut.pqm", "-o", tmp_path / "cut.png", env=env)
+    assert r.returncode == 1 and b"--progressive" not in r.stderr and b"checksum" in r.stderr and not (tmp_path / "cut.png").exists()
+    r = run("decode", tmp_path / "cut.pqm", "-o", tmp_path / "cut.png", "--partial", env=env)
+    assert r.returncode == 0 and b"cut short" in r.stderr and b"of 6 coding steps" in r.stderr, r.stderr
+    assert Image.open(tmp_path / "cut.png").mode == "RGBA"  # the alpha chunk is in the header
+    for bad, msg in ((["encode", src, "--seed", "1"], b"--send-steps"), (["decode", tmp_path / "p.pqm", "--seed", "1"], b"--partial"),
+                     (["encode", src, "--max-bytes", "500", "--send-steps", "1"], b"choose the steps"), (["encode", src, "--send-steps", "9", "-f"], b"send_steps")):
+        r = run(*bad, env=env)
+        assert r.returncode == 1 and msg in r.stderr, r.stderr
 
 
 def test_compare_writes_one_sheet(tmp_path, tiny_ladder):

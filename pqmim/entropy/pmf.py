@@ -63,6 +63,19 @@ def snap(logits: torch.Tensor, shift: int = 0) -> torch.Tensor:
 EXP_TABLE_F32 = EXP_TABLE.to(torch.float32)  # exact: every entry is an integer <= 2**24
 
 
+TABLE_VALUES = np.unique(EXP_TABLE.numpy()).astype(np.float32)  # the distinct weights, ascending (fewer than 256)
+
+
+def compact(weights: np.ndarray) -> np.ndarray:
+    """Integer weights (float32 rows from `integer_weights`) -> uint8 indices into TABLE_VALUES:
+    a quarter of the memory, for tables kept after use (`expand` gives them back exactly)."""
+    return np.searchsorted(TABLE_VALUES, weights).astype(np.uint8)
+
+
+def expand(indices: np.ndarray) -> np.ndarray:
+    return TABLE_VALUES[indices]
+
+
 def integer_weights(logits: torch.Tensor, shift: int = 0, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """Float64 logits (..., k) -> integer weights (..., k) in [1, 2**24]: the distribution each
     row gives the range coder (it need not be normalised). dtype int64, or float32 (exact,

@@ -14,14 +14,15 @@ from functools import lru_cache
 import numpy as np
 
 SCHEDULE_SEED = 0x5EED_0F_C0DE5  # part of the bitstream format: changing it breaks old files
-_MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of each uint64 (arithmetic mod 2**64): a stream that no library
+    update can change (the schedule and the seeded fill of codes not sent both hash with it)."""
+    x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def window_tiles(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
@@ -34,9 +35,9 @@ def reveal_groups(hh: int, ww: int, window: int, steps: int, alpha: float) -> tu
     """For a window with hh x ww real positions, the flat indices (into window*window) coded at
     each of the `steps` steps. Every position appears exactly once; groups may be empty."""
     n = hh * ww
-    keys = [_splitmix64(SCHEDULE_SEED ^ (i * 0x100000001B3)) for i in range(n)]
-    order = sorted(range(n), key=lambda i: keys[i])
-    flat = np.array([(i // ww) * window + (i % ww) for i in order], dtype=np.int64)
+    keys = splitmix64(np.uint64(SCHEDULE_SEED) ^ (np.arange(n, dtype=np.uint64) * np.uint64(0x100000001B3)))
+    order = np.argsort(keys, kind="stable")
+    flat = (order // ww) * window + order % ww
     bounds = [0] + cumulative_counts(n, steps, alpha)
     return tuple(flat[bounds[s] : bounds[s + 1]] for s in range(steps))
 

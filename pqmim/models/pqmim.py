@@ -53,7 +53,13 @@ class PQMIM(nn.Module):
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, m, h, w) -> images (B, 3, h*f, w*f) in [0, 1]. On the CPU the synthesis runs
         in fixed row bands (`banded`): the same pixels with any thread count or batch."""
-        z = self.quantizer.latents_for(codes)
+        return self.decode_latents(self.quantizer.latents_for(codes))
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, m*sub_dim, h, w) -> images (B, 3, h*f, w*f) in [0, 1]: the synthesis of
+        `decode_codes`, also for latents that are not code words (codes filled in as expected
+        code words: pqmim/entropy/coder.py)."""
         if z.device.type != "cpu":
             return (self.decoder(z) + 0.5).clamp(0, 1)
         with fixed_pieces() as pool:

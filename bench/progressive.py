@@ -1,0 +1,390 @@
+"""What the masked transformer adds, measured: files that send only the first s of the S coding
+steps (`--send-steps`, the rest filled in by the transformer), prefixes of progressive files
+(`--progressive`, `decode --partial`), files of a given size (`--max-bytes`), and what JPEG,
+WebP and AVIF can do in 200 bytes.
+
+    python -m bench progressive            # Kodak (24), FID on val patches, pictures, plots, README
+    python -m bench progressive --quick    # 2 images, two rungs, two steps: the pipeline end to end
+
+Every byte count is a real file's (or a real prefix's) length; every quality figure is measured
+on the decoded 8-bit image. A prefix of s steps decodes to the same pixels as the file that
+sends s steps (tests/test_progressive.py proves it), so the two share their quality figures and
+differ only in bytes. Per-point results are cached in <results>/cache like `bench run`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pqmim import Codec, zoo
+from pqmim import format as fmt
+from pqmim.classical import LABELS, decode, encode_at_size
+from pqmim.compare import tile_sheet
+from pqmim.data import list_images
+from pqmim.evaluate import psnr_uint8
+from pqmim.image import load_image
+from pqmim.sizing import best_within
+
+from . import kodak, report
+from .codecs import Point
+from .metrics import LPIPS_BACKBONE, LPIPSAlex
+from .suite import FID_WEIGHTS, RESULTS, SHARED, environment
+
+BUDGETS = (200, 500, 1000, 2000, 5000, 10000)  # bytes, for the target-size table
+FID_RUNGS = ("pqmim-q1", "pqmim-q2", "pqmim-q3")  # the low rates, where filling in matters
+SCALES = (1, 2, 4, 8, 16, 32)  # a classical codec may shrink the image to fit a tiny budget
+README_BEGIN, README_END = "<!-- progressive:begin (python -m bench progressive writes this section) -->", "<!-- progressive:end -->"
+
+
+def send_points(names: list[str], steps: list[int] | None, seed: int | None = None) -> list[Point]:
+    """One point per (model, s): the file that sends the first s steps, decoded."""
+    points = []
+    for name in names:
+        codec = Codec.from_pretrained(name)
+        fill = "expected" if seed is None else f"seed{seed}"
+        for s in steps if steps is not None else range(codec.cfg.steps):
+            def run(rgb: np.ndarray, codec=codec, s=s) -> tuple[int, np.ndarray, float, float]:
+                t0 = time.perf_counter()
+                data = codec.compress(rgb, send_steps=s, seed=seed)
+                t1 = time.perf_counter()
+                out = np.asarray(codec.decompress(data))
+                return len(data), out, t1 - t0, time.perf_counter() - t1
+
+            label = f"{name.removeprefix('pqmim-')} s={s}"
+            points.append(Point(f"pqmim-send-{fill}", label, f"send-{name}-{codec.model_id.hex()}-s{s}-{fill}", run,
+                                {"model": name, "sent": s, "steps": codec.cfg.steps, "fill": fill}))
+    return points
+
+
+def prefix_bytes(name: str, files: list[Path], cache_dir: Path) -> dict:
+    """Bytes of the progressive file's prefix that decodes s steps, s = 0..S, per image, and
+    what the progressive table costs over the plain file."""
+    codec = Codec.from_pretrained(name)
+    cache = cache_dir / f"prefix_{name}-{codec.model_id.hex()}.json"
+    if cache.exists():
+        r = json.loads(cache.read_text())
+        if r["images"] == [p.name for p in files]:
+            return r
+    rows = []
+    for p in tqdm(files, desc=f"{name} progressive", leave=False):
+        rgb = load_image(p)
+        data = codec.compress(rgb, progressive=True)
+        header, payload = fmt.unpack(data)
+        head = len(data) - len(payload) - 4
+        rows.append({"image": p.name, "pixels": rgb.shape[0] * rgb.shape[1], "prefix": [head] + [head + n for n in header.step_bytes],
+                     "file": len(data), "plain": len(codec.compress(rgb))})
+    r = {"model": name, "images": [p.name for p in files], "rows": rows,
+         "prefix_bpp": [float(np.mean([row["prefix"][s] * 8 / row["pixels"] for row in rows])) for s in range(codec.cfg.steps + 1)],
+         "table_bytes": float(np.mean([row["file"] - row["plain"] for row in rows]))}
+    kodak.write_json(cache, r)
+    return r
+
+
+def classical_in(codec: str, rgb: np.ndarray, budget: int) -> dict:
+    """The best PSNR a classical codec reaches within `budget` bytes, at full size or shrunk by
+    a power of two (Lanczos) and enlarged back (bicubic) as a user of that codec could do; or
+    the smallest file it can write, when even the smallest setting of the smallest size is over."""
+    h, w = rgb.shape[:2]
+    best, smallest = None, None
+    for k in SCALES:
+        if w // k < 8 or h // k < 8:
+            break
+        small = np.asarray(Image.fromarray(rgb).resize((w // k, h // k), Image.LANCZOS)) if k > 1 else rgb
+        quality, file = encode_at_size(codec, small, budget)
+        smallest = len(file) if smallest is None else min(smallest, len(file))
+        if len(file) > budget:
+            continue
+        out = decode(file)
+        if k > 1:
+            out = np.asarray(Image.fromarray(out).resize((w, h), Image.BICUBIC))
+        row = {"codec": codec, "scale": k, "quality": quality, "bytes": len(file), "psnr": psnr_uint8(rgb, out), "image": out}
+        if best is None or row["psnr"] > best["psnr"]:
+            best = row
+    return best or {"codec": codec, "scale": None, "quality": None, "bytes": None, "psnr": None, "image": None, "smallest": smallest}
+
+
+def target_sizes(files: list[Path], budgets: tuple[int, ...], lpips_fn, cache_dir: Path) -> list[dict]:
+    """`--max-bytes N` on every image for each N: bytes used, rung and steps chosen, PSNR, LPIPS."""
+    ids = "-".join(Codec.from_pretrained(n).model_id.hex() for n in zoo.quality_levels().values())
+    out = []
+    for n in budgets:
+        cache = cache_dir / f"maxbytes_{n}-{ids}.json"
+        if cache.exists() and json.loads(cache.read_text())["images"] == [p.name for p in files]:
+            out.append(json.loads(cache.read_text()))
+            continue
+        rows = []
+        for p in tqdm(files, desc=f"--max-bytes {n}", leave=False):
+            rgb = load_image(p)
+            t0 = time.perf_counter()
+            best = best_within(rgb, n)
+            seconds = time.perf_counter() - t0
+            dec = np.asarray(Codec.from_pretrained(best.name).decompress(best.data))
+            rows.append({"image": p.name, "bytes": len(best.data), "model": best.name, "sent": best.sent, "psnr": psnr_uint8(rgb, dec),
+                         "lpips": lpips_fn(rgb, dec), "encode_s": seconds, "within": len(best.data) <= n})
+        r = {"budget": n, "images": [p.name for p in files], "within": sum(r["within"] for r in rows), "mean_bytes": float(np.mean([r["bytes"] for r in rows])),
+             "psnr": float(np.mean([r["psnr"] for r in rows])), "lpips": float(np.mean([r["lpips"] for r in rows])),
+             "encode_s": float(np.mean([r["encode_s"] for r in rows])), "rows": rows}
+        kodak.write_json(cache, r)
+        out.append(r)
+    return out
+
+
+def tiny_table(files: list[Path], budget: int, lpips_fn, codecs=("jpeg420", "webp", "avif")) -> dict:
+    """Each classical codec's best within `budget` bytes on every image (see classical_in)."""
+    out = {}
+    for c in codecs:
+        rows = []
+        for p in tqdm(files, desc=f"{LABELS[c]} in {budget} B", leave=False):
+            rgb = load_image(p)
+            r = classical_in(c, rgb, budget)
+            im = r.pop("image")
+            rows.append({"image": p.name, **r, "lpips": None if im is None else lpips_fn(rgb, im)})
+        ok = [r for r in rows if r["bytes"] is not None]
+        out[c] = {"codec": c, "fits": len(ok), "images": len(rows), "psnr": float(np.mean([r["psnr"] for r in ok])) if ok else None,
+                  "lpips": float(np.mean([r["lpips"] for r in ok])) if ok else None, "mean_bytes": float(np.mean([r["bytes"] for r in ok])) if ok else None,
+                  "smallest": min((r["smallest"] for r in rows if r["bytes"] is None), default=None),
+                  "scales": sorted({r["scale"] for r in ok}), "rows": rows}
+    return out
+
+
+# ----------------------------------------------------------------------------- pictures
+def shrink(rgb: np.ndarray, k: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] // k, rgb.shape[0] // k), Image.LANCZOS))
+
+
+def stacked(sheets: list[Image.Image]) -> Image.Image:
+    out = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets) + 6 * (len(sheets) - 1)), "white")
+    y = 0
+    for s in sheets:
+        out.paste(s, (0, y))
+        y += s.height + 6
+    return out
+
+
+def progressive_picture(image: Path, name: str, out: Path, k: int = 3) -> None:
+    """A progressive file of `image` decoded from the prefix that holds s steps, s = 0..S: filled
+    in with expected code words (top) and with codes drawn with seed 0 (bottom)."""
+    codec = Codec.from_pretrained(name)
+    rgb = load_image(image)
+    data = codec.compress(rgb, progressive=True)
+    header, payload = fmt.unpack(data)
+    head = len(data) - len(payload) - 4
+    rows = []
+    for seed in (None, 0):
+        tiles = [(shrink(rgb, k), f"original\n{len(data)} B file ({name})")]
+        for s in range(codec.cfg.steps + 1):
+            n = head + (header.step_bytes[s - 1] if s else 0)
+            dec = np.asarray(codec.decompress(data[:n], partial=True, seed=seed).convert("RGB"))
+            fill = "expected" if seed is None else "drawn, seed 0"
+            tiles.append((shrink(dec, k), f"first {n} B: {s} of {codec.cfg.steps} steps\n{fill}\nPSNR {psnr_uint8(rgb, dec):.2f} dB"))
+        rows.append(tile_sheet(tiles))
+    stacked(rows).save(out)
+
+
+def tiny_picture(image: Path, budgets: tuple[int, ...], out: Path, k: int = 2) -> list[dict]:
+    """pqmim (--max-bytes) and JPEG, WebP, AVIF at their best within each budget, whole image."""
+    rgb = load_image(image)
+    sheets, rows = [], []
+    for n in budgets:
+        best = best_within(rgb, n)
+        codec = Codec.from_pretrained(best.name)
+        dec = np.asarray(codec.decompress(best.data))
+        tiles = [(shrink(rgb, k), f"original {rgb.shape[1]}x{rgb.shape[0]}\nbudget {n} bytes"),
+                 (shrink(dec, k), f"pqmim {best.name.removeprefix('pqmim-')}, {best.sent} of {codec.cfg.steps} steps\n{len(best.data)} B\nPSNR {psnr_uint8(rgb, dec):.2f} dB")]
+        rows.append({"budget": n, "codec": "pqmim", "model": best.name, "sent": best.sent, "bytes": len(best.data), "psnr": psnr_uint8(rgb, dec)})
+        for c in ("jpeg420", "webp", "avif"):
+            r = classical_in(c, rgb, n)
+            im = r.pop("image")
+            rows.append({"budget": n, **r})
+            if im is None:
+                tiles.append((None, f"{LABELS[c]}: cannot\nits smallest file is\n{r['smallest']} B"))
+            else:
+                size = "full size" if r["scale"] == 1 else f"at 1/{r['scale']} size, enlarged"
+                tiles.append((shrink(im, k), f"{LABELS[c]} q={r['quality']} {size}\n{r['bytes']} B\nPSNR {r['psnr']:.2f} dB"))
+        sheets.append(tile_sheet(tiles))
+    stacked(sheets).save(out)
+    return rows
+
+
+# ----------------------------------------------------------------------------- plots
+def plot(res: dict, kod: dict | None, fid: dict | None, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    ladder = [p for p in (kod or {}).get("points", []) if p["codec"] == "pqmim"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=110)
+    for ax, key, ylabel in ((axes[0], "psnr", "PSNR (dB, RGB)"), (axes[1], "lpips", "LPIPS-Alex (lower is better)")):
+        for i, (model, pts) in enumerate(by_model(res["send"]).items()):
+            whole = next((p for p in ladder if p.get("model") == model), None)
+            xs = [p["bpp"] for p in pts] + ([whole["bpp"]] if whole else [])
+            ys = [p[key] for p in pts] + ([whole[key]] if whole else [])
+            ax.plot(xs, ys, ".-", color=f"C{i}", label=f"{model}: s = 0..{pts[0]['steps']} steps sent")
+        if ladder:
+            ax.plot([p["bpp"] for p in ladder], [p[key] for p in ladder], "o-", color="black", lw=2, label="pqmim ladder (every step sent)")
+        for c, style in (("avif", "s--"), ("webp", "^--")):
+            pts = sorted((p for p in (kod or {}).get("points", []) if p["codec"] == c), key=lambda p: p["bpp"])
+            if pts:
+                ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], style, color="grey", lw=1, label=f"{LABELS[c]} (Pillow)")
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per pixel (real file sizes)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Kodak ({res['images']} images): files that send the first s coding steps, the rest filled in (expected code words)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "progressive_psnr.png")
+    plt.close(fig)
+    paths.append(out / "progressive_psnr.png")
+    if res.get("fid"):
+        fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+        for i, (codec, pts) in enumerate(report.families(res["fid"]).items()):
+            for j, (model, mp) in enumerate(by_model(pts).items()):
+                ax.plot([p["bpp"] for p in mp], [p["fid"] for p in mp], ".-" if "expected" in codec else "x:", color=f"C{j}",
+                        label=f"{model} s = 1..7, {'expected code words' if 'expected' in codec else 'drawn codes'}")
+        for c, pts in report.families(list((fid or {}).get("points", []))).items():
+            if c in ("pqmim", "webp", "avif"):
+                ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], "o-" if c == "pqmim" else "s--", color="black" if c == "pqmim" else "grey",
+                        lw=2 if c == "pqmim" else 1, label=report.family_label(c))
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per pixel (real file sizes)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"FID on {res['fid'][0]['patches']} 256x256 patches of {res['fid'][0]['images']} val images", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "progressive_fid.png")
+        plt.close(fig)
+        paths.append(out / "progressive_fid.png")
+    return paths
+
+
+def by_model(points: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for p in sorted(points, key=lambda p: p["bpp"]):
+        out.setdefault(p["model"], []).append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- README
+def markdown(res: dict, command: str) -> str:
+    lines = [f"Measured with `{command}` on {res['date'][:10]} ({res['machine']}; commit {report.short_commit(res['git_commit'])}); "
+             f"Kodak, {res['images']} images, means over images; raw numbers in `bench/results/progressive.json`.", "",
+             "![send-steps curves](bench/results/progressive_psnr.png)", "",
+             "**Files that send the first s of the 8 steps** (`--send-steps s`; the rest filled in with expected code words), and "
+             "**prefixes of progressive files** (`--progressive`, then `decode --partial`: the same pixels as the file that sends "
+             "s steps, from the prefix's bytes):", "",
+             "| model | s | send-steps file bpp | prefix bpp | PSNR | LPIPS |", "|---|---|---|---|---|---|"]
+    pref = {r["model"]: r for r in res["prefix"]}
+    for model, pts in by_model(res["send"]).items():
+        for p in sorted(pts, key=lambda p: p["sent"]):
+            lines.append(f"| {model} | {p['sent']} | {p['bpp']:.4f} | {pref[model]['prefix_bpp'][p['sent']]:.4f} | {p['psnr']:.2f} | {p['lpips']:.3f} |")
+    lines += ["", "The progressive table costs " + ", ".join(f"{r['model']} {r['table_bytes']:.0f} B" for r in res["prefix"]) +
+              " per file on average (`--progressive` is off by default)."]
+    lines += ["", "**`--max-bytes N`** (the rung and the steps sent with the best PSNR; never over):", "",
+              "| N bytes | files within N | mean bytes | PSNR | LPIPS | encode s | rungs chosen (steps sent) |", "|---|---|---|---|---|---|---|"]
+    for r in res["max_bytes"]:
+        chosen = {}
+        for row in r["rows"]:
+            key = f"{row['model'].removeprefix('pqmim-')} ({row['sent']})"
+            chosen[key] = chosen.get(key, 0) + 1
+        lines.append(f"| {r['budget']} | {r['within']} of {len(r['rows'])} | {r['mean_bytes']:.0f} | {r['psnr']:.2f} | {r['lpips']:.3f} | {r['encode_s']:.1f} | "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(chosen.items())) + " |")
+    t = res["tiny"]
+    lines += ["", f"**{t['budget']} bytes, against the classical codecs** (each at its best PSNR within the budget, at full size or "
+              "shrunk by 2, 4, ... 32 and enlarged back, as a user could do):", "",
+              "| codec | files within budget | mean bytes | PSNR | LPIPS | sizes used |", "|---|---|---|---|---|---|"]
+    mb = next((r for r in res["max_bytes"] if r["budget"] == t["budget"]), None)
+    if mb:
+        lines.append(f"| pqmim (`--max-bytes {t['budget']}`) | {mb['within']} of {len(mb['rows'])} | {mb['mean_bytes']:.0f} | {mb['psnr']:.2f} | {mb['lpips']:.3f} | full |")
+    for c, r in t["codecs"].items():
+        if not r["fits"]:
+            lines.append(f"| {LABELS[c]} | 0 of {r['images']}: its smallest file is {r['smallest']} B | - | - | - | - |")
+        else:
+            lines.append(f"| {LABELS[c]} | {r['fits']} of {r['images']} | {r['mean_bytes']:.0f} | {r['psnr']:.2f} | {r['lpips']:.3f} | "
+                         + ", ".join("full" if k == 1 else f"1/{k}" for k in r["scales"]) + " |")
+    lines += ["", "![200 and 1000 bytes](bench/results/tiny.png)", "", "A progressive file's prefixes (top: expected code words; bottom: codes drawn with seed 0):", "",
+              "![prefixes of a progressive file](bench/results/progressive.png)"]
+    if res.get("fid"):
+        lines += ["", "![FID of send-steps files](bench/results/progressive_fid.png)", "",
+                  "| fill | model | s | bpp | FID | KID x 1000 |", "|---|---|---|---|---|---|"]
+        for p in sorted(res["fid"], key=lambda p: (p["codec"], p["label"])):
+            lines.append(f"| {p['codec'].removeprefix('pqmim-send-')} | {p['label'].split(' ')[0]} | {p['label'].split('=')[1]} | {p['bpp']:.4f} | {p['fid']:.1f} | {1000 * p['kid']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench progressive", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 Kodak and 2 val images, q1 and q3, steps 1 and 4, budgets 200 and 2000")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
+    ap.add_argument("--val", default=str(SHARED / "data" / "val"))
+    ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
+    ap.add_argument("--fid-images", type=int, default=12, help="val images for FID/KID (as `bench run`'s default on a CPU)")
+    ap.add_argument("--no-fid", action="store_true")
+    ap.add_argument("--parts", nargs="*", default=["send", "prefix", "max_bytes", "tiny", "fid", "pictures"],
+                    help="what to measure (default: all; none: only redraw the plots and the README from the JSON)")
+    ap.add_argument("--readme", default=None, help="README to update (default: the project's for a full run)")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    out = Path(args.results)
+    cache = out / "cache"
+    files = list_images(args.kodak)[: 2 if args.quick else None]
+    names = list(zoo.quality_levels().values())
+    if args.quick:
+        names = [zoo.model_for_quality(1), zoo.DEFAULT_MODEL]
+    steps = [1, 4] if args.quick else None
+    budgets = (200, 2000) if args.quick else BUDGETS
+    lpips_fn = LPIPSAlex(LPIPS_BACKBONE)
+    path = out / ("progressive_quick.json" if args.quick else "progressive.json")
+    new: dict = {**environment(args.threads), "kodak": str(args.kodak), "images": len(files)}
+    if "send" in args.parts:
+        new["send"] = [{k: v for k, v in kodak.measure_point(p, files, lpips_fn, cache).items() if k != "rows"} for p in send_points(names, steps)]
+    if "prefix" in args.parts:
+        new["prefix"] = [{k: v for k, v in prefix_bytes(n, files, cache).items() if k != "rows"} for n in names]
+    if "max_bytes" in args.parts:
+        new["max_bytes"] = target_sizes(files, budgets, lpips_fn, cache)
+    if "tiny" in args.parts:
+        new["tiny"] = {"budget": 200, "codecs": tiny_table(files, 200, lpips_fn)}
+    if "fid" in args.parts and not args.no_fid:
+        from . import fid
+
+        rungs = [n for n in names if n in FID_RUNGS]
+        sent = [1, 4] if args.quick else list(range(1, 8))
+        pts = send_points(rungs, sent) + send_points(rungs, sent, seed=0)
+        measured = fid.measure(pts, args.val, args.fid_weights, cache, limit=2 if args.quick else args.fid_images)
+        new["fid"] = [{**measured[p.key], "model": p.meta["model"], "sent": p.meta["sent"]} for p in pts]
+    if "pictures" in args.parts:
+        image = files[-1] if args.quick else Path(args.kodak) / "kodim23.png"
+        progressive_picture(image, zoo.DEFAULT_MODEL, out / ("progressive_quick.png" if args.quick else "progressive.png"))
+        new["tiny_picture"] = tiny_picture(image, (200, 1000), out / ("tiny_quick.png" if args.quick else "tiny.png"))
+    # parts may be measured by separate runs at once: merge into what is there when writing
+    res = json.loads(path.read_text()) if path.exists() else {}
+    res.update(new)
+    kodak.write_json(path, res)
+    if all(k in res for k in ("send", "prefix", "max_bytes", "tiny")):
+        kod_path, fid_path = out / "kodak.json", out / "fid.json"
+        plot(res, json.loads(kod_path.read_text()) if kod_path.exists() else None, json.loads(fid_path.read_text()) if fid_path.exists() else None, out)
+        md = markdown(res, "python -m bench progressive" + (" --quick" if args.quick else ""))
+        readme = args.readme or (None if args.quick else Path(__file__).resolve().parents[1] / "README.md")
+        if readme:
+            report.update_readme(Path(readme), md, README_BEGIN, README_END)
+        print(md)
+    print(f"results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
