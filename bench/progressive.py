@@ -117,7 +117,7 @@ def target_sizes(files: list[Path], budgets: tuple[int, ...], lpips_fn, cache_di
     ids = "-".join(Codec.from_pretrained(n).model_id.hex() for n in zoo.quality_levels().values())
     out = []
     for n in budgets:
-        cache = cache_dir / f"maxbytes_{n}-{ids}.json"
+        cache = cache_dir / f"maxbytes2_{n}-{ids}.json"  # 2: climbing the ladder stops at the first rung that loses
         if cache.exists() and json.loads(cache.read_text())["images"] == [p.name for p in files]:
             out.append(json.loads(cache.read_text()))
             continue
@@ -154,6 +154,26 @@ def tiny_table(files: list[Path], budget: int, lpips_fn, codecs=("jpeg420", "web
                   "smallest": min((r["smallest"] for r in rows if r["bytes"] is None), default=None),
                   "scales": sorted({r["scale"] for r in ok}), "rows": rows}
     return out
+
+
+def fill_ablation(files: list[Path], names: list[str], steps: list[int], lpips_fn) -> list[dict]:
+    """Why fill 0 synthesises expected code words: the same files (fill 0) decoded from their
+    expected code words (what `decompress` does) and from the most likely codes themselves
+    (the codes `decode_codes` returns, through `decode_image`)."""
+    rows = []
+    for name in names:
+        codec = Codec.from_pretrained(name)
+        for s in steps:
+            r = {"model": name, "sent": s, "expected_psnr": [], "likely_psnr": [], "expected_lpips": [], "likely_lpips": []}
+            for p in tqdm(files, desc=f"{name} s={s} fills", leave=False):
+                rgb = load_image(p)
+                data = codec.compress(rgb, send_steps=s)
+                header, codes = codec.decode_codes(data)
+                for kind, out in (("expected", np.asarray(codec.decompress(data))), ("likely", np.asarray(codec.decode_image(codes, header.width, header.height)))):
+                    r[f"{kind}_psnr"].append(psnr_uint8(rgb, out))
+                    r[f"{kind}_lpips"].append(lpips_fn(rgb, out))
+            rows.append({k: float(np.mean(v)) if isinstance(v, list) else v for k, v in r.items()} | {"images": [p.name for p in files]})
+    return rows
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -237,11 +257,7 @@ def plot(res: dict, kod: dict | None, fid: dict | None, out: Path) -> list[Path]
             pts = sorted((p for p in (kod or {}).get("points", []) if p["codec"] == c), key=lambda p: p["bpp"])
             if pts:
                 ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], style, color="grey", lw=1, label=f"{LABELS[c]} (Pillow)")
-        ax.set_xscale("log")
-        ax.set_xlabel("bits per pixel (real file sizes)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        report.rate_axes(ax, "", ylabel)
     fig.suptitle(f"Kodak ({res['images']} images): files that send the first s coding steps, the rest filled in (expected code words)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "progressive_psnr.png")
@@ -257,12 +273,7 @@ def plot(res: dict, kod: dict | None, fid: dict | None, out: Path) -> list[Path]
             if c in ("pqmim", "webp", "avif"):
                 ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], "o-" if c == "pqmim" else "s--", color="black" if c == "pqmim" else "grey",
                         lw=2 if c == "pqmim" else 1, label=report.family_label(c))
-        ax.set_xscale("log")
-        ax.set_xlabel("bits per pixel (real file sizes)")
-        ax.set_ylabel("FID (lower is better)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title(f"FID on {res['fid'][0]['patches']} 256x256 patches of {res['fid'][0]['images']} val images", fontsize=10)
+        report.rate_axes(ax, f"FID on {res['fid'][0]['patches']} 256x256 patches of {res['fid'][0]['images']} val images", "FID (lower is better)")
         fig.tight_layout()
         fig.savefig(out / "progressive_fid.png")
         plt.close(fig)
@@ -316,6 +327,12 @@ def markdown(res: dict, command: str) -> str:
                          + ", ".join("full" if k == 1 else f"1/{k}" for k in r["scales"]) + " |")
     lines += ["", "![200 and 1000 bytes](bench/results/tiny.png)", "", "A progressive file's prefixes (top: expected code words; bottom: codes drawn with seed 0):", "",
               "![prefixes of a progressive file](bench/results/progressive.png)"]
+    if res.get("fill"):
+        lines += ["", f"**Filling in: expected code words against the most likely codes** (the same files, fill 0; Kodak "
+                  f"{', '.join(n.removesuffix('.png') for n in res['fill'][0]['images'])}):", "",
+                  "| model | s | PSNR expected | PSNR most likely | LPIPS expected | LPIPS most likely |", "|---|---|---|---|---|---|"]
+        for r in res["fill"]:
+            lines.append(f"| {r['model']} | {r['sent']} | {r['expected_psnr']:.2f} | {r['likely_psnr']:.2f} | {r['expected_lpips']:.3f} | {r['likely_lpips']:.3f} |")
     if res.get("fid"):
         lines += ["", "![FID of send-steps files](bench/results/progressive_fid.png)", "",
                   "| fill | model | s | bpp | FID | KID x 1000 |", "|---|---|---|---|---|---|"]
@@ -333,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
     ap.add_argument("--fid-images", type=int, default=12, help="val images for FID/KID (as `bench run`'s default on a CPU)")
     ap.add_argument("--no-fid", action="store_true")
-    ap.add_argument("--parts", nargs="*", default=["send", "prefix", "max_bytes", "tiny", "fid", "pictures"],
+    ap.add_argument("--parts", nargs="*", default=["send", "prefix", "max_bytes", "tiny", "fill", "fid", "pictures"],
                     help="what to measure (default: all; none: only redraw the plots and the README from the JSON)")
+    ap.add_argument("--models", nargs="+", default=None, help="pqmim models for the send-steps and prefix curves (default: every shipped rung)")
     ap.add_argument("--readme", default=None, help="README to update (default: the project's for a full run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
@@ -345,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(zoo.quality_levels().values())
     if args.quick:
         names = [zoo.model_for_quality(1), zoo.DEFAULT_MODEL]
+    names = args.models or names
     steps = [1, 4] if args.quick else None
     budgets = (200, 2000) if args.quick else BUDGETS
     lpips_fn = LPIPSAlex(LPIPS_BACKBONE)
@@ -366,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         pts = send_points(rungs, sent) + send_points(rungs, sent, seed=0)
         measured = fid.measure(pts, args.val, args.fid_weights, cache, limit=2 if args.quick else args.fid_images)
         new["fid"] = [{**measured[p.key], "model": p.meta["model"], "sent": p.meta["sent"]} for p in pts]
+    if "fill" in args.parts:
+        pick = files if args.quick else [Path(args.kodak) / f"kodim{i:02d}.png" for i in (1, 5, 15, 23)]
+        new["fill"] = fill_ablation(pick, names[:1] if args.quick else [zoo.model_for_quality(1), zoo.DEFAULT_MODEL], [1, 4] if args.quick else [1, 3, 5, 7], lpips_fn)
     if "pictures" in args.parts:
         image = files[-1] if args.quick else Path(args.kodak) / "kodim23.png"
         progressive_picture(image, zoo.DEFAULT_MODEL, out / ("progressive_quick.png" if args.quick else "progressive.png"))

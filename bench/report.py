@@ -69,9 +69,12 @@ def bd_tables(points: list[dict], default: str = DEFAULT) -> dict[str, dict]:
     return out
 
 
-def _axes(ax, title: str, ylabel: str) -> None:
+def rate_axes(ax, title: str, ylabel: str) -> None:
     ax.set_xscale("log")
-    ax.set_xticks([0.05, 0.1, 0.2, 0.5, 1, 2], ["0.05", "0.1", "0.2", "0.5", "1", "2"])
+    ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ticks if lo <= t <= hi]
+    ax.set_xticks(shown, [f"{t:g}" for t in shown])
     ax.set_xlabel("bits per pixel (real file sizes)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -100,7 +103,7 @@ def plot_metric(points: list[dict], key: str, path: Path, title: str, refs: dict
         xs = [(b, v) for b, v in zip(r["bpp"], r[key]) if b <= 2.5]
         ax.plot([b for b, _ in xs], [v for _, v in xs], ":", color=f"C{6 + j}", lw=1.2, alpha=0.8,
                 label=f"{name} (published, trained for millions of steps)")
-    _axes(ax, title, METRICS.get(key, key))
+    rate_axes(ax, title, METRICS.get(key, key))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -117,7 +120,7 @@ def plot_fid(fid: dict, path: Path, title: str) -> None:
         ours = codec == "pqmim"
         ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], "o-" if ours else "s--", lw=2.2 if ours else 1.2,
                 color="black" if ours else f"C{i}", label=family_label(codec))
-    _axes(ax, title, "FID (lower is better)")
+    rate_axes(ax, title, "FID (lower is better)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -317,16 +317,18 @@ def pil_format_for(path: str) -> str:
 
 def cmd_info(args: argparse.Namespace) -> None:
     from . import zoo
-    from .format import unpack
+    from .format import unpack_partial
 
     data = read_input(args.input)
-    header, payload = unpack(data)
+    header, payload, complete = unpack_partial(data)
     px = header.width * header.height
     print(f"model:   {zoo.describe_id(header.model_id).removeprefix('model ')}")
     print(f"image:   {header.width}x{header.height}")
     print(f"steps:   {header.steps}" + ("" if header.sent is None else f", {header.sent} sent, the rest filled in with " + ("expected code words" if not header.fill else f"codes drawn with seed {header.fill - 1}")))
     if header.step_bytes is not None:
         print("preview: progressive; payload bytes per step " + ", ".join(map(str, header.step_bytes)))
+    if not complete:
+        print(f"cut:     the file is cut short (no checksum at its end): it holds {header.steps_in(len(payload))} of {header.steps_sent} steps (decode --partial)")
     extra = sum(len(d) for _, d in header.chunks)  # the extras (profile, EXIF, alpha); SEND and prog count as header
     print(f"bytes:   {len(data)} (payload {len(payload)}, extras {extra}, header and checksum {len(data) - len(payload) - extra})")
     print(f"bpp:     {len(data) * 8 / px:.4f}")

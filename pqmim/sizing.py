@@ -7,9 +7,11 @@ that sends no step at all is (its header alone), TargetSizeError says how many b
 "Best" is the highest PSNR against the input, measured by the encoder on the very pixels the
 decoder will compute (what is not sent is filled in deterministically). The candidates are the
 highest rung whose whole file fits, found by walking the ladder from the rung the shipped
-cards' Kodak bpp predicts (file size grows with the rung on every image we know of), and each
-rung above it with as many steps as fit (its payload sealed after each step: `sealed_sizes`).
-A rung that fits whole beats the rungs below it, so they are not tried.
+cards' Kodak bpp predicts (file size grows with the rung on every image we know of), then the
+rungs above it, each with as many steps as fit (its payload sealed after each step:
+`sealed_sizes`), climbing only while each is better than the one below: a finer rung sends
+fewer steps, and past the first that loses, the next ones send fewer still. A rung that fits
+whole beats the rungs below it, so they are not tried.
 """
 
 from __future__ import annotations
@@ -100,24 +102,30 @@ def best_within(image: ImageLike, max_bytes: int, keep_metadata: bool = False, d
             if fits(i):
                 top = i
                 break
-    candidates: list[Candidate] = []
+    candidates: list[tuple[float, Candidate]] = []  # (PSNR, candidate), from the lowest rung up
+
+    def add(c: Candidate) -> bool:
+        """Keep `c` if it beats the candidate below it (the first is always kept)."""
+        score = _psnr(shipped_codec(c.name, device), pic, c.data) if partial else 0.0
+        if candidates and score <= candidates[-1][0]:
+            return False
+        candidates.append((score, c))
+        return True
+
     if top is not None:
-        codec = shipped_codec(names[top], device)
-        candidates.append(Candidate(names[top], codec.cfg.steps, whole[top]))
+        add(Candidate(names[top], shipped_codec(names[top], device).cfg.steps, whole[top]))
     if partial:
         for j in range(0 if top is None else top + 1, len(names)):
             c = _partial(shipped_codec(names[j], device), names[j], pic, max_bytes, keep_metadata, report(names[j]), allow_none=top is None and j == 0)
-            if c is not None:
-                candidates.append(c)
+            if c is None or not add(c):
+                break
     if not candidates:
         if partial:
             smallest, what = file_bytes(shipped_codec(names[0], device), pic, keep_metadata, 0, 0), f"{names[0]}, no step sent"
         else:
             smallest, what = len(whole[0]), names[0]
         raise TargetSizeError(f"{max_bytes} bytes is too small for this image: its smallest pqmim file ({what}) is {smallest} bytes")
-    if len(candidates) == 1:
-        return candidates[0]
-    return max(candidates, key=lambda c: _psnr(shipped_codec(c.name, device), pic, c.data))
+    return candidates[-1][1]
 
 
 def _partial(codec, name: str, pic: Picture, max_bytes: int, keep_metadata: bool, progress, allow_none: bool) -> Candidate | None:

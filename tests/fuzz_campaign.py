@@ -4,8 +4,10 @@ A mutation loop (no coverage guidance; the format is small enough to reach every
 hand-picked mutations): seeds are real files made by shipped models from crops of the shipped
 photo, examples/kodim23.png; each input is a seed mutated (bit flips, byte overwrites,
 truncation, insertion, deletion, splices, trailing garbage, header fields rewritten with edge
-values) and, half of the time, given a correct CRC so the mutation reaches the range decoder
-and the codes checksum.
+values, the SEND and prog chunks rewritten) and, half of the time, given a correct CRC so the
+mutation reaches the range decoder and the codes checksum. Seeds include files that send only
+some steps and progressive files; a third of the inputs are decoded with partial=True (a file
+cut short is then decoded from its prefix, without checksums).
 
 Every input is decoded in a worker process. Allowed outcomes: `pqmim.BitstreamError`, or an
 image of the size the header gives. Anything else is a crash and is saved: another exception,
@@ -48,7 +50,10 @@ def make_seeds(models: list[str], sizes: list[tuple[int, int]]) -> list[bytes]:
         for i, (w, h) in enumerate(sizes):
             rgb = variants[i % len(variants)]
             y, x = int(rng.integers(0, rgb.shape[0] - h + 1)), int(rng.integers(0, rgb.shape[1] - w + 1))
-            seeds.append(codec.compress(rgb[y : y + h, x : x + w]))
+            crop = rgb[y : y + h, x : x + w]
+            seeds.append(codec.compress(crop))
+            seeds.append(codec.compress(crop, progressive=True))
+            seeds.append(codec.compress(crop, send_steps=int(rng.integers(0, codec.cfg.steps)), seed=None if i % 2 else i, progressive=bool(i % 3)))
     return seeds
 
 
@@ -64,7 +69,17 @@ def rewrite_field(data: bytes, rnd: random.Random) -> bytes:
         pos += 1
         fields.append((start, pos))
     end = pos  # just after the varint fields (width, height, steps)
-    which = rnd.choice(["version", "model", "width", "height", "steps", "grid", "codes", "dims"])
+    which = rnd.choice(["version", "model", "width", "height", "steps", "grid", "codes", "dims", "chunk"])
+    if which == "chunk":  # the first varint after a SEND or prog tag and its length
+        tag = rnd.choice([b"SEND", b"prog"])
+        at = data.find(tag, end)
+        if at < 0:
+            return data
+        at += 5  # tag and a one-byte length
+        nxt = at
+        while nxt < len(data) and data[nxt] & 0x80:
+            nxt += 1
+        return data[:at] + varint(rnd.choice(EDGE_INTS)) + data[nxt + 1 :]
     if which == "version":
         return data[:3] + bytes([rnd.choice([0, 1, 3, 255])]) + data[4:]
     if which == "model":
@@ -140,13 +155,14 @@ def worker(conn, models: list[str], max_pixels: int, max_mb: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     conn.send("ready")
     while True:
-        data = conn.recv()
-        if data is None:
+        job = conn.recv()
+        if job is None:
             return
+        data, partial = job
         t0 = time.perf_counter()
         try:
-            header, _ = fmt.unpack(data)
-            image = by_id.get(header.model_id, default).decompress(data)
+            header = fmt.unpack_partial(data)[0] if partial else fmt.unpack(data)[0]
+            image = by_id.get(header.model_id, default).decompress(data, partial=partial)
             ok = image.size == (header.width, header.height)
             outcome = "decoded" if ok else f"crash: decoded size {image.size} != header {header.width}x{header.height}"
         except BitstreamError as e:
@@ -172,8 +188,8 @@ class Worker:
         if not self.conn.poll(600) or self.conn.recv() != "ready":
             raise RuntimeError("fuzz worker did not start")
 
-    def run(self, data: bytes, timeout: float):
-        self.conn.send(data)
+    def run(self, data: bytes, partial: bool, timeout: float):
+        self.conn.send((data, partial))
         if not self.conn.poll(timeout):
             return None
         try:
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     while time.monotonic() < t_end:
         data = seeds[n % len(seeds)] if n < len(seeds) else mutate(seeds, rnd)  # the seeds themselves first
         n += 1
-        res = w.run(data, args.timeout)
+        res = w.run(data, n % 3 == 0, args.timeout)
         if res is None:
             outcome, secs, rss = f"crash: no answer within {args.timeout:.0f} s", args.timeout, 0.0
         else:

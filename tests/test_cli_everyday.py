@@ -102,6 +102,7 @@ def test_send_steps_progressive_and_partial(tmp_path, tiny_ladder):
     data = (tmp_path / "p.pqm").read_bytes()
     assert b"progressive" in run("info", tmp_path / "p.pqm", env=env).stdout
     (tmp_path / "cut.pqm").write_bytes(data[: len(data) * 2 // 3])
+    assert b"cut short" in run("info", tmp_path / "cut.pqm", env=env).stdout
     r = run("decode", tmp_path / "cut.pqm", "-o", tmp_path / "cut.png", env=env)
     assert r.returncode == 1 and b"--progressive" not in r.stderr and b"checksum" in r.stderr and not (tmp_path / "cut.png").exists()
     r = run("decode", tmp_path / "cut.pqm", "-o", tmp_path / "cut.png", "--partial", env=env)

@@ -18,12 +18,14 @@ cut short) are filled in by the same loop: at each such step the transformer's i
 give a code drawn with the seed `fill - 1` (fill >= 1) or, for fill 0, the most likely code
 (`fill_symbols`), so encoder and decoder fill in the very same codes on any machine where they
 code the same. With fill 0 those codes are only the context of the later steps: the image is
-synthesised from the expected code word under the table (`Decoded.expected`): on Kodak that
-measured 0.8 to 2.4 dB more PSNR than the most likely codes themselves (FORMAT.md).
+synthesised from the expected code word under the table (`Decoded.expected`), which gives a
+better PSNR than the most likely codes themselves (`python -m bench progressive`, its fill
+table).
 
-A progressive file records, for each step s, the fewest payload bytes from which the decoder
-gets the codes of steps <= s right (`Encoded.step_bytes`): the encoder finds them by decoding
-its own payload's prefixes (`_prefix_lengths`), so the figures are checked, not estimated.
+A progressive file records, for each step s, a number of payload bytes from which the decoder
+gets the codes of steps <= s right (`Encoded.step_bytes`): the size of the coder sealed after
+that step, checked by decoding that prefix of the payload (`_prefix_lengths`), so the figures
+are verified, not estimated.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ class Encoded:
 def fill_symbols(weights: np.ndarray, where: list[tuple[int, np.ndarray]], m: int, window: int, fill: int) -> np.ndarray:
     """Codes for positions that were not sent, one per row of `weights` (integer tables, rows in
     coding order: window, position, sub-vector): the most likely code (fill 0; ties go to the
-    lowest index) or, for fill >= 1, a draw with seed `fill` keyed by where the code sits in the
-    grid. Integer arithmetic only, so the same tables give the same codes everywhere."""
+    lowest index) or, for fill >= 1 (the user's seed + 1), a draw keyed by `fill` and by where
+    the code sits in the grid (FORMAT.md). Integer arithmetic only, so the same tables give the
+    same codes everywhere."""
     if fill == 0:
         return weights.argmax(axis=1)
     pos = np.concatenate([t * window * window + g for t, g in where]).astype(np.uint64)

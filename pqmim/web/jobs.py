@@ -1,6 +1,6 @@
 """The work behind `pqmim serve`: one comparison at a time, off the request thread.
 
-A job takes an uploaded image, codes it with pqmim (a quality level, or the best level within
+A job takes an uploaded image, codes it with pqmim (a quality level, or the best file within
 a byte budget), decodes the .pqm it made, codes the same pixels with one classical codec at the
 highest setting whose file is no larger (pqmim.compare.classical_at_size), and measures both
 against the original (PSNR; LPIPS-Alex where its backbone weights are given).
@@ -52,7 +52,7 @@ class Request:
 
     codec: str  # a key of pqmim.classical.CODECS
     quality: int | None = None  # pqmim quality level (zoo.quality_levels)
-    max_bytes: int | None = None  # or: the best level whose file is at most this many bytes
+    max_bytes: int | None = None  # or: the best file of at most this many bytes (rung and steps sent)
     name: str = "image"  # the upload's file name, for download names only
 
 
@@ -192,18 +192,20 @@ class Comparison:
         from ..codec import shipped_codec
         from ..compare import classical_at_size
         from ..evaluate import psnr_uint8
-        from ..sizing import compress_to_size
+        from ..sizing import best_within
         from ..zoo import model_for_quality
 
         req, (h, w) = job.request, rgb.shape[:2]
         if req.quality is not None:
-            name = model_for_quality(req.quality)
+            name = setting = model_for_quality(req.quality)
             data = shipped_codec(name, self.device).compress(rgb, progress=job.progress(f"encoding with {name}"))
         else:
             def trying(level: str, done: int, total: int) -> None:
-                job.progress(f"encoding with {level}, looking for the best level within {req.max_bytes:,} bytes")(done, total)
+                job.progress(f"encoding with {level}, looking for the best file within {req.max_bytes:,} bytes")(done, total)
 
-            data, name = compress_to_size(rgb, req.max_bytes, device=self.device, progress=trying)
+            best = best_within(rgb, req.max_bytes, device=self.device, progress=trying)
+            data, name, steps = best.data, best.name, shipped_codec(best.name, self.device).cfg.steps
+            setting = name if best.sent == steps else f"{name}, {best.sent} of {steps} steps sent"
         decoded = np.asarray(shipped_codec(name, self.device).decompress(data, progress=job.progress("decoding the .pqm file")))
         job.stage, job.fraction = f"encoding {req.codec} at the same size", 0.0
         row, classical = classical_at_size(req.codec, rgb, len(data))
@@ -222,7 +224,7 @@ class Comparison:
         job.result = {
             "width": w, "height": h, "name": req.name, "lpips_note": None if lpips else note,
             "rows": [
-                {"codec": "pqmim", "label": "pqmim", "setting": name, "bytes": len(data), "bpp": bpp(len(data)),
+                {"codec": "pqmim", "label": "pqmim", "setting": setting, "bytes": len(data), "bpp": bpp(len(data)),
                  "psnr": finite(psnr_uint8(rgb, decoded)), "lpips": lpips(rgb, decoded) if lpips else None, "over_budget": False,
                  "image": "pqmim.png", "file": "pqmim.pqm", "download": f"{stem}.pqm", "download_png": f"{stem}.pqmim.png"},
                 {"codec": req.codec, "label": row["label"], "setting": row["setting"], "bytes": row["bytes"], "bpp": row["bpp"],
