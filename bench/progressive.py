@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def send_points(names: list[str], steps: list[int] | None, seed: int | None = No
     for name in names:
         codec = Codec.from_pretrained(name)
         fill = "expected" if seed is None else f"seed{seed}"
-        for s in steps if steps is not None else range(codec.cfg.steps):
+        for s in steps if steps is not None else range(1, codec.cfg.steps):
             def run(rgb: np.ndarray, codec=codec, s=s) -> tuple[int, np.ndarray, float, float]:
                 t0 = time.perf_counter()
                 data = codec.compress(rgb, send_steps=s, seed=seed)
@@ -66,8 +67,8 @@ def send_points(names: list[str], steps: list[int] | None, seed: int | None = No
 
 
 def prefix_bytes(name: str, files: list[Path], cache_dir: Path) -> dict:
-    """Bytes of the progressive file's prefix that decodes s steps, s = 0..S, per image, and
-    what the progressive table costs over the plain file."""
+    """Bytes of the progressive file's prefix that decodes s steps, s = 1..S, per image (and at
+    index 0, the header alone), and what the progressive table costs over the plain file."""
     codec = Codec.from_pretrained(name)
     cache = cache_dir / f"prefix_{name}-{codec.model_id.hex()}.json"
     if cache.exists():
@@ -80,8 +81,9 @@ def prefix_bytes(name: str, files: list[Path], cache_dir: Path) -> dict:
         data = codec.compress(rgb, progressive=True)
         header, payload = fmt.unpack(data)
         head = len(data) - len(payload) - 4
+        plain = len(fmt.pack(replace(header, step_bytes=None), payload))  # the same file without the table
         rows.append({"image": p.name, "pixels": rgb.shape[0] * rgb.shape[1], "prefix": [head] + [head + n for n in header.step_bytes],
-                     "file": len(data), "plain": len(codec.compress(rgb))})
+                     "file": len(data), "plain": plain})
     r = {"model": name, "images": [p.name for p in files], "rows": rows,
          "prefix_bpp": [float(np.mean([row["prefix"][s] * 8 / row["pixels"] for row in rows])) for s in range(codec.cfg.steps + 1)],
          "table_bytes": float(np.mean([row["file"] - row["plain"] for row in rows]))}
@@ -191,7 +193,7 @@ def stacked(sheets: list[Image.Image]) -> Image.Image:
 
 
 def progressive_picture(image: Path, name: str, out: Path, k: int = 3) -> None:
-    """A progressive file of `image` decoded from the prefix that holds s steps, s = 0..S: filled
+    """A progressive file of `image` decoded from the prefix that holds s steps, s = 1..S: filled
     in with expected code words (top) and with codes drawn with seed 0 (bottom)."""
     codec = Codec.from_pretrained(name)
     rgb = load_image(image)
@@ -201,8 +203,8 @@ def progressive_picture(image: Path, name: str, out: Path, k: int = 3) -> None:
     rows = []
     for seed in (None, 0):
         tiles = [(shrink(rgb, k), f"original\n{len(data)} B file ({name})")]
-        for s in range(codec.cfg.steps + 1):
-            n = head + (header.step_bytes[s - 1] if s else 0)
+        for s in range(1, codec.cfg.steps + 1):
+            n = head + header.step_bytes[s - 1]
             dec = np.asarray(codec.decompress(data[:n], partial=True, seed=seed).convert("RGB"))
             fill = "expected" if seed is None else "drawn, seed 0"
             tiles.append((shrink(dec, k), f"first {n} B: {s} of {codec.cfg.steps} steps\n{fill}\nPSNR {psnr_uint8(rgb, dec):.2f} dB"))
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
     ap.add_argument("--fid-images", type=int, default=12, help="val images for FID/KID (as `bench run`'s default on a CPU)")
     ap.add_argument("--no-fid", action="store_true")
+    ap.add_argument("--fid-models", nargs="+", default=None, help=f"rungs whose send-steps files get FID/KID (default: {' '.join(FID_RUNGS)})")
+    ap.add_argument("--fid-steps", nargs="+", type=int, default=list(range(1, 8)), help="steps sent for FID/KID (default: 1 to 7)")
     ap.add_argument("--parts", nargs="*", default=["send", "prefix", "max_bytes", "tiny", "fill", "fid", "pictures"],
                     help="what to measure (default: all; none: only redraw the plots and the README from the JSON)")
     ap.add_argument("--models", nargs="+", default=None, help="pqmim models for the send-steps and prefix curves (default: every shipped rung)")
@@ -380,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     if "fid" in args.parts and not args.no_fid:
         from . import fid
 
-        rungs = [n for n in names if n in FID_RUNGS]
-        sent = [1, 4] if args.quick else list(range(1, 8))
+        rungs = [n for n in names if n in (args.fid_models or FID_RUNGS)]
+        sent = [1, 4] if args.quick else args.fid_steps
         pts = send_points(rungs, sent) + send_points(rungs, sent, seed=0)
         measured = fid.measure(pts, args.val, args.fid_weights, cache, limit=2 if args.quick else args.fid_images)
         new["fid"] = [{**measured[p.key], "model": p.meta["model"], "sent": p.meta["sent"]} for p in pts]

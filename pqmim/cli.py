@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quality", type=int, help="quality level, 1 = smallest files (see `pqmim models`; default: the default model)")
     p.add_argument("--max-bytes", type=int, metavar="N", help="the best file of at most N bytes (never over): the quality level and the number of coding steps sent with the highest PSNR")
     p.add_argument("--max-bpp", type=float, metavar="B", help="the same, at most B bits per pixel")
-    p.add_argument("--send-steps", type=int, metavar="S", help="send only the first S coding steps (0 to the model's steps, 8); the decoder fills in the rest with the transformer")
+    p.add_argument("--send-steps", type=int, metavar="S", help="send only the first S coding steps (1 to the model's steps, 8); the decoder fills in the rest with the transformer")
     p.add_argument("--seed", type=int, help="with --send-steps: fill in the codes not sent by drawing them with this seed (default: the code words the transformer expects, the best PSNR)")
     p.add_argument("--progressive", action="store_true", help="add a table (about a byte per step) with which the start of the file decodes to a preview (decode --partial)")
     p.add_argument("--keep-metadata", action="store_true", help="also store the EXIF block (the ICC profile is always kept)")

@@ -105,8 +105,8 @@ class Codec:
         """Compress several images; the bytes are identical to compressing them one by one (on
         the CPU the analysis runs image by image in fixed bands: see pqmim/models/banded.py)."""
         sent = None if send_steps is None or send_steps == self.cfg.steps else send_steps
-        if sent is not None and not 0 <= sent < self.cfg.steps:
-            raise ValueError(f"send_steps must be 0 to {self.cfg.steps} (the model's steps), got {send_steps}")
+        if sent is not None and not 1 <= sent < self.cfg.steps:
+            raise ValueError(f"send_steps must be 1 to {self.cfg.steps} (the model's steps), got {send_steps}")
         fill = fill_of(seed)
         if fill and sent is None:
             raise ValueError("a seed fills in the steps not sent: give it with send_steps below the model's steps")

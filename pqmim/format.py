@@ -23,7 +23,10 @@ refused when it is uppercase (critical), as in PNG.
 
 Two chunks describe the payload itself, and live in the Header's own fields:
 
-    SEND  (critical) the payload holds only the first `sent` of the S steps; the decoder fills
+    SEND  (critical) the payload holds only the first `sent` of the S steps (at least one: the
+          first step's codes must be paid for by the payload, so the information budget of
+          the decoder still refuses a header that claims an image its payload cannot
+          describe, and a few bytes cannot make a decoder generate a huge image); the decoder fills
           in the rest with `fill` (0: expected code words; n >= 1: drawn with seed n - 1). The
           codes CRC covers the filled-in grid, so a decoder that fills in differently refuses
           the file. Older decoders refuse the file (they cannot fill in).
@@ -143,8 +146,8 @@ def _payload_chunks(header: Header, payload_bytes: int) -> tuple[tuple[bytes, by
     """The SEND and prog chunks of a header (checked: a bad value is a bug of the caller)."""
     out = []
     if header.sent is not None:
-        if not 0 <= header.sent < header.steps or not 0 <= header.fill <= MAX_FILL:
-            raise ValueError("SEND: steps sent must be below the model's steps, the fill 0 to 2**32")
+        if not 1 <= header.sent < header.steps or not 0 <= header.fill <= MAX_FILL:
+            raise ValueError("SEND: steps sent must be 1 to the model's steps - 1, the fill 0 to 2**32")
         out.append((SEND, _put_varint(header.sent) + _put_varint(header.fill)))
     elif header.fill:
         raise ValueError("a fill needs steps sent")
@@ -166,7 +169,8 @@ def unpack_partial(data: bytes) -> tuple[Header, bytes, bool]:
     """(header, payload, complete) of a bitstream that may be cut short: a complete file is
     verified as by `unpack`; otherwise the data must hold the whole header (chunks included)
     and a progressive table (prog), and what follows is the start of the payload, unverified
-    (a prefix has no checksum: corrupted data decodes to a wrong but valid image)."""
+    (a prefix has no checksum: corrupted data decodes to a wrong but valid image). A prefix must
+    hold at least the first step, for the reason the SEND chunk sends at least one."""
     return _unpack(data, partial=True)
 
 
@@ -218,6 +222,8 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
     step_bytes = _get_prog(found.pop(PROG), steps if sent is None else sent, len(payload) if complete else None) if PROG in found else None
     if not complete and step_bytes is None:
         raise BitstreamError("checksum mismatch: the file is truncated or corrupted (a file cut short decodes only if it was encoded with --progressive)")
+    if not complete and step_bytes and len(payload) < step_bytes[0]:
+        raise BitstreamError(f"the file is cut short before its first coding step is complete ({step_bytes[0] - len(payload)} more bytes needed)")
     extras = tuple((t, d) for t, d in chunks if t in found)
     return Header(model_id, width, height, steps, grid, codes_crc, extras, sent, fill, step_bytes), payload, complete
 
@@ -227,8 +233,8 @@ def _get_send(data: bytes, steps: int) -> tuple[int, int]:
     fill, pos = _get_varint(data, pos, "fill")
     if pos != len(data):
         raise BitstreamError("the SEND chunk has trailing data")
-    if not sent < steps:
-        raise BitstreamError(f"the SEND chunk says {sent} steps sent, the file has {steps}")
+    if not 1 <= sent < steps:
+        raise BitstreamError(f"the SEND chunk says {sent} steps sent, the file has {steps} (1 to {steps - 1} may be sent)")
     if fill > MAX_FILL:
         raise BitstreamError(f"invalid fill {fill} in the SEND chunk")
     return sent, fill

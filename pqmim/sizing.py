@@ -1,8 +1,8 @@
 """Files of a given size (`cwebp -size`): the rung and the number of coding steps sent that give
 the best quality within a byte budget.
 
-Invariant: the file returned is never over the budget; when even a file of the lowest rung
-that sends no step at all is (its header alone), TargetSizeError says how many bytes it needs.
+Invariant: the file returned is never over the budget; when even the file of the lowest rung
+that sends only the first step is, TargetSizeError says how many bytes it needs.
 
 "Best" is the highest PSNR against the input, measured by the encoder on the very pixels the
 decoder will compute (what is not sent is filled in deterministically). The candidates are the
@@ -116,35 +116,30 @@ def best_within(image: ImageLike, max_bytes: int, keep_metadata: bool = False, d
         add(Candidate(names[top], shipped_codec(names[top], device).cfg.steps, whole[top]))
     if partial:
         for j in range(0 if top is None else top + 1, len(names)):
-            c = _partial(shipped_codec(names[j], device), names[j], pic, max_bytes, keep_metadata, report(names[j]), allow_none=top is None and j == 0)
+            c = _partial(shipped_codec(names[j], device), names[j], pic, max_bytes, keep_metadata, report(names[j]))
             if c is None or not add(c):
                 break
     if not candidates:
         if partial:
-            smallest, what = file_bytes(shipped_codec(names[0], device), pic, keep_metadata, 0, 0), f"{names[0]}, no step sent"
+            codec = shipped_codec(names[0], device)
+            first = codec.coder.sealed_sizes(codec.encode_codes([pic.rgb])[0], limit=0)[0]
+            smallest, what = file_bytes(codec, pic, keep_metadata, 1, first), f"{names[0]}, 1 step sent"
         else:
             smallest, what = len(whole[0]), names[0]
         raise TargetSizeError(f"{max_bytes} bytes is too small for this image: its smallest pqmim file ({what}) is {smallest} bytes")
     return candidates[-1][1]
 
 
-def _partial(codec, name: str, pic: Picture, max_bytes: int, keep_metadata: bool, progress, allow_none: bool) -> Candidate | None:
-    """The file of this rung that sends as many steps as fit in max_bytes (at least one, or none
-    at all if `allow_none`), or None."""
+def _partial(codec, name: str, pic: Picture, max_bytes: int, keep_metadata: bool, progress) -> Candidate | None:
+    """The file of this rung that sends as many steps as fit in max_bytes (at least one), or None."""
     codes = codec.encode_codes([pic.rgb])[0]
     sizes = codec.coder.sealed_sizes(codes, limit=max_bytes)  # payload bytes when sending 1, 2, ... steps
     fit = [s + 1 for s, n in enumerate(sizes) if s + 1 < codec.cfg.steps and file_bytes(codec, pic, keep_metadata, s + 1, n) <= max_bytes]
-    sent = max(fit, default=0)
-    if sent == 0 and not (allow_none and file_bytes(codec, pic, keep_metadata, 0, 0) <= max_bytes):
-        return None
-    while True:  # the sizes assume grid shift 0; a rare other shift changes the payload
+    for sent in sorted(fit, reverse=True):  # the sizes assume grid shift 0; a rare other shift changes the payload
         data = codec.compress(pic, keep_metadata, progress, send_steps=sent)
-        if len(data) <= max_bytes or sent == 0:
-            break
-        sent -= 1
-    if len(data) > max_bytes:
-        return None
-    return Candidate(name, sent, data)
+        if len(data) <= max_bytes:
+            return Candidate(name, sent, data)
+    return None
 
 
 def _psnr(codec, pic: Picture, data: bytes) -> float:

@@ -53,7 +53,7 @@ def make_seeds(models: list[str], sizes: list[tuple[int, int]]) -> list[bytes]:
             crop = rgb[y : y + h, x : x + w]
             seeds.append(codec.compress(crop))
             seeds.append(codec.compress(crop, progressive=True))
-            seeds.append(codec.compress(crop, send_steps=int(rng.integers(0, codec.cfg.steps)), seed=None if i % 2 else i, progressive=bool(i % 3)))
+            seeds.append(codec.compress(crop, send_steps=int(rng.integers(1, codec.cfg.steps)), seed=None if i % 2 else i, progressive=bool(i % 3)))
     return seeds
 
 
@@ -175,7 +175,7 @@ def worker(conn, models: list[str], max_pixels: int, max_mb: float) -> None:
 
 def _kind(message: str) -> str:
     """A short class for a rejection message (numbers stripped), for the summary."""
-    head = message.split(":")[0].split(" (")[0]
+    head = message.split(":")[0].split(" (")[0].split(" b'")[0].split(' b"')[0]  # no chunk tags either
     return "".join(c for c in head if not c.isdigit()).strip()[:60]
 
 

@@ -47,7 +47,7 @@ def test_send_steps_round_trip(tiny_codec, rgb, full_codes, seed):
     steps = tiny_codec.cfg.steps
     whole = tiny_codec.compress(rgb)
     sizes = []
-    for sent in range(steps):
+    for sent in range(1, steps):
         data = tiny_codec.compress(rgb, send_steps=sent, seed=seed)
         header, _ = fmt.unpack(data)
         assert (header.sent, header.fill) == (sent, 0 if seed is None else seed + 1)
@@ -97,17 +97,17 @@ def test_every_prefix_of_a_progressive_file(tiny_codec, rgb):
     assert data[: len(data) - len(payload) - 4] != data  # header + table, then payload
     assert tiny_codec.decompress(data).tobytes() == tiny_codec.decompress(tiny_codec.compress(rgb)).tobytes()
     start = len(data) - len(payload) - 4
-    for n in range(start):  # cut inside the header: nothing to show yet
+    for n in range(start + header.step_bytes[0]):  # cut inside the header or the first step: nothing to show yet
         with pytest.raises(BitstreamError):
             tiny_codec.decompress(data[:n], partial=True)
     by_steps = {}
-    for n in range(start, len(data) + 1):
+    for n in range(start + header.step_bytes[0], len(data) + 1):
         k = header.steps_in(n - start)
         image = np.asarray(tiny_codec.decompress(data[:n], partial=True))
         assert image.shape == rgb.shape
         by_steps.setdefault(k, image)
         assert np.array_equal(by_steps[k], image)  # only whole steps count
-    assert sorted(by_steps) == list(range(tiny_codec.cfg.steps + 1))
+    assert sorted(by_steps) == list(range(1, tiny_codec.cfg.steps + 1))
     for k, image in by_steps.items():  # a prefix of k steps looks like the file that sends k
         assert np.array_equal(image, np.asarray(tiny_codec.decompress(tiny_codec.compress(rgb, send_steps=k))))
 
@@ -142,8 +142,9 @@ def test_send_files_are_refused_by_a_decoder_that_cannot_fill_in(tiny_codec, rgb
 
 
 def test_bad_arguments(tiny_codec, rgb):
-    with pytest.raises(ValueError, match="send_steps"):
-        tiny_codec.compress(rgb, send_steps=tiny_codec.cfg.steps + 1)
+    for bad in (0, -1, tiny_codec.cfg.steps + 1):  # at least the first step is sent: see test_a_header_alone_cannot_make_the_decoder_generate
+        with pytest.raises(ValueError, match="send_steps"):
+            tiny_codec.compress(rgb, send_steps=bad)
     with pytest.raises(ValueError, match="seed"):
         tiny_codec.compress(rgb, seed=1)  # nothing to fill in
     with pytest.raises(ValueError, match="seed"):
@@ -151,6 +152,31 @@ def test_bad_arguments(tiny_codec, rgb):
 
 
 # -- hostile files
+
+
+def test_a_header_alone_cannot_make_the_decoder_generate(tiny_codec, rgb, monkeypatch):
+    """A file that sent nothing would make a few bytes decode (generate) an image of any size
+    the header claims (the fuzz campaign found a 36-byte file that took 53 s and 3 GB): the
+    first step must be in the payload, where the information budget stops a lying header."""
+    data = tiny_codec.compress(rgb, send_steps=1)
+    header, payload = fmt.unpack(data)
+    crafted = rebuilt(data, [(fmt.SEND, fmt._put_varint(0) + fmt._put_varint(0))])  # nothing sent
+    with pytest.raises(BitstreamError, match="SEND chunk says 0 steps"):
+        tiny_codec.decompress(crafted)
+    huge = fmt.Header(header.model_id, 8000, 8000, header.steps, header.grid, header.codes_crc, (), 1, 0)
+    body = fmt.pack(huge, payload)
+    from pqmim.entropy import coder as coder_mod
+
+    calls = []
+    real = coder_mod.MIMCoder._piece_weights
+    monkeypatch.setattr(coder_mod.MIMCoder, "_piece_weights", lambda self, piece, *a: calls.append(1) or real(self, piece, *a))
+    with pytest.raises(BitstreamError, match="payload too short"):
+        tiny_codec.decompress(body)
+    assert len(calls) <= coder_mod.WINDOWS_PER_CALL  # refused in the first call of step 1
+    prog = tiny_codec.compress(rgb, progressive=True)
+    header, payload = fmt.unpack(prog)
+    with pytest.raises(BitstreamError, match="before its first coding step"):
+        tiny_codec.decompress(prog[: len(prog) - len(payload) - 4 + header.step_bytes[0] - 1], partial=True)
 
 
 def with_crc(body: bytes) -> bytes:

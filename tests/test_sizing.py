@@ -42,10 +42,10 @@ def test_steps_sent_never_over_and_never_worse(tiny_ladder):
     the best whole file within it; below the whole files, a file that sends fewer steps."""
     rgb = photo()
     whole = {q: shipped_codec(f"pqmim-q{q}").compress(rgb) for q in (1, 2, 3)}
-    header_only = len(shipped_codec("pqmim-q1").compress(rgb, send_steps=0))
-    for budget in (header_only - 1, header_only, header_only + 40, len(whole[1]) // 2, len(whole[1]), len(whole[2]) - 1, len(whole[3]) + 5):
-        if budget < header_only:
-            with pytest.raises(TargetSizeError, match=f"{header_only} bytes"):
+    smallest = len(shipped_codec("pqmim-q1").compress(rgb, send_steps=1))
+    for budget in (smallest - 1, smallest, smallest + 40, len(whole[1]) // 2, len(whole[1]), len(whole[2]) - 1, len(whole[3]) + 5):
+        if budget < smallest:
+            with pytest.raises(TargetSizeError, match=f"{smallest} bytes"):
                 compress_to_size(rgb, budget)
             continue
         data, name = compress_to_size(rgb, budget)
