@@ -252,7 +252,7 @@ def plot(res: dict, kod: dict | None, fid: dict | None, out: Path) -> list[Path]
             whole = next((p for p in ladder if p.get("model") == model), None)
             xs = [p["bpp"] for p in pts] + ([whole["bpp"]] if whole else [])
             ys = [p[key] for p in pts] + ([whole[key]] if whole else [])
-            ax.plot(xs, ys, ".-", color=f"C{i}", label=f"{model}: s = 0..{pts[0]['steps']} steps sent")
+            ax.plot(xs, ys, ".-", color=f"C{i}", label=f"{model}: s = 1..{pts[0]['steps']} steps sent")
         if ladder:
             ax.plot([p["bpp"] for p in ladder], [p[key] for p in ladder], "o-", color="black", lw=2, label="pqmim ladder (every step sent)")
         for c, style in (("avif", "s--"), ("webp", "^--")):
@@ -270,10 +270,10 @@ def plot(res: dict, kod: dict | None, fid: dict | None, out: Path) -> list[Path]
         for i, (codec, pts) in enumerate(report.families(res["fid"]).items()):
             for j, (model, mp) in enumerate(by_model(pts).items()):
                 ax.plot([p["bpp"] for p in mp], [p["fid"] for p in mp], ".-" if "expected" in codec else "x:", color=f"C{j}",
-                        label=f"{model} s = 1..7, {'expected code words' if 'expected' in codec else 'drawn codes'}")
+                        label=f"{model} s = {', '.join(str(p['sent']) for p in mp)}, {'expected code words' if 'expected' in codec else 'drawn codes'}")
         for c, pts in report.families(list((fid or {}).get("points", []))).items():
             if c in ("pqmim", "webp", "avif"):
-                ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], "o-" if c == "pqmim" else "s--", color="black" if c == "pqmim" else "grey",
+                ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], {"pqmim": "o-", "avif": "s--", "webp": "^--"}[c], color="black" if c == "pqmim" else "grey",
                         lw=2 if c == "pqmim" else 1, label=report.family_label(c))
         report.rate_axes(ax, f"FID on {res['fid'][0]['patches']} 256x256 patches of {res['fid'][0]['images']} val images", "FID (lower is better)")
         fig.tight_layout()
@@ -306,7 +306,7 @@ def markdown(res: dict, command: str) -> str:
     lines += ["", "The progressive table costs " + ", ".join(f"{r['model']} {r['table_bytes']:.0f} B" for r in res["prefix"]) +
               " per file on average (`--progressive` is off by default)."]
     lines += ["", "**`--max-bytes N`** (the rung and the steps sent with the best PSNR; never over):", "",
-              "| N bytes | files within N | mean bytes | PSNR | LPIPS | encode s | rungs chosen (steps sent) |", "|---|---|---|---|---|---|---|"]
+              "| N bytes | files within N | mean bytes | PSNR | LPIPS | encode s (wall) | rungs chosen (steps sent) |", "|---|---|---|---|---|---|---|"]
     for r in res["max_bytes"]:
         chosen = {}
         for row in r["rows"]:
