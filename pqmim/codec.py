@@ -139,7 +139,7 @@ class Codec:
         sent, fill = header.steps_sent, header.fill
         if not complete:
             sent = header.steps_in(len(payload))
-            payload = payload[: header.step_bytes[sent - 1]] if sent else b""
+            payload = payload[: header.step_bytes[sent - 1]]  # unpack_partial: at least the first step
             fill = header.fill if header.sent is not None else fill_of(seed)
         f = self.cfg.f
         h, w = -(-header.height // f), -(-header.width // f)

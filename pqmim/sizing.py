@@ -102,14 +102,22 @@ def best_within(image: ImageLike, max_bytes: int, keep_metadata: bool = False, d
             if fits(i):
                 top = i
                 break
-    candidates: list[tuple[float, Candidate]] = []  # (PSNR, candidate), from the lowest rung up
+    candidates: list[Candidate] = []  # from the lowest rung up, each better than the one before
+    scores: dict[int, float] = {}  # PSNR by index in candidates, measured only when compared
+
+    def score(i: int) -> float:
+        if i not in scores:
+            c = candidates[i]
+            scores[i] = _psnr(shipped_codec(c.name, device), pic, c.data)
+        return scores[i]
 
     def add(c: Candidate) -> bool:
         """Keep `c` if it beats the candidate below it (the first is always kept)."""
-        score = _psnr(shipped_codec(c.name, device), pic, c.data) if partial else 0.0
-        if candidates and score <= candidates[-1][0]:
+        candidates.append(c)
+        if len(candidates) > 1 and score(len(candidates) - 1) <= score(len(candidates) - 2):
+            candidates.pop()
+            scores.pop(len(candidates))
             return False
-        candidates.append((score, c))
         return True
 
     if top is not None:
@@ -127,7 +135,7 @@ def best_within(image: ImageLike, max_bytes: int, keep_metadata: bool = False, d
         else:
             smallest, what = len(whole[0]), names[0]
         raise TargetSizeError(f"{max_bytes} bytes is too small for this image: its smallest pqmim file ({what}) is {smallest} bytes")
-    return candidates[-1][1]
+    return candidates[-1]
 
 
 def _partial(codec, name: str, pic: Picture, max_bytes: int, keep_metadata: bool, progress) -> Candidate | None:
