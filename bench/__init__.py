@@ -1,1 +1,2 @@
-"""pqmim benchmarks: `python -m bench speed` and `python -m bench kodak`."""
+"""pqmim benchmarks: `python -m bench {run,report,speed,curves,exactness,progressive}` (see
+bench/__main__.py; each takes -h)."""

@@ -34,8 +34,10 @@ from pqmim.models.transformer import KVCache
 from pqmim.threads import fixed_pieces
 from pqmim.entropy.schedule import reveal_groups, window_tiles
 
-from .kodak import write_json
-from .suite import RESULTS, SHARED, environment
+from pqmim.fileio import atomic_write_json
+from pqmim.checkout import KODAK
+
+from .suite import RESULTS, environment
 
 
 @torch.no_grad()
@@ -96,7 +98,7 @@ def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench exactness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="shipped model (default: the default model)")
-    ap.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
+    ap.add_argument("--kodak", default=str(KODAK))
     ap.add_argument("--images", type=int, default=None, help="only the first N images")
     ap.add_argument("--enc-threads", type=int, default=2)
     ap.add_argument("--dec-threads", type=int, default=1)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         data = codec.compress(rgb)
         enc_s = time.perf_counter() - t0
         torch.set_num_threads(args.dec_threads)
-        header, decoded = codec.decode_codes(data)
+        header, decoded = codec.read_codes(data)
         exact = bool(torch.equal(decoded, chosen))
         torch.set_num_threads(args.enc_threads)
         st = logit_paths(codec, chosen)
@@ -138,6 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         **environment(args.enc_threads),
         "per_image": rows,
     }
-    write_json(Path(args.out), summary)
+    atomic_write_json(Path(args.out), summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
     return 0 if summary["exact_roundtrips"] == len(rows) else 1

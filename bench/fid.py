@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pqmim.data import list_images
 from pqmim.image import load_image
 
-from .kodak import write_json
+from pqmim.fileio import atomic_write_json
 
 PATCH = 256
 
@@ -155,6 +155,6 @@ def measure(points: Iterable[PointLike], val_folder: str | Path, weights: str | 
         reference = [q for im in images for q in patches(im)]
         for p in tqdm(todo, desc="FID/KID", disable=not progress):
             r = _measure_point(p, images, reference, weights, cache_dir, device, progress) | {"limit": limit}
-            write_json(cache_dir / f"fid_{p.key}.json", r)
+            atomic_write_json(cache_dir / f"fid_{p.key}.json", r)
             out[p.key] = r
     return out

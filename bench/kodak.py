@@ -12,26 +12,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from pqmim.image import load_image
+from pqmim.checkout import LPIPS_BACKBONE
+from pqmim.evaluate import LPIPSAlex, measure_images
+from pqmim.fileio import atomic_write_json
 
 from .codecs import Point
-from .metrics import LPIPS_BACKBONE, LPIPSAlex, quality
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic write: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def mean(rows: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rows]
-    return None if any(v is None for v in vals) else float(np.mean(vals))
 
 
 def measure_point(point: Point, files: list[Path], lpips_fn: LPIPSAlex | None, cache_dir: Path, fresh: bool = False, progress: bool = True) -> dict:
@@ -42,17 +29,11 @@ def measure_point(point: Point, files: list[Path], lpips_fn: LPIPSAlex | None, c
         cached = json.loads(cache.read_text())
         if [r["image"] for r in cached["rows"]] == names and (cached["lpips"] is not None or lpips_fn is None):
             return cached
-    rows = []
     t = time.time()
-    for p in tqdm(files, desc=f"{point.codec} {point.label}", disable=not progress, leave=False):
-        rgb = load_image(p)
-        n, out, enc, dec = point.roundtrip(rgb)
-        rows.append({"image": p.name, "bytes": n, "bpp": n * 8 / (rgb.shape[0] * rgb.shape[1]), **quality(rgb, out, lpips_fn),
-                     "encode_s": enc, "decode_s": dec})
-    res = {"codec": point.codec, "label": point.label, "key": point.key, **point.meta, "images": len(rows),
-           **{k: mean(rows, k) for k in ("bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s")},
-           "seconds": round(time.time() - t, 1), "rows": rows}
-    write_json(cache, res)
+    m = measure_images(lambda rgb: (*point.roundtrip(rgb), None), files, lpips_fn, f"{point.codec} {point.label}", progress)
+    res = {"codec": point.codec, "label": point.label, "key": point.key, **point.meta, **m, "seconds": round(time.time() - t, 1)}
+    res["rows"] = res.pop("rows")  # last: the cache file reads top-down
+    atomic_write_json(cache, res)
     return res
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +28,18 @@ from tqdm import tqdm
 
 from pqmim import Codec, zoo
 from pqmim import format as fmt
+from pqmim.checkout import FID_WEIGHTS, KODAK, LPIPS_BACKBONE, VAL
 from pqmim.classical import LABELS, decode, encode_at_size
 from pqmim.compare import tile_sheet
 from pqmim.data import list_images
-from pqmim.evaluate import psnr_uint8
+from pqmim.evaluate import LPIPSAlex, psnr_uint8
+from pqmim.fileio import atomic_write_json
 from pqmim.image import load_image
 from pqmim.sizing import best_within
 
 from . import kodak, report
 from .codecs import Point
-from .metrics import LPIPS_BACKBONE, LPIPSAlex
-from .suite import FID_WEIGHTS, RESULTS, SHARED, environment
+from .suite import RESULTS, environment
 
 BUDGETS = (200, 500, 1000, 2000, 5000, 10000)  # bytes, for the target-size table
 FID_RUNGS = ("pqmim-q1", "pqmim-q2", "pqmim-q3")  # the low rates, where filling in matters
@@ -87,7 +88,7 @@ def prefix_bytes(name: str, files: list[Path], cache_dir: Path) -> dict:
     r = {"model": name, "images": [p.name for p in files], "rows": rows,
          "prefix_bpp": [float(np.mean([row["prefix"][s] * 8 / row["pixels"] for row in rows])) for s in range(codec.cfg.steps + 1)],
          "table_bytes": float(np.mean([row["file"] - row["plain"] for row in rows]))}
-    kodak.write_json(cache, r)
+    atomic_write_json(cache, r)
     return r
 
 
@@ -135,7 +136,7 @@ def target_sizes(files: list[Path], budgets: tuple[int, ...], lpips_fn, cache_di
         r = {"budget": n, "images": [p.name for p in files], "within": sum(r["within"] for r in rows), "mean_bytes": float(np.mean([r["bytes"] for r in rows])),
              "psnr": float(np.mean([r["psnr"] for r in rows])), "lpips": float(np.mean([r["lpips"] for r in rows])),
              "encode_s": float(np.mean([r["encode_s"] for r in rows])), "rows": rows}
-        kodak.write_json(cache, r)
+        atomic_write_json(cache, r)
         out.append(r)
     return out
 
@@ -161,7 +162,7 @@ def tiny_table(files: list[Path], budget: int, lpips_fn, codecs=("jpeg420", "web
 def fill_ablation(files: list[Path], names: list[str], steps: list[int], lpips_fn) -> list[dict]:
     """Why fill 0 synthesises expected code words: the same files (fill 0) decoded from their
     expected code words (what `decompress` does) and from the most likely codes themselves
-    (the codes `decode_codes` returns, through `decode_image`)."""
+    (the codes `read_codes` returns, through `decode_image`)."""
     rows = []
     for name in names:
         codec = Codec.from_pretrained(name)
@@ -170,7 +171,7 @@ def fill_ablation(files: list[Path], names: list[str], steps: list[int], lpips_f
             for p in tqdm(files, desc=f"{name} s={s} fills", leave=False):
                 rgb = load_image(p)
                 data = codec.compress(rgb, send_steps=s)
-                header, codes = codec.decode_codes(data)
+                header, codes = codec.read_codes(data)
                 for kind, out in (("expected", np.asarray(codec.decompress(data))), ("likely", np.asarray(codec.decode_image(codes, header.width, header.height)))):
                     r[f"{kind}_psnr"].append(psnr_uint8(rgb, out))
                     r[f"{kind}_lpips"].append(lpips_fn(rgb, out))
@@ -347,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench progressive", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 Kodak and 2 val images, q1 and q3, steps 1 and 4, budgets 200 and 2000")
     ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
-    ap.add_argument("--val", default=str(SHARED / "data" / "val"))
+    ap.add_argument("--kodak", default=str(KODAK))
+    ap.add_argument("--val", default=str(VAL))
     ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
     ap.add_argument("--fid-images", type=int, default=12, help="val images for FID/KID (as `bench run`'s default on a CPU)")
     ap.add_argument("--no-fid", action="store_true")
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     # parts may be measured by separate runs at once: merge into what is there when writing
     res = json.loads(path.read_text()) if path.exists() else {}
     res.update(new)
-    kodak.write_json(path, res)
+    atomic_write_json(path, res)
     if all(k in res for k in ("send", "prefix", "max_bytes", "tiny")):
         kod_path, fid_path = out / "kodak.json", out / "fid.json"
         plot(res, json.loads(kod_path.read_text()) if kod_path.exists() else None, json.loads(fid_path.read_text()) if fid_path.exists() else None, out)

@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 from pqmim import zoo
+from pqmim.checkout import SHARED
+from pqmim.fileio import atomic_write
 
 from . import bdrate
 from .classical import LABELS
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "kodak"
+PUBLISHED_DIR = SHARED / "reference" / "kodak"
 # CompressAI's published Kodak curves (decoded to 8 bits, like ours) drawn as reference lines
 PUBLISHED = {
     "bmshj2018-hyperprior": "8bit-decoded__compressai-bmshj2018-hyperprior_mse_ans_cuda.json",
@@ -212,6 +214,4 @@ def update_readme(readme: Path, section: str, begin: str = README_BEGIN, end: st
         raise SystemExit(f"{readme} has no section markers ({begin} ... {end})")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
-    tmp.replace(readme)
+    atomic_write(readme, f"{head}{begin}\n{section}\n{end}{tail}")

@@ -23,7 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak" / "kodim01.png"
+from pqmim.checkout import KODAK
+from pqmim.fileio import atomic_write_json
+
+DEFAULT_IMAGE = KODAK / "kodim01.png"
 
 
 def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str, device: str = "cpu") -> dict:
@@ -185,5 +188,5 @@ def main(argv: list[str] | None = None) -> int:
             peaks = f"{r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f}" if "encode_peak_mb" in r else "| "
             print(f"| {r['image']} | {label} | {r['threads']} | {r['bytes']} | {r['encode_s']:.3f} | {r['decode_s']:.3f} | {peaks} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_json(args.json, rows)
     return 0

@@ -25,14 +25,14 @@ import PIL
 import torch
 
 from pqmim import zoo
+from pqmim.checkout import FID_WEIGHTS, KODAK, VAL
+from pqmim.fileio import atomic_write_json
 from pqmim.data import list_images
 
 from . import codecs, kodak, report
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SHARED = HERE.parent.parent / "shared"
-FID_WEIGHTS = SHARED / "weights" / "fid_inception_v3_2015-12-05.pth"
 
 
 def git_commit() -> str | None:
@@ -108,7 +108,7 @@ def run(args) -> int:
     rows = kodak.run(points, files, cache, fresh=args.fresh, progress=not args.no_progress)
     results = {r["key"]: r for r in rows}
     kod = {**env, "kodak": str(args.kodak), "images": len(files), "points": rows}
-    kodak.write_json(out / "kodak.json", kod)
+    atomic_write_json(out / "kodak.json", kod)
 
     fid_res = None
     if not args.no_fid:
@@ -119,10 +119,10 @@ def run(args) -> int:
         measured = fid.measure(chosen, args.val, args.fid_weights, cache, limit=n_val, device=args.device, progress=not args.no_progress, fresh=args.fresh_fid)
         pts = list(measured.values())
         fid_res = {**env, "val": str(args.val), "images": pts[0]["images"] if pts else 0, "patches": pts[0]["patches"] if pts else 0, "points": pts}
-        kodak.write_json(out / "fid.json", fid_res)
+        atomic_write_json(out / "fid.json", fid_res)
 
     bd = report.bd_tables(rows)
-    kodak.write_json(out / "bdrate.json", bd)
+    atomic_write_json(out / "bdrate.json", bd)
     report.write_plots(kod, fid_res, out)
     target = next((p.key for p in pq if p.meta["model"] == zoo.DEFAULT_MODEL), pq[0].key)
     visual(points, results, files[-1] if args.quick else Path(args.kodak) / "kodim23.png", target, out / "visual.png")
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None, cmd: str = "run") -> int:
         ap.add_argument("--models", nargs="+", default=None, help="pqmim models (default: every shipped quality level)")
         ap.add_argument("--codecs", nargs="+", default=None, help="Pillow codecs: jpeg420 jpeg444 webp avif")
         ap.add_argument("--baselines", default=None, help="folder of baseline models (default: models/baselines)")
-        ap.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
-        ap.add_argument("--val", default=str(SHARED / "data" / "val"))
+        ap.add_argument("--kodak", default=str(KODAK))
+        ap.add_argument("--val", default=str(VAL))
         ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
         ap.add_argument("--fid-images", type=int, default=0 if torch.cuda.is_available() else 12,
                         help="val images for FID/KID, evenly spaced (0: all 80; default 12 on a CPU, where Inception takes ~0.2 s a patch: "

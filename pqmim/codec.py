@@ -18,7 +18,7 @@ from . import format as fmt
 from . import tiling, zoo
 from .entropy.coder import CorruptPayloadError, Decoded, MIMCoder, Progress
 from .extras import Extras
-from .image import ImageLike, Picture, picture_to_pil, read_picture
+from .image import ImageLike, Picture, picture_to_pil, read_picture, to_tensor
 from .models import PQMIM
 
 
@@ -78,7 +78,7 @@ class Codec:
             else:
                 by_size.setdefault(im.shape[:2], []).append((i, padded))
         for group in by_size.values():
-            x = torch.from_numpy(np.stack([p for _, p in group])).permute(0, 3, 1, 2).float().div_(255).to(self.device)
+            x = to_tensor(np.stack([p for _, p in group])).to(self.device)
             for (i, _), codes in zip(group, self.model.encode_codes(x).cpu()):
                 out[i] = codes
         return out  # type: ignore[return-value]
@@ -122,7 +122,7 @@ class Codec:
             out.append(fmt.pack(header, coded.payload))
         return out
 
-    def decode_codes(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> tuple[fmt.Header, torch.Tensor]:
+    def read_codes(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> tuple[fmt.Header, torch.Tensor]:
         """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w)). With
         `partial`, `data` may be the start of a progressive file: the steps it holds are decoded
         and the rest filled in (see `compress`; the codes returned for fill 0 are the most likely
@@ -162,7 +162,7 @@ class Codec:
     def decompress(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> Image.Image:
         """Decode .pqm bytes into a PIL.Image of the original size: RGB, or RGBA when the file
         has an alpha plane; `info` holds the ICC profile and EXIF block the file carries.
-        partial: `data` may be a progressive file cut short (see `decode_codes`)."""
+        partial: `data` may be a progressive file cut short (see `read_codes`)."""
         header, decoded = self._decode(data, progress, partial, seed)
         extras = Extras.from_chunks(header.chunks, header.width, header.height)
         rgb = tiling.decode_tiled(self.model, self.latents(decoded), self._tile, header.width, header.height)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image import load_image
+from .image import load_image, to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -72,7 +72,7 @@ def center_crops(source: str | Path, size: int, limit: int) -> torch.Tensor:
     crops = pack.read(source, "val")[:limit] if pack.is_pack(source) else center_crop_arrays(source, size, limit)
     if not crops:
         raise ValueError(f"no validation image of at least {size}x{size} pixels in {source}")
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255)
+    return to_tensor(np.stack(crops))
 
 
 class CropSource:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import list_images
-from .image import load_image
+from .image import load_image, to_tensor
 
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
@@ -23,13 +23,11 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float | None:
     """MS-SSIM (pytorch-msssim, 5 scales, data range 255) of two HxWx3 uint8 images; None when
     the image is too small for 5 scales (a side under 161 pixels)."""
-    import torch
     from pytorch_msssim import ms_ssim
 
     if min(a.shape[:2]) <= 160:
         return None
-    t = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float()  # noqa: E731
-    return float(ms_ssim(t(a), t(b), data_range=255))
+    return float(ms_ssim(to_tensor(a), to_tensor(b), data_range=1.0))
 
 
 class LPIPSAlex:
@@ -62,7 +60,7 @@ class LPIPSAlex:
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         import torch
 
-        t = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(self.device)  # noqa: E731
+        t = lambda x: to_tensor(x).mul_(2).sub_(1).to(self.device)  # noqa: E731  (LPIPS takes [-1, 1])
         with torch.no_grad():
             return float(self.net(t(a), t(b)).item())
 
@@ -74,8 +72,8 @@ def roundtrip(codec, rgb: np.ndarray) -> tuple[int, np.ndarray, float, float, bo
     t0 = time.perf_counter()
     data = codec.compress(rgb)
     t1 = time.perf_counter()
-    if hasattr(codec, "decode_codes"):
-        _, codes = codec.decode_codes(data)
+    if hasattr(codec, "read_codes"):
+        _, codes = codec.read_codes(data)
         out = np.asarray(codec.decode_image(codes, rgb.shape[1], rgb.shape[0]))
         t2 = time.perf_counter()
         return len(data), out, t1 - t0, t2 - t1, bool((codes == codec.encode_codes([rgb])[0]).all())
@@ -83,23 +81,36 @@ def roundtrip(codec, rgb: np.ndarray) -> tuple[int, np.ndarray, float, float, bo
     return len(data), out, t1 - t0, time.perf_counter() - t1, None
 
 
-def evaluate_folder(codec, folder: str | Path, limit: int | None = None, progress: bool = True) -> dict:
-    """Compress and decompress every image with a pqmim Codec (or any object with
-    compress(rgb) -> bytes and decompress(bytes) -> image, such as a baseline); for a pqmim
-    Codec, also check that the decoded codes equal the encoder's.
+def mean(rows: list[dict], key: str) -> float | None:
+    """Mean of a column over images; None when any image has no value (e.g. MS-SSIM of a small image)."""
+    vals = [r[key] for r in rows]
+    return None if not vals or any(v is None for v in vals) else float(np.mean(vals))
 
-    Returns means over images (bpp, psnr, ms_ssim, encode_s, decode_s) and the per-image rows;
-    ms_ssim is None if an image is too small for it; all_exact is None for other codecs."""
+
+def measure_images(roundtrip_fn, files: list[Path], lpips_fn=None, desc: str = "", progress: bool = True) -> dict:
+    """The one Kodak-style measurement (used by `pqmim train`'s export, the GPU round and the
+    bench): every image through `roundtrip_fn(rgb) -> (bytes, decoded, encode s, decode s,
+    exact or None)`, scored against its original.
+
+    Returns the per-image rows and their means: bpp (file bytes x 8 / original pixels), psnr,
+    ms_ssim (None if an image is too small), lpips (None without `lpips_fn`), encode_s,
+    decode_s, and all_exact (None when the codec does not report exactness)."""
     from tqdm import tqdm
 
-    files = list_images(folder)[:limit]
     rows = []
-    for p in tqdm(files, desc=f"{getattr(codec, 'name', '') or 'codec'} on {Path(folder).name}", disable=not progress, leave=False):
+    for p in tqdm(files, desc=desc or "images", disable=not progress, leave=False):
         rgb = load_image(p)
-        n, out, enc, dec, exact = roundtrip(codec, rgb)
-        rows.append({"image": p.name, "bytes": n, "bpp": n * 8 / (rgb.shape[0] * rgb.shape[1]),
-                     "psnr": psnr_uint8(rgb, out), "ms_ssim": ms_ssim_uint8(rgb, out), "encode_s": enc, "decode_s": dec, "exact": exact})
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "encode_s", "decode_s")}
-    mean["ms_ssim"] = None if any(r["ms_ssim"] is None for r in rows) else float(np.mean([r["ms_ssim"] for r in rows]))
-    has_codes = hasattr(codec, "decode_codes")
-    return {"images": len(rows), **mean, "all_exact": all(r["exact"] for r in rows) if has_codes else None, "rows": rows}
+        n, out, enc, dec, exact = roundtrip_fn(rgb)
+        rows.append({"image": Path(p).name, "bytes": n, "bpp": n * 8 / (rgb.shape[0] * rgb.shape[1]), "psnr": psnr_uint8(rgb, out),
+                     "ms_ssim": ms_ssim_uint8(rgb, out), "lpips": lpips_fn(rgb, out) if lpips_fn else None,
+                     "encode_s": enc, "decode_s": dec, "exact": exact})
+    means = {k: mean(rows, k) for k in ("bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s")}
+    exact = [r["exact"] for r in rows]
+    return {"images": len(rows), **means, "all_exact": None if None in exact else all(exact), "rows": rows}
+
+
+def evaluate_folder(codec, folder: str | Path, limit: int | None = None, progress: bool = True) -> dict:
+    """measure_images over a folder's images with a pqmim Codec (exact: the decoded codes equal
+    the encoder's) or any object with compress(rgb) -> bytes and decompress(bytes) -> image."""
+    desc = f"{getattr(codec, 'name', '') or 'codec'} on {Path(folder).name}"
+    return measure_images(lambda rgb: roundtrip(codec, rgb), list_images(folder)[:limit], desc=desc, progress=progress)

@@ -8,10 +8,13 @@ its permission bits.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 
 def current_umask() -> int:
@@ -28,7 +31,11 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces `path` when the block ends without an exception
+    (and is removed, leaving `path` as it was, when one is raised). The one home of atomic
+    writes: every file the project writes for users, runs or the bench goes through here."""
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
     try:
@@ -39,10 +46,22 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)  # mkstemp creates 0600
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` (str: as UTF-8) to `path` atomically (see atomic_file)."""
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> None:
+    """Write `obj` as JSON (with a final newline) to `path` atomically, creating its folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(obj, indent=indent) + "\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 
@@ -44,11 +45,11 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Picture]
 
 def _split_alpha(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(colour channels, alpha plane or None when fully opaque) of an array with alpha last."""
-    alpha = _to_uint8(arr[..., -1])
+    alpha = _as_8bit(arr[..., -1])
     return arr[..., :-1], (None if np.all(alpha == 255) else np.ascontiguousarray(alpha))
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def _as_8bit(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and arr.max(initial=0) > 255):
@@ -71,7 +72,7 @@ def array_to_picture(arr: np.ndarray, what: str = "array") -> Picture:
     alpha = None
     if arr.shape[2] in (2, 4):
         arr, alpha = _split_alpha(arr)
-    arr = _to_uint8(arr)
+    arr = _as_8bit(arr)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     return Picture(np.ascontiguousarray(arr), alpha)
@@ -184,3 +185,19 @@ def picture_to_pil(pic: Picture) -> Image.Image:
     if pic.exif:
         im.info["exif"] = pic.exif
     return im
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> float32 (1, 3, H, W) in [0, 1]; NxHxWx3 -> (N, 3, H, W). The one place
+    pixels become the networks' input."""
+    a = np.ascontiguousarray(rgb)
+    x = torch.from_numpy(a if a.flags.writeable else a.copy())  # torch wants writable memory
+    x = x[None] if x.ndim == 3 else x
+    return x.permute(0, 3, 1, 2).float().div_(255)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float (3, H, W) or (N, 3, H, W) in [0, 1] -> HxWx3 (or NxHxWx3) uint8 on the CPU: clamped,
+    then rounded to nearest (ties to even). The one place network output becomes pixels."""
+    px = (x.detach().float().clamp(0, 1) * 255).round_().to(torch.uint8)
+    return px.movedim(-3, -1).cpu().numpy()

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .data import center_crop_arrays, list_images, load_rgb
+from .fileio import atomic_file
 
 MAX_BYTES = 48 << 20
 QUALITIES = (95, 92, 90, 88, 85, 82, 80, 75, 70, 60, 50)
@@ -79,14 +80,12 @@ def build(sources: list[str | Path], out: str | Path, val: str | Path | None, ma
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_file(out) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         _add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
         for i, j in enumerate(jpegs):
             _add(tar, f"train/{i:05d}.jpg", j)
         for i, v in enumerate(vals):
             _add(tar, f"val/{i:05d}.png", v)
-    tmp.replace(out)
     return {**manifest, "bytes": out.stat().st_size}
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .image import to_tensor, to_uint8
+
 TILE_PIXELS = 1024  # core side of a tile, in pixels: ~0.5 GB peak for the shipped models
 
 
@@ -50,8 +52,7 @@ def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
         for x0, x1 in spans(w, tile):
             a, b = max(0, y0 - halo), min(h, y1 + halo)
             c, d = max(0, x0 - halo), min(w, x1 + halo)
-            crop = torch.from_numpy(np.ascontiguousarray(padded[a * f : b * f, c * f : d * f]))
-            x = crop.permute(2, 0, 1)[None].float().div_(255).to(model_device(model))
+            x = to_tensor(padded[a * f : b * f, c * f : d * f]).to(model_device(model))
             codes[:, y0:y1, x0:x1] = model.encode_codes(x)[0, :, y0 - a : y1 - a, x0 - c : x1 - c].cpu()
     return codes
 
@@ -71,6 +72,5 @@ def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int) -> 
             x = x[:, (y0 - a) * f : (y1 - a) * f, (x0 - c) * f : (x1 - c) * f]
             py0, px0 = y0 * f, x0 * f
             py1, px1 = min(y1 * f, height), min(x1 * f, width)
-            tile_px = (x[:, : py1 - py0, : px1 - px0] * 255).round_().to(torch.uint8)
-            out[py0:py1, px0:px1] = tile_px.permute(1, 2, 0).numpy()
+            out[py0:py1, px0:px1] = to_uint8(x[:, : py1 - py0, : px1 - px0])
     return out

@@ -11,8 +11,7 @@ from pqmim.codec import Codec
 from pqmim.config import ModelConfig
 from pqmim.models import PQMIM
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"  # data and weights beside the clone; not every checkout has it
+from pqmim.checkout import ROOT, SHARED  # noqa: F401  (SHARED: not every checkout has it)
 PHOTO = ROOT / "examples" / "kodim23.png"  # the photo the repository ships: natural pixels everywhere
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (Kodak, LPIPS/FID weights): absent beside this clone")

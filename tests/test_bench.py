@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED, needs_shared, photo_crop
+from conftest import ROOT, needs_shared, photo_crop
 
 sys.path.insert(0, str(ROOT))
 pytest.importorskip("compressai")
@@ -70,9 +70,10 @@ def test_bd_rate_reports_overlap():
 @needs_shared  # the LPIPS backbone weights
 def test_lpips_uses_the_local_backbone():
     from bench.classical import decode, encode
+    from pqmim.checkout import LPIPS_BACKBONE
     from pqmim.evaluate import LPIPSAlex
 
-    lp = LPIPSAlex(SHARED / "weights" / "lpips_alexnet_features.pth")
+    lp = LPIPSAlex(LPIPS_BACKBONE)
     rgb = photo_crop(200, 100, 256, 256)
     low, high = (lp(rgb, decode(encode("jpeg420", rgb, q))) for q in (5, 90))
     assert lp(rgb, rgb) == 0.0 and 0.2 < low < 0.9 and high < 0.1 < low

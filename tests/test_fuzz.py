@@ -22,7 +22,7 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 def sample(tiny_codec):
     rgb = photo_crop(100, 80, 96, 72)
     data = tiny_codec.compress(rgb)
-    return data, tiny_codec.decode_codes(data)[1]
+    return data, tiny_codec.read_codes(data)[1]
 
 
 def with_crc(body: bytes) -> bytes:
@@ -33,7 +33,7 @@ def decode_or_reject(codec, data: bytes, codes=None) -> str:
     """'rejected' or 'decoded'; any other exception fails the test."""
     try:
         header, _ = fmt.unpack(data)
-        _, decoded = codec.decode_codes(data)
+        _, decoded = codec.read_codes(data)
     except BitstreamError as e:
         assert str(e)
         return "rejected"

@@ -2,6 +2,7 @@
 only the same codes): the synthesis runs in fixed row bands (pqmim/models/banded.py)."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,23 +60,33 @@ def test_banded_synthesis_computes_the_decoder(tiny_codec):
 
 
 def test_coding_leaves_the_thread_count_alone_even_when_two_threads_code(tiny_codec):
-    """Codecs working in two threads at once do not undo each other's thread setting, and the
-    process's count is back when both are done."""
+    """Codecs working in two threads at once do not change each other's thread setting nor the
+    calling thread's (each thread keeps its own count, before, during and after its coding),
+    and what they code is what one thread alone codes."""
     torch.set_num_threads(3)
     other = Codec(tiny_codec.model, name="tiny")
     images = [photo_crop(0, 0, 200, 150, variant=v) for v in range(2)]
     alone = [tiny_codec.compress(im) for im in images]
     results: dict[int, bytes] = {}
+    counts: dict[int, set[int]] = {0: set(), 1: set()}
+    seen_by_main: set[int] = set()
 
     def work(i: int, codec: Codec) -> None:
+        torch.get_num_threads()  # torch reads the newest count set anywhere at a thread's first query, overriding
+        torch.set_num_threads(2 + i)  # an earlier set: query first, then each thread has its own setting
         for _ in range(3):
             results[i] = codec.decompress(codec.compress(images[i])).tobytes()
+            counts[i].add(torch.get_num_threads())
 
     threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate((tiny_codec, other))]
     for t in threads:
         t.start()
+    while any(t.is_alive() for t in threads):
+        seen_by_main.add(torch.get_num_threads())
+        time.sleep(0.005)
     for t in threads:
         t.join()
-    assert torch.get_num_threads() == 3
+    assert seen_by_main == {3} and torch.get_num_threads() == 3
+    assert counts == {0: {2}, 1: {3}}
     for i in range(2):
         assert results[i] == tiny_codec.decompress(alone[i]).tobytes()

@@ -51,7 +51,7 @@ def test_send_steps_round_trip(tiny_codec, rgb, full_codes, seed):
         data = tiny_codec.compress(rgb, send_steps=sent, seed=seed)
         header, _ = fmt.unpack(data)
         assert (header.sent, header.fill) == (sent, 0 if seed is None else seed + 1)
-        _, codes = tiny_codec.decode_codes(data)  # the codes CRC covers the filled-in codes
+        _, codes = tiny_codec.read_codes(data)  # the codes CRC covers the filled-in codes
         keep = sent_mask(tiny_codec, codes, sent)
         assert torch.equal(codes[:, keep], full_codes[:, keep])  # what was sent is exact
         image = tiny_codec.decompress(data)
@@ -64,9 +64,9 @@ def test_send_steps_round_trip(tiny_codec, rgb, full_codes, seed):
 
 def test_seeds_fill_in_differently_and_reproducibly(tiny_codec, rgb):
     a, b = (tiny_codec.compress(rgb, send_steps=1, seed=s) for s in (1, 2))
-    ca, cb = tiny_codec.decode_codes(a)[1], tiny_codec.decode_codes(b)[1]
+    ca, cb = tiny_codec.read_codes(a)[1], tiny_codec.read_codes(b)[1]
     assert not torch.equal(ca, cb)
-    assert torch.equal(ca, tiny_codec.decode_codes(tiny_codec.compress(rgb, send_steps=1, seed=1))[1])
+    assert torch.equal(ca, tiny_codec.read_codes(tiny_codec.compress(rgb, send_steps=1, seed=1))[1])
 
 
 def test_fill_symbols_draw_from_the_table():
@@ -116,8 +116,8 @@ def test_partial_decoding_with_a_seed_matches_the_seeded_file(tiny_codec, rgb):
     data = tiny_codec.compress(rgb, progressive=True)
     header, payload = fmt.unpack(data)
     cut = data[: len(data) - len(payload) - 4 + header.step_bytes[1]]
-    got = tiny_codec.decode_codes(cut, partial=True, seed=3)[1]
-    assert torch.equal(got, tiny_codec.decode_codes(tiny_codec.compress(rgb, send_steps=2, seed=3))[1])
+    got = tiny_codec.read_codes(cut, partial=True, seed=3)[1]
+    assert torch.equal(got, tiny_codec.read_codes(tiny_codec.compress(rgb, send_steps=2, seed=3))[1])
 
 
 def test_cut_files_need_the_progressive_table(tiny_codec, rgb):

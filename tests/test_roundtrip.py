@@ -24,7 +24,7 @@ ODD_SIZES = [(1, 1), (17, 333), (1000, 20), (15, 16), (16, 15), (129, 7)]
 
 def assert_exact(codec, rgb, data, chosen=None):
     """The decoded codes are the encoder's (recomputed here unless given: same thread count)."""
-    _, codes = codec.decode_codes(data)
+    _, codes = codec.read_codes(data)
     assert torch.equal(codes, codec.encode_codes([rgb])[0] if chosen is None else chosen)
 
 
@@ -109,16 +109,16 @@ def test_decodes_exactly_when_logits_differ_within_the_margin(tiny_codec, monkey
     assert noise < pmf.MARGIN or not exact
     rgb = photo_crop(200, 100, 120, 96)
     data = tiny_codec.compress(rgb)
-    chosen = tiny_codec.decode_codes(data)[1]
+    chosen = tiny_codec.read_codes(data)[1]
     ent = tiny_codec.coder.entropy
     gen = torch.Generator().manual_seed(0)
     real = type(ent).logits
     monkeypatch.setattr(ent, "logits", lambda h: (lambda x: x + (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * noise)(real(ent, h)))
     if exact:
-        assert torch.equal(tiny_codec.decode_codes(data)[1], chosen)
+        assert torch.equal(tiny_codec.read_codes(data)[1], chosen)
     else:
         with pytest.raises(BitstreamError, match="checksum|too short|cannot be decoded"):
-            tiny_codec.decode_codes(data)
+            tiny_codec.read_codes(data)
 
 
 def test_encoder_shifts_the_grid_when_a_logit_is_too_close(tiny_codec, monkeypatch):
@@ -131,7 +131,7 @@ def test_encoder_shifts_the_grid_when_a_logit_is_too_close(tiny_codec, monkeypat
     monkeypatch.setattr(ent, "logits", lambda h: torch.floor(real(ent, h) * pmf.STEPS_PER_NAT) / pmf.STEPS_PER_NAT + 0.5 / pmf.STEPS_PER_NAT)
     rgb = photo_crop(0, 0, 64, 64, variant=6)
     data = tiny_codec.compress(rgb)
-    header, codes = tiny_codec.decode_codes(data)
+    header, codes = tiny_codec.read_codes(data)
     assert header.grid != 0
     assert_exact(tiny_codec, rgb, data)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED, photo_crop
+from conftest import photo_crop
+
+from pqmim.checkout import LPIPS_BACKBONE
 from PIL import Image
 
 pytest.importorskip("starlette", reason="pqmim serve needs the web extra: pip install 'pqmim[web]'")
@@ -24,7 +26,7 @@ from pqmim.web import jobs  # noqa: E402
 from pqmim.web.app import Settings, create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alexnet_features.pth"
+
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -200,7 +202,7 @@ def test_the_page_in_a_real_browser(tmp_path):
     upload = tmp_path / "kodim23_crop.png"
     upload.write_bytes(png_bytes(rgb))
     (tmp_path / "notes.png").write_bytes(b"these are my notes, not a picture")
-    lpips = LPIPS_WEIGHTS if LPIPS_WEIGHTS.is_file() else None
+    lpips = LPIPS_BACKBONE if LPIPS_BACKBONE.is_file() else None
     app = create_app(Settings(lpips_weights=lpips))
     server, thread, port = free_port_server(app)
     try:

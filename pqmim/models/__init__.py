@@ -1,7 +1,7 @@
 """Networks of a pqmim model: autoencoder, product quantizer, MIM entropy model."""
 
 from .autoencoder import Decoder, Encoder
-from .pqmim import PQMIM
+from .model import PQMIM
 from .weights import ModelFileError
 from .quantizer import ProductQuantizer
 from .transformer import MIMTransformer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .pqmim import PQMIM
+from .model import PQMIM
 
 
 def _own_tensors(mod: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

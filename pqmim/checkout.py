@@ -1,0 +1,20 @@
+"""Where a development checkout finds what it does not ship: the one home of these paths.
+
+A clone of the repository (ROOT) may have a folder `shared/` beside it (SHARED) with the
+training, validation and Kodak photos and the LPIPS and FID weights; CI has it, a user's
+install does not. Training, the bench and the tests take their default paths from here, never
+from the working directory; nothing in the codec itself (encode, decode) reads these paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (meaningful for a clone or an editable install)
+SHARED = ROOT.parent / "shared"  # data and weights beside the clone; absent in a user's install
+
+TRAIN = SHARED / "data" / "train"
+VAL = SHARED / "data" / "val"
+KODAK = SHARED / "data" / "kodak"
+LPIPS_BACKBONE = SHARED / "weights" / "lpips_alexnet_features.pth"
+FID_WEIGHTS = SHARED / "weights" / "fid_inception_v3_2015-12-05.pth"
