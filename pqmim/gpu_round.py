@@ -463,11 +463,11 @@ def xcheck_prepare(kodak: Path, model_file: Path, folder: Path = XCHECK) -> None
 
 def _exact(codec, data: bytes) -> tuple[bool, str]:
     """Whether a file decodes to exactly its encoder's codes: the header's CRC of the codes is
-    checked by decode_codes, so any difference in the decoder's probabilities is caught."""
+    checked by read_codes, so any difference in the decoder's probabilities is caught."""
     from .format import BitstreamError
 
     try:
-        codec.decode_codes(data)
+        codec.read_codes(data)
         return True, ""
     except BitstreamError as e:
         return False, str(e)

@@ -89,7 +89,7 @@ def test_int8_model_files_are_exact_and_half_the_size(tmp_path):
     codec = Codec.from_file(tmp_path / "i8.safetensors")
     rgb = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
     data = codec.compress(rgb)
-    _, codes = codec.decode_codes(data)
+    _, codes = codec.read_codes(data)
     assert torch.equal(codes, codec.encode_codes([rgb])[0])
     big = PQMIM(TINY.__class__(**{**TINY.to_dict(), "widths": (32, 64, 64, 128)}))
     big.save(tmp_path / "big16.safetensors", storage="float16")

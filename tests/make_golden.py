@@ -1,0 +1,131 @@
+"""Writes the golden files of tests/golden/: one small .pqm per shipped model, plus a progressive
+file and a send-steps file of the default model, and tests/golden/manifest.json with the SHA-256
+of each file's decoded pixels and codes. tests/test_golden.py checks that this release still
+decodes them to exactly those pixels (and re-encodes the crops to exactly those bytes).
+
+Run it by hand, from the repository root, only when a format or model change is *meant* to
+break existing files (a new model, retrained weights, a new format version), and say so in the
+commit message: regenerating after an accidental change hides the very break the test exists
+to catch.
+
+    OMP_NUM_THREADS=1 python tests/make_golden.py
+
+Manifest (tests/golden/manifest.json):
+
+    {
+      "source": "examples/kodim23.png",       # the photo the crops come from
+      "files": [
+        {
+          "file": "pqmim-q3.pqm",             # beside the manifest
+          "model": "pqmim-q3",                # shipped model name (zoo)
+          "model_id": "66a84c78",             # its id, as in the model card
+          "crop": [x, y, w, h],               # crop of the source photo that was encoded
+          "crop_sha256": "...",               # of the crop's uint8 RGB bytes (HxWx3, C order)
+          "options": {},                      # keyword arguments of Codec.compress
+          "bytes": 123,                       # file size
+          "file_sha256": "...",               # of the file
+          "pixels_sha256": "...",             # of decompress(file) as uint8 RGB bytes (HxWx3)
+          "codes_sha256": "...",              # of the codes read_codes gives, uint16 LE, C order (m, h, w)
+          "prefixes": [                       # progressive files only: decompress(file[:n], partial=True)
+            {"bytes": n, "pixels_sha256": "..."}
+          ]
+        }, ...
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+SOURCE = "examples/kodim23.png"
+CROP = (320, 200, 96, 64)  # x, y, w, h: 96x64 pixels, 6x4 latent positions at f=16 (the parrot's eye)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def photo_crop(x: int, y: int, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(ROOT / SOURCE) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(rgb[y : y + h, x : x + w])
+
+
+def pixels_sha256(image) -> str:
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return sha256(np.ascontiguousarray(rgb).tobytes())
+
+
+def codes_sha256(codes) -> str:
+    return sha256(np.ascontiguousarray(codes.numpy().astype("<u2")).tobytes())
+
+
+def shipped_models() -> list[dict]:
+    """Cards of the models in the checkout's models/ folder (never $PQMIM_MODELS)."""
+    os.environ.pop("PQMIM_MODELS", None)
+    from pqmim import zoo
+
+    models = ROOT / "models"
+    return [c for c in zoo.list_models() if (models / f"{c['name']}.safetensors").is_file()]
+
+
+def entries(crop=CROP):
+    """(file name, model name, compress options, prefix lengths) of every golden file."""
+    from pqmim import zoo
+
+    out = [(f"{c['name']}.pqm", c["name"], {}, None) for c in shipped_models()]
+    default = zoo.resolve(None)
+    out.append((f"{default}-progressive.pqm", default, {"progressive": True}, "half"))
+    out.append((f"{default}-send2.pqm", default, {"send_steps": 2}, None))
+    return out
+
+
+def main() -> int:
+    from pqmim.codec import Codec
+
+    GOLDEN.mkdir(exist_ok=True)
+    rgb = photo_crop(*CROP)
+    codecs: dict[str, Codec] = {}
+    files = []
+    for fname, model, options, prefixes in entries():
+        codec = codecs.setdefault(model, Codec.from_pretrained(model))
+        data = codec.compress(rgb, **options)
+        (GOLDEN / fname).write_bytes(data)
+        entry = {
+            "file": fname,
+            "model": model,
+            "model_id": codec.model_id.hex(),
+            "crop": list(CROP),
+            "crop_sha256": sha256(rgb.tobytes()),
+            "options": options,
+            "bytes": len(data),
+            "file_sha256": sha256(data),
+            "pixels_sha256": pixels_sha256(codec.decompress(data)),
+            "codes_sha256": codes_sha256(codec.read_codes(data)[1]),
+        }
+        if prefixes == "half":  # a cut inside the payload: the steps it holds, the rest filled in
+            n = len(data) // 2
+            entry["prefixes"] = [{"bytes": n, "pixels_sha256": pixels_sha256(codec.decompress(data[:n], partial=True))}]
+        files.append(entry)
+        print(f"{fname}: {len(data)} bytes", file=sys.stderr)
+    manifest = {"source": SOURCE, "files": files}
+    (GOLDEN / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    for old in set(GOLDEN.glob("*.pqm")) - {GOLDEN / f["file"] for f in files}:
+        old.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())

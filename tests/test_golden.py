@@ -1,0 +1,70 @@
+"""Golden files: users' .pqm files must keep decoding to the same pixels.
+
+tests/golden/ holds one small file per shipped model (a 96x64 crop of examples/kodim23.png),
+a progressive file and a send-steps file of the default model, and manifest.json with the
+SHA-256 of each file's bytes, decoded pixels and codes (written by tests/make_golden.py;
+checked when they were made against release 0.4.0, commit f026503, which decodes them to the
+same pixels and encodes the crop to the same bytes). A change in our code or in a dependency
+(constriction turns the float probabilities into integer tables; torch computes them) that
+would break existing files fails here. Needs nothing outside the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT, PHOTO
+from PIL import Image
+
+from pqmim.codec import Codec
+
+GOLDEN = ROOT / "tests" / "golden"
+MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
+ENTRIES = MANIFEST["files"]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pixels(image: Image.Image) -> str:
+    return sha256(np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8)).tobytes())
+
+
+@pytest.fixture(scope="module")
+def codecs():
+    cache: dict[str, Codec] = {}
+    return lambda name: cache.setdefault(name, Codec.from_pretrained(name))
+
+
+def test_every_shipped_model_has_a_golden_file():
+    from pqmim import zoo
+
+    shipped = {c["name"] for c in zoo.list_models() if (ROOT / "models" / f"{c['name']}.safetensors").is_file()}
+    assert shipped and shipped <= {e["model"] for e in ENTRIES}
+    assert {"progressive", "send_steps"} <= {k for e in ENTRIES for k in e["options"]}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["file"] for e in ENTRIES])
+def test_golden_file_decodes_to_the_same_pixels_and_codes(entry, codecs):
+    data = (GOLDEN / entry["file"]).read_bytes()
+    assert sha256(data) == entry["file_sha256"], "the golden file itself changed"
+    codec = codecs(entry["model"])
+    assert codec.model_id.hex() == entry["model_id"]
+    assert pixels(codec.decompress(data)) == entry["pixels_sha256"]
+    codes = codec.read_codes(data)[1]
+    assert sha256(np.ascontiguousarray(codes.numpy().astype("<u2")).tobytes()) == entry["codes_sha256"]
+    for prefix in entry.get("prefixes", []):
+        assert pixels(codec.decompress(data[: prefix["bytes"]], partial=True)) == prefix["pixels_sha256"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["file"] for e in ENTRIES])
+def test_golden_crop_encodes_to_the_same_bytes(entry, codecs):
+    x, y, w, h = entry["crop"]
+    with Image.open(PHOTO) as im:
+        rgb = np.ascontiguousarray(np.asarray(im.convert("RGB"))[y : y + h, x : x + w])
+    assert sha256(rgb.tobytes()) == entry["crop_sha256"]
+    assert codecs(entry["model"]).compress(rgb, **entry["options"]) == (GOLDEN / entry["file"]).read_bytes()
