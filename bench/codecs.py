@@ -79,7 +79,7 @@ def pqmim_points(names: list[str] | None = None) -> list[Point]:
 
 
 def baseline_points(folder: str | Path | None = None) -> list[Point]:
-    from pqmim.baselines import Baseline, shipped
+    from .baselines import Baseline, shipped
 
     points = []
     for path in shipped(folder):

@@ -5,8 +5,8 @@ behind the deterministic probabilities (pqmim/entropy/pmf.py).
 
 For every Kodak image: encode with --enc-threads, decode with --dec-threads, compare the codes.
 Then, with the encoder's codes as context, compute every logit the coder uses along two more
-arithmetic paths and compare with the coder's own (one window at a time, single-threaded ops,
-last layer on the coded rows only):
+arithmetic paths and compare with the coder's own (read from its replay: pieces of windows,
+single-threaded ops, last layer on the coded rows only):
   - float64, all windows of the image in one batch with full rows and the process's threads:
     other matrix shapes, so other kernels and summation orders, as on another machine (for a
     block-causal model: the training path, both streams under a mask, instead of the cache);
@@ -30,9 +30,8 @@ from tqdm import tqdm
 from pqmim import Codec
 from pqmim.data import list_images
 from pqmim.entropy import pmf
-from pqmim.models.transformer import KVCache
-from pqmim.threads import fixed_pieces
-from pqmim.entropy.schedule import reveal_groups, window_tiles
+from pqmim.entropy.replay import CodingPass, Layout, Where
+from pqmim.entropy.schedule import reveal_groups
 
 from pqmim.fileio import atomic_write_json
 from pqmim.checkout import KODAK
@@ -40,58 +39,56 @@ from pqmim.checkout import KODAK
 from .suite import RESULTS, environment
 
 
+class _Observe(CodingPass):
+    """Replays the encoder's codes, as the encoder does, keeping the coder's own float64 logits."""
+
+    def __init__(self, padded: torch.Tensor) -> None:
+        self.padded, self.calls = padded, []
+
+    def symbols(self, step: int, tables: np.ndarray, where: Where) -> np.ndarray:
+        return Layout.symbols(self.padded, where)
+
+    def logits(self, step: int, logits: torch.Tensor, where: Where) -> None:
+        self.calls.append((step, logits, where))
+
+
 @torch.no_grad()
 def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
-    """Compare the coder's float64 logits with a batched float64 and a batched float32 path.
-    For a block-causal model the batched paths are the training path (`two_stream`: both
-    streams of every window at once, under an attention mask), not the coder's cached one."""
+    """Compare the coder's float64 logits (its own replay) with a batched float64 and a batched
+    float32 path. For a block-causal model the batched paths are the training path
+    (`two_stream`: both streams of every window at once, under an attention mask), not the
+    coder's cached one."""
     cfg, coder = codec.cfg, codec.coder
     W, m = cfg.window, cfg.m
-    padded = coder._pad(codes).view(-1, m, W, W)
-    tiles = window_tiles(codes.shape[1], codes.shape[2], W)
-    valid = torch.zeros(len(tiles), W, W, dtype=torch.bool)
-    groups = []
-    for t, (_, _, hh, ww) in enumerate(tiles):
-        valid[t, :hh, :ww] = True
-        groups.append(reveal_groups(hh, ww, W, cfg.steps, cfg.alpha))
+    layout = coder.layout(codes.shape[1], codes.shape[2])
+    padded = layout.pad(codes)
+    seen = _Observe(padded)
+    coder.replayer.run(layout, seen)
+    padded, valid = padded.view(-1, m, W, W), layout.valid()
+    step_of = torch.full((len(layout.boxes), W * W), cfg.steps)  # each position's coding step
+    for t, (_, _, hh, ww) in enumerate(layout.boxes):
+        for s, g in enumerate(reveal_groups(hh, ww, W, cfg.steps, cfg.alpha)):
+            step_of[t, torch.from_numpy(g)] = s
+    step_of = step_of.view(-1, W, W)
     f32 = copy.deepcopy(coder.entropy).float()
-    visible = torch.zeros(len(tiles), W * W, dtype=torch.bool)
     stats = {"logits": 0, "max_diff_f64": 0.0, "max_diff_f32": 0.0, "snap_diff_f64": 0, "snap_diff_f32": 0, "min_margin": np.inf}
     if cfg.causal:
-        step_of = torch.full((len(tiles), W * W), cfg.steps)
-        for t in range(len(tiles)):
-            for s in range(cfg.steps):
-                step_of[t, torch.from_numpy(groups[t][s])] = s
-        step_of = step_of.view(-1, W, W)
-        full64 = coder.entropy.two_stream(padded, step_of, valid)  # (n_t, W*W, m, k)
+        full64 = coder.entropy.two_stream(padded, step_of, valid)  # (windows, W*W, m, k)
         full32 = f32.two_stream(padded, step_of, valid).double()
-        caches = [KVCache(cfg.n_layers) for _ in tiles]
-        last: list[torch.Tensor | None] = [None] * len(tiles)
-    for s in range(cfg.steps):
-        if not cfg.causal:
-            full64 = coder.entropy(padded, visible.view(-1, W, W), valid)  # (n_t, W*W, m, k)
-            full32 = f32(padded, visible.view(-1, W, W), valid).double()
-        for t in range(len(tiles)):
-            g = torch.from_numpy(groups[t][s])
-            if not len(g):
-                continue
-            with fixed_pieces():
-                if cfg.causal:
-                    new = last[t]
-                    own = coder.entropy.logits(coder.entropy.advance(caches[t], None if new is None else padded[t : t + 1].view(1, m, -1)[:, :, new], new, g, 1)[0])
-                    last[t] = g
-                else:
-                    own = coder.entropy.logits(coder.entropy.hidden(padded[t : t + 1], visible[t : t + 1].view(1, W, W), valid[t : t + 1], g)[0])
-            own = own.reshape(-1, cfg.k)
-            snap = pmf.snap(own)
-            stats["logits"] += own.numel()
-            stats["min_margin"] = min(stats["min_margin"], pmf.margin(own, 0))
-            for name, other in (("f64", full64[t, g]), ("f32", full32[t, g])):
-                other = other.reshape(-1, cfg.k)
-                stats[f"max_diff_{name}"] = max(stats[f"max_diff_{name}"], float((own - other).abs().max()))
-                stats[f"snap_diff_{name}"] += int((pmf.snap(other) != snap).sum())
-        for t in range(len(tiles)):
-            visible[t, torch.from_numpy(groups[t][s])] = True
+    current = None
+    for s, own, where in seen.calls:
+        if not cfg.causal and s != current:  # the whole image's windows, given the steps before s
+            visible = valid & (step_of < s)
+            full64 = coder.entropy(padded, visible, valid)  # (windows, W*W, m, k)
+            full32 = f32(padded, visible, valid).double()
+            current = s
+        snap = pmf.snap(own)
+        stats["logits"] += own.numel()
+        stats["min_margin"] = min(stats["min_margin"], pmf.margin(own, 0))
+        for name, full in (("f64", full64), ("f32", full32)):
+            other = torch.cat([full[t, torch.from_numpy(g)].reshape(-1, cfg.k) for t, g in where])
+            stats[f"max_diff_{name}"] = max(stats[f"max_diff_{name}"], float((own - other).abs().max()))
+            stats[f"snap_diff_{name}"] += int((pmf.snap(other) != snap).sum())
     return stats
 
 
@@ -124,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         st = logit_paths(codec, chosen)
         for k in totals:
             totals[k] += st[k]
-        rows.append({"image": path.name, "bytes": len(data), "exact": exact, "grid_shift": header.grid, "encode_s": enc_s, **st})
+        rows.append({"image": path.name, "bytes": len(data), "exact": exact, "grid_shift": header.shift, "encode_s": enc_s, **st})
     summary = {
         "model": codec.name,
         "images": len(rows),

@@ -16,7 +16,8 @@ from PIL import Image
 
 from . import format as fmt
 from . import tiling, zoo
-from .entropy.coder import CorruptPayloadError, Decoded, MIMCoder, Progress
+from .entropy.coder import CorruptPayloadError, MIMCoder
+from .entropy.replay import Decoded, Progress
 from .extras import Extras
 from .image import ImageLike, Picture, picture_to_pil, read_picture, to_tensor
 from .models import PQMIM
@@ -144,7 +145,7 @@ class Codec:
         f = self.cfg.f
         h, w = -(-header.height // f), -(-header.width // f)
         try:
-            decoded = self.coder.decode(payload, h, w, header.grid, progress, sent, fill)
+            decoded = self.coder.decode(payload, h, w, header.shift, progress, sent, fill)
         except CorruptPayloadError as e:
             raise fmt.BitstreamError(str(e)) from None
         if complete and fmt.codes_checksum(decoded.codes.numpy()) != header.codes_crc:

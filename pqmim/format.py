@@ -8,7 +8,7 @@ Layout (see FORMAT.md):
     width     varint   original image width in pixels (>= 1)
     height    varint   original image height in pixels (>= 1)
     steps     varint   number of coding steps S the payload was coded with
-    grid      1 byte   shift of the logit grid the encoder chose (0..3, see entropy/pmf.py)
+    shift     1 byte   shift of the logit grid the encoder chose (0..3, see entropy/pmf.py)
     codes     4 bytes  CRC-32 of the codes, little-endian: catches a decoder out of step
     chunks    (version 3 only) varint count, then per chunk: 4-byte tag, varint length, data
     payload   bytes    range-coded codes (constriction RangeEncoder words, little-endian,
@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .entropy.grid import GRID_SHIFTS
+
 MAGIC = b"PQM"
 VERSION = 2  # files without chunks
 VERSION_CHUNKS = 3  # files with chunks
@@ -49,7 +51,6 @@ READABLE_VERSIONS = (VERSION, VERSION_CHUNKS)
 MODEL_ID_BYTES = 4
 MAX_IMAGE_PIXELS = 89_478_485  # like Pillow's default; set pqmim.format.MAX_IMAGE_PIXELS = None to lift it
 MAX_STEPS = 64
-GRID_SHIFTS = 4
 MAX_CHUNKS = 16
 SEND, PROG = b"SEND", b"prog"  # the payload's own chunks: Header.sent / fill and Header.step_bytes
 KNOWN_CHUNKS = (b"ICCP", b"EXIF", b"ALPH", SEND, PROG)  # the extras: see pqmim/extras.py
@@ -66,7 +67,7 @@ class Header:
     width: int
     height: int
     steps: int
-    grid: int = 0
+    shift: int = 0  # of the logit grid (entropy/pmf.py)
     codes_crc: int = 0
     chunks: tuple[tuple[bytes, bytes], ...] = ()  # (tag, data) pairs of the extras, in file order
     sent: int | None = None  # SEND: steps in the payload (None: all `steps`)
@@ -127,7 +128,7 @@ def check_dimensions(width: int, height: int) -> None:
 def pack(header: Header, payload: bytes) -> bytes:
     if len(header.model_id) != MODEL_ID_BYTES:
         raise ValueError("model id must be 4 bytes")
-    if not 0 <= header.grid < GRID_SHIFTS:
+    if not 0 <= header.shift < GRID_SHIFTS:
         raise ValueError("grid shift out of range")
     fields = _put_varint(header.width) + _put_varint(header.height) + _put_varint(header.steps)
     all_chunks = _payload_chunks(header, len(payload)) + header.chunks
@@ -138,7 +139,7 @@ def pack(header: Header, payload: bytes) -> bytes:
             raise ValueError("chunks: at most 16, distinct tags of 4 ASCII letters")
         chunks = _put_varint(len(tags)) + b"".join(t + _put_varint(len(d)) + d for t, d in all_chunks)
     version = VERSION_CHUNKS if all_chunks else VERSION
-    body = MAGIC + bytes([version]) + header.model_id + fields + bytes([header.grid]) + header.codes_crc.to_bytes(4, "little") + chunks + payload
+    body = MAGIC + bytes([version]) + header.model_id + fields + bytes([header.shift]) + header.codes_crc.to_bytes(4, "little") + chunks + payload
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -199,7 +200,7 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
     steps, pos = _get_varint(data, pos, "steps")
     if len(data) < pos + 5 + 4:
         raise BitstreamError("truncated bitstream: header ends before the codes checksum")
-    grid = data[pos]
+    shift = data[pos]
     codes_crc = int.from_bytes(data[pos + 1 : pos + 5], "little")
     pos += 5
     body, crc = data[:-4], int.from_bytes(data[-4:], "little")
@@ -214,8 +215,8 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
     check_dimensions(width, height)
     if not 1 <= steps <= MAX_STEPS:
         raise BitstreamError(f"invalid number of coding steps {steps}")
-    if grid >= GRID_SHIFTS:
-        raise BitstreamError(f"invalid grid shift {grid} (must be below {GRID_SHIFTS})")
+    if shift >= GRID_SHIFTS:
+        raise BitstreamError(f"invalid grid shift {shift} (must be below {GRID_SHIFTS})")
     payload = body[pos:]
     found = dict(chunks)
     sent, fill = _get_send(found.pop(SEND), steps) if SEND in found else (None, 0)
@@ -225,7 +226,7 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
     if not complete and step_bytes and len(payload) < step_bytes[0]:
         raise BitstreamError(f"the file is cut short before its first coding step is complete ({step_bytes[0] - len(payload)} more bytes needed)")
     extras = tuple((t, d) for t, d in chunks if t in found)
-    return Header(model_id, width, height, steps, grid, codes_crc, extras, sent, fill, step_bytes), payload, complete
+    return Header(model_id, width, height, steps, shift, codes_crc, extras, sent, fill, step_bytes), payload, complete
 
 
 def _get_send(data: bytes, steps: int) -> tuple[int, int]:

@@ -19,11 +19,13 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UnsupportedImageError(ValueError):
@@ -190,6 +192,8 @@ def picture_to_pil(pic: Picture) -> Image.Image:
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> float32 (1, 3, H, W) in [0, 1]; NxHxWx3 -> (N, 3, H, W). The one place
     pixels become the networks' input."""
+    import torch  # here, not at the top: `import pqmim` does not wait for torch
+
     a = np.ascontiguousarray(rgb)
     x = torch.from_numpy(a if a.flags.writeable else a.copy())  # torch wants writable memory
     x = x[None] if x.ndim == 3 else x
@@ -199,5 +203,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Float (3, H, W) or (N, 3, H, W) in [0, 1] -> HxWx3 (or NxHxWx3) uint8 on the CPU: clamped,
     then rounded to nearest (ties to even). The one place network output becomes pixels."""
+    import torch
+
     px = (x.detach().float().clamp(0, 1) * 255).round_().to(torch.uint8)
     return px.movedim(-3, -1).cpu().numpy()

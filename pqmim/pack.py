@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .checkout import VAL
 from .data import center_crop_arrays, list_images, load_rgb
 from .fileio import atomic_file
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m pqmim.pack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sources", nargs="+", help="folders of training photos (never Kodak or the val images)")
     ap.add_argument("--out", required=True, help="the pack file to write (e.g. .round/pack.tar)")
-    ap.add_argument("--val", default="../shared/data/val", help="folder whose central crops validate training ('' for none)")
+    ap.add_argument("--val", default=str(VAL), help="folder whose central crops validate training ('' for none)")
     ap.add_argument("--max-side", type=int, default=1024, help="downscale larger photos to this side")
     ap.add_argument("--max-mib", type=float, default=MAX_BYTES / 2**20, help="size limit of the pack")
     ap.add_argument("--threads", type=int, default=2)

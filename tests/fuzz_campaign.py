@@ -69,7 +69,7 @@ def rewrite_field(data: bytes, rnd: random.Random) -> bytes:
         pos += 1
         fields.append((start, pos))
     end = pos  # just after the varint fields (width, height, steps)
-    which = rnd.choice(["version", "model", "width", "height", "steps", "grid", "codes", "dims", "chunk"])
+    which = rnd.choice(["version", "model", "width", "height", "steps", "shift", "codes", "dims", "chunk"])
     if which == "chunk":  # the first varint after a SEND or prog tag and its length
         tag = rnd.choice([b"SEND", b"prog"])
         at = data.find(tag, end)
@@ -90,7 +90,7 @@ def rewrite_field(data: bytes, rnd: random.Random) -> bytes:
     if which == "dims":  # a plausible but larger (or smaller) image: the payload no longer fits
         w, h = rnd.choice(EDGE_INTS[1:12]) * rnd.choice([1, 8, 64]), rnd.choice(EDGE_INTS[1:12]) * rnd.choice([1, 8, 64])
         return data[:8] + varint(w) + varint(h) + data[fields[2][0] :]
-    if which == "grid":
+    if which == "shift":
         return data[:end] + bytes([rnd.choice([1, 2, 3, 4, 255])]) + data[end + 1 :]
     return data[: end + 1] + rnd.randbytes(4) + data[end + 5 :]
 

@@ -2,7 +2,6 @@
 training optimises, files round-trip exactly, and entropy variants load only with their base."""
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -57,7 +56,7 @@ def test_cached_path_equals_the_training_path(causal_codec, hh, ww):
 def test_training_loss_is_the_coding_cost(causal_codec):
     """Stage 2's loss on a window with the coder's schedule is the information the coder spends
     on it: the model is trained on exactly what a file costs (up to the 1/16-nat grid)."""
-    from pqmim.train import CausalCodeLoss
+    from pqmim.train.stage2 import CausalCodeLoss
 
     rgb = photo_crop(300, 200, 128, 128)  # 8x8 latent positions: one full window
     codes = causal_codec.encode_codes([rgb])[0]
@@ -70,7 +69,7 @@ def test_training_loss_is_the_coding_cost(causal_codec):
 
 
 def test_random_groups_follow_the_schedule_sizes():
-    from pqmim.train import random_groups
+    from pqmim.train.stage2 import random_groups
 
     valid = torch.zeros(3, 8, 8, dtype=torch.bool)
     valid[0], valid[1, :5, :3], valid[2, :1, :1] = True, True, True

@@ -157,3 +157,11 @@ def test_core_install_needs_no_benchmark_package(tmp_path, tiny_ladder):
         r = subprocess.run([sys.executable, "-c", BLOCK_BENCH, *map(str, args)], capture_output=True, env=env, timeout=300)
         assert r.returncode == 0, (args, r.stderr)
     assert Image.open(tmp_path / "p_out.png").size == (96, 64)
+
+
+def test_import_pqmim_loads_neither_torch_nor_constriction():
+    """`import pqmim` (and with it `pqmim --version`, Pillow's .pqm plugin) stays quick: torch and
+    the entropy coder load when a model is used, not before."""
+    code = "import sys, pqmim, pqmim.format; print(sorted(m for m in ('torch', 'constriction') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

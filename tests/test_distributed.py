@@ -24,6 +24,7 @@ def torchrun(tmp_path, out, *extra):
     script.write_text(LAUNCH)
     args = ["--out", str(out), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--kodak", "",
             "--config", json.dumps(TINY.to_dict()), "--stages", "1,2", "--threads", "1", "--log-every", "1",
+            # plans in the names written before 0.5 ("steps" for iterations) are still read
             "--stage1-plan", json.dumps({"steps": 6, "warmup_ae_steps": 2, "small_crop_until": 3, "small_crop": 32,
                                          "small_batch": 4, "crop": 64, "batch": 4}),
             "--stage2-plan", json.dumps({"steps": 4, "batch": 4}), *extra]
@@ -52,13 +53,13 @@ def test_two_ranks_identical_and_resume_exact(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     torchrun(tmp_path, straight)
     log = (straight / "train.log").read_text()
-    assert "2 processes (torchrun, DDP)" in log and "k-means initialised" in log and "stage2 val step 4" in log
+    assert "2 processes (torchrun, DDP)" in log and "k-means initialised" in log and "stage2 val iteration 4" in log
     assert_same(weights(straight, 0), weights(straight, 1))
 
     torchrun(tmp_path, resumed, "--stop-at", "4")  # stops during stage 1
     assert "stage2" not in (resumed / "train.log").read_text()
     torchrun(tmp_path, resumed)
-    assert "stage1: resumed at step 4" in (resumed / "train.log").read_text()
+    assert "stage1: resumed at iteration 4" in (resumed / "train.log").read_text()
     assert_same(weights(resumed, 0), weights(resumed, 1))
     assert_same(weights(resumed, 0), weights(straight, 0))
 

@@ -118,7 +118,7 @@ def test_profile_of_another_colour_space_is_dropped_not_misapplied():
 
 def _with_chunks(data: bytes, chunks) -> bytes:
     header, payload = fmt.unpack(data)
-    return fmt.pack(fmt.Header(header.model_id, header.width, header.height, header.steps, header.grid, header.codes_crc, chunks), payload)
+    return fmt.pack(fmt.Header(header.model_id, header.width, header.height, header.steps, header.shift, header.codes_crc, chunks), payload)
 
 
 def test_hostile_chunks_raise_bitstream_error(tiny_codec):

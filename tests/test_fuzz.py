@@ -14,6 +14,7 @@ from conftest import photo_crop
 from pqmim import BitstreamError
 from pqmim import format as fmt
 from pqmim.entropy import coder as coder_mod
+from pqmim.entropy import replay
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -106,13 +107,13 @@ def test_huge_dimensions_stop_after_one_chunk(tiny_codec, sample, monkeypatch):
     first chunk of windows, not after decoding 64 megapixels."""
     data, _ = sample
     header, payload = fmt.unpack(data)
-    forged = fmt.pack(fmt.Header(header.model_id, 8000, 8000, header.steps, header.grid, header.codes_crc), payload)
+    forged = fmt.pack(fmt.Header(header.model_id, 8000, 8000, header.steps, header.shift, header.codes_crc), payload)
     calls = []
-    real = coder_mod.MIMCoder._piece_weights
-    monkeypatch.setattr(coder_mod.MIMCoder, "_piece_weights", lambda self, piece, *a: calls.append(len(piece.tiles)) or real(self, piece, *a))
+    real = replay.Replayer._piece_logits
+    monkeypatch.setattr(replay.Replayer, "_piece_logits", lambda self, piece, *a: calls.append(len(piece.windows)) or real(self, piece, *a))
     with pytest.raises(BitstreamError, match="too short|cannot be decoded"):
         tiny_codec.decompress(forged)
-    assert 0 < sum(calls) <= coder_mod.WINDOWS_PER_CALL  # windows computed before the refusal
+    assert 0 < sum(calls) <= replay.WINDOWS_PER_CALL  # windows computed before the refusal
 
 
 def test_pixel_limit_is_checked_before_decoding(tiny_codec, sample, monkeypatch):

@@ -16,7 +16,8 @@ from pqmim.codec import Codec
 from pqmim.data import CropSource, center_crops, photos as source_photos
 from pqmim.models import PQMIM
 from pqmim.models.weights import SCALE_PREFIX, dequantize_int8, quantize_int8
-from pqmim.train import Stage1Plan, finished, lr_at
+from pqmim.train.loop import finished, lr_at
+from pqmim.train.stage1 import Stage1Plan
 
 
 def photos(folder, n, size=(300, 260), seed=0):
@@ -163,10 +164,10 @@ def test_ship_keeps_the_budget_and_retires_replaced_ids(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="receive first"):  # no Kodak figures yet
         gpu_round.ship(tmp_path / "round", ["pqmim-q9"], models)
     (export / "pqmim-q9.json").write_text(json.dumps({"model_id": new_id, "kodak": {"bpp": 0.1, "psnr": 30.0}}))
-    monkeypatch.setattr(gpu_round, "MODELS_BUDGET", 1000)
+    monkeypatch.setattr(gpu_round.here, "MODELS_BUDGET", 1000)
     with pytest.raises(SystemExit, match="budget"):
         gpu_round.ship(tmp_path / "round", ["pqmim-q9"], models)
-    monkeypatch.setattr(gpu_round, "MODELS_BUDGET", 64 * 10**6)
+    monkeypatch.setattr(gpu_round.here, "MODELS_BUDGET", 64 * 10**6)
     gpu_round.ship(tmp_path / "round", ["pqmim-q9"], models, retired_in="test")
     assert json.loads((models / "pqmim-q9.json").read_text())["model_id"] == new_id
     retired = json.loads((models / "retired.json").read_text())["retired"]
@@ -184,13 +185,13 @@ def test_ship_keeps_the_budget_and_retires_replaced_ids(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- time budgets
 def test_time_budgeted_plans_decay_over_their_minutes_and_stop_on_time():
-    plan = Stage1Plan(steps=10**6, lr=1e-3, minutes=10)
+    plan = Stage1Plan(iterations=10**6, lr=1e-3, minutes=10)
     assert not finished(500, 599.0, plan) and finished(500, 600.0, plan) and finished(10**6, 1.0, plan)
-    assert lr_at(50, 1.0, plan) == pytest.approx(1e-3 * 51 / 100)  # warm-up by steps
+    assert lr_at(50, 1.0, plan) == pytest.approx(1e-3 * 51 / 100)  # warm-up by iterations
     assert lr_at(1000, 300.0, plan) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # half the time: half the cosine
     assert lr_at(1000, 600.0, plan) == pytest.approx(5e-5)
-    by_steps = Stage1Plan(steps=1100, lr=1e-3)
-    assert lr_at(600, 10**6, by_steps) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # the wall time is ignored
+    by_iterations = Stage1Plan(iterations=1100, lr=1e-3)
+    assert lr_at(600, 10**6, by_iterations) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # the wall time is ignored
 
 
 def test_default_plan_covers_the_ladder_and_baselines_within_what_comes_back(tmp_path):
@@ -198,14 +199,14 @@ def test_default_plan_covers_the_ladder_and_baselines_within_what_comes_back(tmp
     names = [j.name for j in plan.jobs]
     assert names[:5] == [f"pqmim-q{q}" for q in range(1, 6)] and sum(j.kind == "baseline" for j in plan.jobs) == 4
     for j in plan.jobs:
-        s1 = json.loads(j.args[j.args.index("--stage1-plan") + 1])
+        s1 = json.loads(j.args[j.args.index("--stage1-plan" if j.kind == "pqmim" else "--plan") + 1])
         s2 = json.loads(j.args[j.args.index("--stage2-plan") + 1]) if "--stage2-plan" in j.args else {"minutes": 0}
         assert s1["crop"] == 256 and s1["minutes"] + s2["minutes"] <= 20 - gpu_round.OVERHEAD_MIN + 1e-9
     # what one collect call returns fits the device's limits (8 files of 16 MiB, 64 MiB in all)
     assert gpu_round.PART_BYTES <= 16 << 20 and gpu_round.CALL_BYTES + (1 << 20) <= 64 << 20
     assert gpu_round.CALL_BYTES // gpu_round.PART_BYTES + 1 <= 8
     # and the int8 weights of these architectures come back in at most two calls, even uncompressed
-    from pqmim.baselines import Baseline, build
+    from bench.baselines import Baseline, build
 
     sizes = sum(p.stat().st_size for p in (gpu_round.ROOT / "models").glob("pqmim-q*.safetensors"))
     for arch in ("bmshj2018-hyperprior", "mbt2018-mean"):
@@ -235,9 +236,9 @@ def test_dry_run_of_the_whole_round(tmp_path):
     pq, hp = cards["tiny-pqmim"], cards["tiny-hyperprior"]
     assert pq["kodak"]["images"] == 2 and pq["kodak"]["all_exact"] and pq["storage"] == "int8"
     s1 = pq["training"]["stage1"]
-    assert s1["minutes"] == 0.1 and 5 <= s1["wall_s"] <= 30 and s1["seen"] == 2 * s1["steps_done"] > 0  # stopped by its time budget
+    assert s1["minutes"] == 0.1 and 5 <= s1["wall_s"] <= 30 and s1["seen"] == 2 * s1["iterations_done"] > 0  # stopped by its time budget
     assert pq["data"]["train_images"] == 4 and pq["round"]["device"] == "cpu"
-    assert 0 < hp["training"]["steps_done"] < 10**6 and hp["kodak"]["bpp"] > 0  # stopped by collect, exported from its checkpoint
+    assert 0 < hp["training"]["iterations_done"] < 10**6 and hp["kodak"]["bpp"] > 0  # stopped by collect, exported from its checkpoint
     codec = Codec.from_file(tmp_path / "run" / "received" / "export" / "tiny-pqmim.safetensors")
     assert codec.model_id.hex() == pq["model_id"]
     # a damaged part is caught by the manifest's hash, a missing one is named

@@ -5,7 +5,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import photo_crop

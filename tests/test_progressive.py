@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from conftest import photo_crop
 from pqmim import BitstreamError
 from pqmim import format as fmt
-from pqmim.entropy.coder import fill_symbols
-from pqmim.entropy.schedule import reveal_groups, window_tiles
+from pqmim.entropy.replay import fill_symbols
+from pqmim.entropy.schedule import reveal_groups, window_boxes
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -36,7 +36,7 @@ def sent_mask(codec, codes: torch.Tensor, sent: int) -> torch.Tensor:
     cfg = codec.cfg
     _, h, w = codes.shape
     mask = torch.zeros(h, w, dtype=torch.bool)
-    for y0, x0, hh, ww in window_tiles(h, w, cfg.window):
+    for y0, x0, hh, ww in window_boxes(h, w, cfg.window):
         for g in reveal_groups(hh, ww, cfg.window, cfg.steps, cfg.alpha)[:sent]:
             mask[y0 + g // cfg.window, x0 + g % cfg.window] = True
     return mask
@@ -163,16 +163,16 @@ def test_a_header_alone_cannot_make_the_decoder_generate(tiny_codec, rgb, monkey
     crafted = rebuilt(data, [(fmt.SEND, fmt._put_varint(0) + fmt._put_varint(0))])  # nothing sent
     with pytest.raises(BitstreamError, match="SEND chunk says 0 steps"):
         tiny_codec.decompress(crafted)
-    huge = fmt.Header(header.model_id, 8000, 8000, header.steps, header.grid, header.codes_crc, (), 1, 0)
+    huge = fmt.Header(header.model_id, 8000, 8000, header.steps, header.shift, header.codes_crc, (), 1, 0)
     body = fmt.pack(huge, payload)
-    from pqmim.entropy import coder as coder_mod
+    from pqmim.entropy import replay
 
     calls = []
-    real = coder_mod.MIMCoder._piece_weights
-    monkeypatch.setattr(coder_mod.MIMCoder, "_piece_weights", lambda self, piece, *a: calls.append(1) or real(self, piece, *a))
+    real = replay.Replayer._piece_logits
+    monkeypatch.setattr(replay.Replayer, "_piece_logits", lambda self, piece, *a: calls.append(1) or real(self, piece, *a))
     with pytest.raises(BitstreamError, match="payload too short"):
         tiny_codec.decompress(body)
-    assert len(calls) <= coder_mod.WINDOWS_PER_CALL  # refused in the first call of step 1
+    assert len(calls) <= replay.WINDOWS_PER_CALL  # refused in the first call of step 1
     prog = tiny_codec.compress(rgb, progressive=True)
     header, payload = fmt.unpack(prog)
     with pytest.raises(BitstreamError, match="before its first coding step"):
@@ -186,7 +186,7 @@ def with_crc(body: bytes) -> bytes:
 def rebuilt(data: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
     """`data` (a version-3 file) with its chunk section replaced, CRC recomputed."""
     header, payload = fmt.unpack(data)
-    fixed = fmt.pack(fmt.Header(header.model_id, header.width, header.height, header.steps, header.grid, header.codes_crc), b"")[:-4]
+    fixed = fmt.pack(fmt.Header(header.model_id, header.width, header.height, header.steps, header.shift, header.codes_crc), b"")[:-4]
     fixed = fixed[:3] + bytes([fmt.VERSION_CHUNKS]) + fixed[4:]
     section = fmt._put_varint(len(chunks)) + b"".join(t + fmt._put_varint(len(d)) + d for t, d in chunks)
     return with_crc(fixed + section + payload)

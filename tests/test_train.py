@@ -18,18 +18,18 @@ def test_train_resume_export(tmp_path):
             Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
     args = ["--out", str(tmp_path / "run"), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
             "--kodak", str(tmp_path / "kodak"), "--config", json.dumps(TINY.to_dict()),
-            "--stage1-plan", json.dumps({"steps": 6, "warmup_ae_steps": 2, "small_crop_until": 3, "small_crop": 32,
+            "--stage1-plan", json.dumps({"iterations": 6, "warmup_ae_iterations": 2, "small_crop_until": 3, "small_crop": 32,
                                          "small_batch": 2, "crop": 64, "batch": 2}),
-            "--stage2-plan", json.dumps({"steps": 4, "batch": 4}), "--ckpt-every", "3", "--log-every", "1",
+            "--stage2-plan", json.dumps({"iterations": 4, "batch": 4}), "--ckpt-every", "3", "--log-every", "1",
             "--name", "tiny-trained", "--export-dir", str(tmp_path / "models")]
     main(args + ["--stages", "1"])
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "k-means initialised" in log and "perplexity" in log and "stage1 val step 6" in log
+    assert "k-means initialised" in log and "perplexity" in log and "stage1 val iteration 6" in log
     main(args)  # resumes: stage 1 is done, runs stage 2 and the export
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "stage1: resumed at step 6" in log and "stage2 val step 4" in log
+    assert "stage1: resumed at iteration 6" in log and "stage2 val iteration 4" in log
     card = json.loads((tmp_path / "models" / "tiny-trained.json").read_text())
-    assert card["config"] == TINY.to_dict() and card["training"]["stage2"]["steps_done"] == 4
+    assert card["config"] == TINY.to_dict() and card["training"]["stage2"]["iterations_done"] == 4
     assert card["kodak"]["images"] == 1 and card["kodak"]["bpp"] > 0
     codec = Codec.from_file(tmp_path / "models" / "tiny-trained.safetensors")
     assert codec.model_id.hex() == card["model_id"]
@@ -56,10 +56,10 @@ def test_block_causal_entropy_variant_of_a_trained_model(tmp_path):
     causal = dataclasses.replace(TINY, causal=True)
     main(["--out", str(tmp_path / "run"), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "train"), "--kodak", "",
           "--config", json.dumps(causal.to_dict()), "--init-from", str(tmp_path / "models" / "tiny-full.safetensors"),
-          "--stages", "2,export", "--stage2-plan", json.dumps({"steps": 3, "batch": 4}), "--ckpt-every", "3",
+          "--stages", "2,export", "--stage2-plan", json.dumps({"iterations": 3, "batch": 4}), "--ckpt-every", "3",
           "--name", "tiny-causal", "--base", "tiny-full", "--export-dir", str(tmp_path / "models")])
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "stage2 val step 3" in log and "on all val codes" in log
+    assert "stage2 val iteration 3" in log and "on all val codes" in log
     card = json.loads((tmp_path / "models" / "tiny-causal.json").read_text())
     assert card["entropy_variant_of"] == "tiny-full" and card["config"]["causal"] is True
     full = Codec.from_file(tmp_path / "models" / "tiny-full.safetensors")
@@ -68,3 +68,40 @@ def test_block_causal_entropy_variant_of_a_trained_model(tmp_path):
     rgb = photo_crop(100, 60, 120, 88, variant=2)
     assert torch.equal(fast.encode_codes([rgb])[0], full.encode_codes([rgb])[0])
     assert np.array_equal(np.asarray(fast.decompress(fast.compress(rgb))), np.asarray(full.decompress(full.compress(rgb))))
+
+
+def test_one_resume_rule_names_and_metrics(tmp_path):
+    """A run folder keeps the config and plans it started with: a rerun with the same command (or
+    none) resumes, one asking for other settings is refused. Old plan names ("steps") are read,
+    unknown ones refused; --name may not be a zoo alias; every logged figure is a JSON line."""
+    import pytest
+
+    (tmp_path / "train").mkdir()
+    for v in range(2):
+        Image.fromarray(photo_crop(0, 0, 288, 272, variant=v)).save(tmp_path / "train" / f"{v}.png")
+    plan = {"iterations": 3, "warmup_ae_iterations": 1, "small_crop_until": 0, "crop": 64, "batch": 2}
+
+    def run(out="run", config=TINY.to_dict(), stage1_plan=plan, *extra):
+        main(["--out", str(tmp_path / out), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "train"), "--kodak", "",
+              "--config", json.dumps(config), "--stage1-plan", json.dumps(stage1_plan), "--stages", "1", "--log-every", "1",
+              "--ckpt-every", "2", *extra])
+
+    run("run", TINY.to_dict(), plan, "--stop-at", "2")
+    with pytest.raises(SystemExit, match="another --stage1-plan"):
+        run("run", TINY.to_dict(), {**plan, "lr": 5e-4})
+    with pytest.raises(SystemExit, match="another --config"):
+        run("run", {**TINY.to_dict(), "k": 64})
+    run("run", TINY.to_dict(), {"steps": 3, "warmup_ae_steps": 1, "small_crop_until": 0, "crop": 64, "batch": 2})  # the old names
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "stage1: resumed at iteration 2" in log and "stage1 val iteration 3" in log
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines if "iteration" in r] == [1, 2, 3]
+    assert [r["val_iteration"] for r in lines if "val_psnr" in r] == [2, 3] and all(r["stage"] == "stage1" for r in lines)
+    from bench.curves import read_run  # what bench curves plots
+
+    curves = read_run(tmp_path / "run")
+    assert [i for i, _ in curves["stage1"]] == [2, 3] and curves["config"] == TINY.to_dict() and curves["stage2"] == []
+    with pytest.raises(SystemExit, match="unknown field"):
+        run("other", TINY.to_dict(), {"iteratons": 3})
+    with pytest.raises(SystemExit, match="alias"):
+        run("run", TINY.to_dict(), plan, "--name", "pqmim-default")

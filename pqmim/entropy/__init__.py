@@ -1,6 +1,14 @@
-"""Entropy coding of code grids: the reveal schedule and the MIM-driven range coder."""
+"""Entropy coding of code grids: the reveal schedule (schedule), the machine-independent
+probability tables (grid, pmf), the replay of the coding steps (replay) and the range coder
+driven by the MIM transformer (coder). Submodules load on first use: the file format imports the
+grid's constants without torch or constriction."""
 
-from .coder import MIMCoder
-from .schedule import reveal_groups, window_tiles
+__all__ = ["MIMCoder"]
 
-__all__ = ["MIMCoder", "reveal_groups", "window_tiles"]
+
+def __getattr__(name: str):
+    if name == "MIMCoder":
+        from .coder import MIMCoder
+
+        return MIMCoder
+    raise AttributeError(f"module 'pqmim.entropy' has no attribute {name!r}")

@@ -26,9 +26,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 import numpy as np
 import torch
 
-from ..format import GRID_SHIFTS  # the encoder may shift the grid by 0, 1/4, 1/2 or 3/4 of a step
-
-STEPS_PER_NAT = 16  # grid step 1/16 nat: probabilities move by at most 3%, the rate by ~0.02%
+from .grid import GRID_SHIFTS, STEPS_PER_NAT
 MAX_DROP = 16 * STEPS_PER_NAT  # logits more than 16 nats below the row's maximum are clamped there
 WEIGHT_BITS = 24
 MARGIN = 2.0**-36  # in nats: every logit the encoder uses is at least this far from a boundary

@@ -1,6 +1,6 @@
 """The fixed, seeded schedule that says which latent positions are coded at which step.
 
-A latent grid is tiled into windows; within a window the positions are put in a pseudo-random
+A latent grid is cut into windows; within a window the positions are put in a pseudo-random
 order (splitmix64 hash of the position index with a fixed seed: no RNG library whose stream
 could change between versions), and revealed in S groups whose cumulative size grows like
 (s/S)**alpha: few positions first, while the context is poor, many at the end.
@@ -25,8 +25,10 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def window_tiles(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
-    """Tiles (y0, x0, height, width) covering an h x w grid in raster order."""
+def window_boxes(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
+    """The transformer's windows over an h x w code grid, in raster order: boxes (y0, x0, height,
+    width), the last row and column cut to the grid. ("Tiles" are the encoder's image tiles of
+    large images, pqmim.tiling: another thing.)"""
     return [(y, x, min(window, h - y), min(window, w - x)) for y in range(0, h, window) for x in range(0, w, window)]
 
 

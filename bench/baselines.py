@@ -1,5 +1,5 @@
-"""CompressAI hyperprior codecs as same-budget baselines: trained by ``pqmim train --arch ...``,
-shipped like our models (safetensors + JSON card, in models/baselines/), and coded with
+"""CompressAI hyperprior codecs as same-budget baselines: trained by ``python -m bench.train_baselines``
+(the training loop of pqmim.train), shipped like our models (safetensors + JSON card, in models/baselines/), and coded with
 CompressAI's own ``compress()`` / ``decompress()`` so that every rate is a real bitstream.
 
 Needs the ``bench`` extra (compressai). The bitstream is CompressAI's strings in a small frame:
@@ -8,6 +8,10 @@ Needs the ``bench`` extra (compressai). The bitstream is CompressAI's strings in
     per string (y, then z): length u32 | bytes
 
 (all little-endian). It is a benchmark format, not a file format we promise to keep.
+
+Names: CompressAI's N (channels of the transforms) and M (channels of the latent) are called
+`channels` and `latent_channels` here (`m` is pqmim's number of PQ sub-vectors); the model files'
+metadata keeps CompressAI's "n" and "m".
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models.weights import ModelFileError, read_tensors, save_tensors
+from pqmim.checkout import ROOT
+from pqmim.image import to_tensor, to_uint8
+from pqmim.models.weights import ModelFileError, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-baseline-1"
 MAGIC = b"HPB1"
@@ -33,28 +39,28 @@ def architectures() -> dict[str, type]:
     return {"bmshj2018-hyperprior": ScaleHyperprior, "mbt2018-mean": MeanScaleHyperprior}
 
 
-def build(arch: str, n: int = 128, m: int = 192) -> nn.Module:
+def build(arch: str, channels: int = 128, latent_channels: int = 192) -> nn.Module:
     """A fresh CompressAI model; N=128, M=192 are CompressAI's channels for its low-rate qualities."""
     archs = architectures()
     if arch not in archs:
         raise ValueError(f"unknown baseline architecture {arch!r} (known: {', '.join(archs)})")
-    if not (1 <= n <= 1024 and 1 <= m <= 1024):  # a model file must not ask for unbounded memory
-        raise ValueError(f"channel counts N={n}, M={m} out of range (1 to 1024)")
-    return archs[arch](n, m)
+    if not (1 <= channels <= 1024 and 1 <= latent_channels <= 1024):  # a model file must not ask for unbounded memory
+        raise ValueError(f"channel counts N={channels}, M={latent_channels} out of range (1 to 1024)")
+    return archs[arch](channels, latent_channels)
 
 
 class Baseline:
     """A trained CompressAI model with byte-level compress/decompress of uint8 RGB images."""
 
-    def __init__(self, net: nn.Module, arch: str, n: int, m: int, name: str = "") -> None:
-        self.net, self.arch, self.n, self.m, self.name = net.eval(), arch, n, m, name
+    def __init__(self, net: nn.Module, arch: str, channels: int, latent_channels: int, name: str = "") -> None:
+        self.net, self.arch, self.channels, self.latent_channels, self.name = net.eval(), arch, channels, latent_channels, name
 
     # -- weights
     def save(self, path: str | Path, storage: str = "int8") -> None:
         """Weights (int8 by default, see pqmim.models.weights) plus the entropy coders' integer
         tables, as safetensors."""
         self.net.update(force=True)
-        save_tensors(path, self.net.state_dict(), {"format": FORMAT_TAG, "arch": self.arch, "n": str(self.n), "m": str(self.m)}, storage)
+        save_tensors(path, self.net.state_dict(), {"format": FORMAT_TAG, "arch": self.arch, "n": str(self.channels), "m": str(self.latent_channels)}, storage)
 
     @classmethod
     def load(cls, path: str | Path) -> "Baseline":
@@ -82,7 +88,7 @@ class Baseline:
     @torch.no_grad()
     def compress(self, rgb: np.ndarray) -> bytes:
         h, w = rgb.shape[:2]
-        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
+        x = to_tensor(np.asarray(rgb, dtype=np.uint8))
         ph, pw = -h % PAD, -w % PAD
         x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
         out = self.net.compress(x)
@@ -103,7 +109,7 @@ class Baseline:
             strings.append([data[pos + 4 : pos + 4 + n]])
             pos += 4 + n
         x = self.net.decompress(strings, (zh, zw))["x_hat"][0, :, :h, :w]
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return to_uint8(x)
 
 
 def card_path(weights: Path) -> Path:
@@ -112,6 +118,6 @@ def card_path(weights: Path) -> Path:
 
 def shipped(folder: str | Path | None = None) -> list[Path]:
     """Baseline weights shipped in models/baselines/ (those with a card), ordered by their lambda."""
-    folder = Path(folder) if folder else Path(__file__).resolve().parent.parent / "models" / "baselines"
+    folder = Path(folder) if folder else ROOT / "models" / "baselines"
     found = [p for p in sorted(folder.glob("*.safetensors")) if card_path(p).is_file()]
     return sorted(found, key=lambda p: json.loads(card_path(p).read_text()).get("lmbda", 0))
