@@ -60,7 +60,12 @@ class Baseline:
         """Weights (int8 by default, see pqmim.models.weights) plus the entropy coders' integer
         tables, as safetensors."""
         self.net.update(force=True)
-        save_tensors(path, self.net.state_dict(), {"format": FORMAT_TAG, "arch": self.arch, "n": str(self.channels), "m": str(self.latent_channels)}, storage)
+        save_tensors(
+            path,
+            self.net.state_dict(),
+            {"format": FORMAT_TAG, "arch": self.arch, "n": str(self.channels), "m": str(self.latent_channels)},
+            storage,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "Baseline":

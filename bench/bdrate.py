@@ -40,8 +40,13 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
         warnings.simplefilter("ignore")  # the package warns on small overlaps: we report them ourselves
         value = bd.bd_rate([r for r, _ in a], qa, [r for r, _ in t], qt, method="akima", require_matching_points=False)
     ok = overlap >= MIN_OVERLAP
-    return {"bd_rate": float(value), "overlap": round(overlap, 3), "range": [round(lo, 4), round(hi, 4)], "meaningful": ok,
-            "why": None if ok else f"overlap is {overlap:.0%} of the shorter curve's quality range (< {MIN_OVERLAP:.0%})"}
+    return {
+        "bd_rate": float(value),
+        "overlap": round(overlap, 3),
+        "range": [round(lo, 4), round(hi, 4)],
+        "meaningful": ok,
+        "why": None if ok else f"overlap is {overlap:.0%} of the shorter curve's quality range (< {MIN_OVERLAP:.0%})",
+    }
 
 
 def rate_at(points: list[tuple[float, float]], quality: float) -> float | None:

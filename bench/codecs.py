@@ -2,7 +2,7 @@
 real compressed size, the decoded 8-bit image and the encode / decode seconds.
 
 - pqmim: one point per shipped model (the quality ladder);
-- baselines: one point per CompressAI model we trained (models/baselines/, see pqmim.baselines);
+- baselines: one point per CompressAI model we trained (models/baselines/, see bench/baselines.py);
 - classical: one point per Pillow quality setting of JPEG 4:2:0 / 4:4:4, WebP and AVIF.
 
 A point's `key` names its cache files: it changes when the weights or the encoder library do.
@@ -42,6 +42,7 @@ class Point:
 def _checked(codec) -> Callable[[np.ndarray], tuple[int, np.ndarray, float, float]]:
     """pqmim.evaluate.roundtrip for this codec; a pqmim decode that does not give back exactly
     the encoder's codes is a bug, not a data point, and raises."""
+
     def run(rgb: np.ndarray) -> tuple[int, np.ndarray, float, float]:
         n, out, enc, dec, exact = roundtrip(codec, rgb)
         if exact is False:
@@ -73,8 +74,15 @@ def pqmim_points(names: list[str] | None = None) -> list[Point]:
     points = []
     for name in names or list(zoo.quality_levels().values()):
         codec = Codec.from_pretrained(name)
-        points.append(Point("pqmim", name.replace("pqmim-", ""), f"pqmim-{name}-{codec.model_id.hex()}-v{fmt.VERSION}", _checked(codec),
-                            {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()}))
+        points.append(
+            Point(
+                "pqmim",
+                name.replace("pqmim-", ""),
+                f"pqmim-{name}-{codec.model_id.hex()}-v{fmt.VERSION}",
+                _checked(codec),
+                {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()},
+            )
+        )
     return points
 
 
@@ -85,8 +93,15 @@ def baseline_points(folder: str | Path | None = None) -> list[Point]:
     for path in shipped(folder):
         model = Baseline.load(path)
         card = json.loads(path.with_suffix(".json").read_text())
-        points.append(Point(model.arch, f"lambda={card['lmbda']}", f"{path.stem}-{_file_hash(path)}",
-                            _checked(model), {"model": path.stem, "lmbda": card["lmbda"], "training": card.get("training")}))
+        points.append(
+            Point(
+                model.arch,
+                f"lambda={card['lmbda']}",
+                f"{path.stem}-{_file_hash(path)}",
+                _checked(model),
+                {"model": path.stem, "lmbda": card["lmbda"], "training": card.get("training")},
+            )
+        )
     return points
 
 
@@ -101,6 +116,5 @@ def classical_points(codecs: list[str], qualities: int | None = None) -> list[Po
         if qualities:
             qs = [qs[round(i)] for i in np.linspace(0, len(qs) - 1, qualities)]
         for q in qs:
-            points.append(Point(c, f"q={q}", f"{c}-q{q}-pillow{PIL.__version__}",
-                                _checked(_Pillow(c, q)), {"quality": q}))
+            points.append(Point(c, f"q={q}", f"{c}-q{q}-pillow{PIL.__version__}", _checked(_Pillow(c, q)), {"quality": q}))
     return points

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, pts, unit in (("stage 1 val PSNR", s1, "dB"), ("stage 2 val rate", s2, "bpp")):
             if len(pts) >= 3:
                 (sa, va), (sb, vb) = pts[-3], pts[-1]
-                print(f"{name}: {label} {va:.4f} -> {vb:.4f} {unit} over its last {sb - sa} iterations (final {vb:.4f} {unit} at iteration {sb})")
+                print(
+                    f"{name}: {label} {va:.4f} -> {vb:.4f} {unit} over its last {sb - sa} iterations (final {vb:.4f} {unit} at iteration {sb})"
+                )
     a1.set(xlabel="stage 1 iteration", ylabel="PSNR dB (16 val crops, quantized)", title="Stage 1: autoencoder + PQ")
     a2.set(xlabel="stage 2 iteration", ylabel="bpp (masked val codes, bits x M / f²)", title="Stage 2: MIM entropy model")
     for a in (a1, a2):

@@ -93,7 +93,9 @@ def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench exactness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench exactness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default=None, help="shipped model (default: the default model)")
     ap.add_argument("--kodak", default=str(KODAK))
     ap.add_argument("--images", type=int, default=None, help="only the first N images")

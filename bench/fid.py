@@ -47,10 +47,12 @@ def patches(rgb: np.ndarray, size: int = PATCH) -> list[np.ndarray]:
 
     Row-major within each grid; the patches are views into `rgb` (no copy)."""
     h, w = rgb.shape[:2]
-    return [rgb[y : y + size, x : x + size]
-            for off in (0, size // 2)
-            for y in range(off, h - size + 1, size)
-            for x in range(off, w - size + 1, size)]
+    return [
+        rgb[y : y + size, x : x + size]
+        for off in (0, size // 2)
+        for y in range(off, h - size + 1, size)
+        for x in range(off, w - size + 1, size)
+    ]
 
 
 class _Patches(Dataset):
@@ -74,8 +76,15 @@ def _fingerprint(items: list[np.ndarray], weights: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def fid_kid(reference: list[np.ndarray], decoded: list[np.ndarray], weights: str | Path, device: str = "cpu",
-            *, cache_dir: Path | None = None, progress: bool = False) -> dict:
+def fid_kid(
+    reference: list[np.ndarray],
+    decoded: list[np.ndarray],
+    weights: str | Path,
+    device: str = "cpu",
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> dict:
     """FID and KID between two equally sized lists of HxWx3 uint8 patches.
 
     With `cache_dir`, torch-fidelity keeps the reference set's Inception features (and FID
@@ -95,16 +104,31 @@ def fid_kid(reference: list[np.ndarray], decoded: list[np.ndarray], weights: str
     cuda = torch.device(device).type == "cuda"
     cache = {"cache": False}
     if cache_dir is not None:
-        cache = {"cache": True, "cache_root": str(Path(cache_dir) / "torch_fidelity"),
-                 "input1_cache_name": f"ref-{_fingerprint(reference, weights)}"}
+        cache = {
+            "cache": True,
+            "cache_root": str(Path(cache_dir) / "torch_fidelity"),
+            "input1_cache_name": f"ref-{_fingerprint(reference, weights)}",
+        }
     with torch.cuda.device(device) if cuda else contextlib.nullcontext():
         m = torch_fidelity.calculate_metrics(
-            input1=_Patches(reference), input2=_Patches(decoded), fid=True, kid=True,
-            kid_subset_size=min(1000, n), feature_extractor_weights_path=str(weights), cuda=cuda,
+            input1=_Patches(reference),
+            input2=_Patches(decoded),
+            fid=True,
+            kid=True,
+            kid_subset_size=min(1000, n),
+            feature_extractor_weights_path=str(weights),
+            cuda=cuda,
             save_cpu_ram=True,  # num_workers=0: the patches are in memory, worker processes only cost
-            rng_seed=2020, verbose=progress, **cache)
-    return {"fid": float(m[torch_fidelity.KEY_METRIC_FID]), "kid": float(m[torch_fidelity.KEY_METRIC_KID_MEAN]),
-            "kid_std": float(m[torch_fidelity.KEY_METRIC_KID_STD]), "patches": n}
+            rng_seed=2020,
+            verbose=progress,
+            **cache,
+        )
+    return {
+        "fid": float(m[torch_fidelity.KEY_METRIC_FID]),
+        "kid": float(m[torch_fidelity.KEY_METRIC_KID_MEAN]),
+        "kid_std": float(m[torch_fidelity.KEY_METRIC_KID_STD]),
+        "patches": n,
+    }
 
 
 def spread(files: list[Path], n: int | None) -> list[Path]:
@@ -122,8 +146,15 @@ def _cached(path: Path, images: int, limit: int | None) -> dict | None:
     return r if r.get("images") == images and r.get("limit") == limit else None
 
 
-def _measure_point(point: PointLike, images: list[np.ndarray], reference: list[np.ndarray], weights: str | Path,
-                   cache_dir: Path, device: str, progress: bool) -> dict:
+def _measure_point(
+    point: PointLike,
+    images: list[np.ndarray],
+    reference: list[np.ndarray],
+    weights: str | Path,
+    cache_dir: Path,
+    device: str,
+    progress: bool,
+) -> dict:
     t = time.perf_counter()
     bpp, decoded = [], []
     for rgb in tqdm(images, desc=f"{point.codec} {point.label}", leave=False, disable=not progress):
@@ -133,12 +164,26 @@ def _measure_point(point: PointLike, images: list[np.ndarray], reference: list[n
         bpp.append(n * 8 / (rgb.shape[0] * rgb.shape[1]))
         decoded += patches(out)
     m = fid_kid(reference, decoded, weights, device, cache_dir=cache_dir, progress=progress)
-    return {"codec": point.codec, "label": point.label, "bpp": float(np.mean(bpp)), **m,
-            "images": len(images), "seconds": time.perf_counter() - t}
+    return {
+        "codec": point.codec,
+        "label": point.label,
+        "bpp": float(np.mean(bpp)),
+        **m,
+        "images": len(images),
+        "seconds": time.perf_counter() - t,
+    }
 
 
-def measure(points: Iterable[PointLike], val_folder: str | Path, weights: str | Path, cache_dir: Path,
-            limit: int | None = None, device: str = "cpu", progress: bool = True, fresh: bool = False) -> dict[str, dict]:
+def measure(
+    points: Iterable[PointLike],
+    val_folder: str | Path,
+    weights: str | Path,
+    cache_dir: Path,
+    limit: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    fresh: bool = False,
+) -> dict[str, dict]:
     """{point.key: {codec, label, bpp, fid, kid, kid_std, patches, images, limit, seconds}}.
 
     Each point's result is cached as cache_dir/fid_{key}.json and reused while its image count

@@ -21,7 +21,9 @@ from pqmim.fileio import atomic_write_json
 from .codecs import Point
 
 
-def measure_point(point: Point, files: list[Path], lpips_fn: LPIPSAlex | None, cache_dir: Path, fresh: bool = False, progress: bool = True) -> dict:
+def measure_point(
+    point: Point, files: list[Path], lpips_fn: LPIPSAlex | None, cache_dir: Path, fresh: bool = False, progress: bool = True
+) -> dict:
     """One point over the images: per-image rows and their means (read from the cache if there)."""
     cache = cache_dir / f"kodak_{point.key}.json"
     names = [p.name for p in files]
@@ -37,6 +39,8 @@ def measure_point(point: Point, files: list[Path], lpips_fn: LPIPSAlex | None, c
     return res
 
 
-def run(points: list[Point], files: list[Path], cache_dir: Path, lpips: bool = True, fresh: bool = False, progress: bool = True) -> list[dict]:
+def run(
+    points: list[Point], files: list[Path], cache_dir: Path, lpips: bool = True, fresh: bool = False, progress: bool = True
+) -> list[dict]:
     lpips_fn = LPIPSAlex(LPIPS_BACKBONE) if lpips else None
     return [measure_point(p, files, lpips_fn, cache_dir, fresh, progress) for p in tqdm(points, desc="Kodak", disable=not progress)]

@@ -54,6 +54,7 @@ def send_points(names: list[str], steps: list[int] | None, seed: int | None = No
         codec = Codec.from_pretrained(name)
         fill = "expected" if seed is None else f"seed{seed}"
         for s in steps if steps is not None else range(1, codec.cfg.steps):
+
             def run(rgb: np.ndarray, codec=codec, s=s) -> tuple[int, np.ndarray, float, float]:
                 t0 = time.perf_counter()
                 data = codec.compress(rgb, send_steps=s, seed=seed)
@@ -62,8 +63,15 @@ def send_points(names: list[str], steps: list[int] | None, seed: int | None = No
                 return len(data), out, t1 - t0, time.perf_counter() - t1
 
             label = f"{name.removeprefix('pqmim-')} s={s}"
-            points.append(Point(f"pqmim-send-{fill}", label, f"send-{name}-{codec.model_id.hex()}-s{s}-{fill}", run,
-                                {"model": name, "sent": s, "steps": codec.cfg.steps, "fill": fill}))
+            points.append(
+                Point(
+                    f"pqmim-send-{fill}",
+                    label,
+                    f"send-{name}-{codec.model_id.hex()}-s{s}-{fill}",
+                    run,
+                    {"model": name, "sent": s, "steps": codec.cfg.steps, "fill": fill},
+                )
+            )
     return points
 
 
@@ -83,11 +91,22 @@ def prefix_bytes(name: str, files: list[Path], cache_dir: Path) -> dict:
         header, payload = fmt.unpack(data)
         head = len(data) - len(payload) - 4
         plain = len(fmt.pack(replace(header, step_bytes=None), payload))  # the same file without the table
-        rows.append({"image": p.name, "pixels": rgb.shape[0] * rgb.shape[1], "prefix": [head] + [head + n for n in header.step_bytes],
-                     "file": len(data), "plain": plain})
-    r = {"model": name, "images": [p.name for p in files], "rows": rows,
-         "prefix_bpp": [float(np.mean([row["prefix"][s] * 8 / row["pixels"] for row in rows])) for s in range(codec.cfg.steps + 1)],
-         "table_bytes": float(np.mean([row["file"] - row["plain"] for row in rows]))}
+        rows.append(
+            {
+                "image": p.name,
+                "pixels": rgb.shape[0] * rgb.shape[1],
+                "prefix": [head] + [head + n for n in header.step_bytes],
+                "file": len(data),
+                "plain": plain,
+            }
+        )
+    r = {
+        "model": name,
+        "images": [p.name for p in files],
+        "rows": rows,
+        "prefix_bpp": [float(np.mean([row["prefix"][s] * 8 / row["pixels"] for row in rows])) for s in range(codec.cfg.steps + 1)],
+        "table_bytes": float(np.mean([row["file"] - row["plain"] for row in rows])),
+    }
     atomic_write_json(cache, r)
     return r
 
@@ -131,11 +150,28 @@ def target_sizes(files: list[Path], budgets: tuple[int, ...], lpips_fn, cache_di
             best = best_within(rgb, n)
             seconds = time.perf_counter() - t0
             dec = np.asarray(Codec.from_pretrained(best.name).decompress(best.data))
-            rows.append({"image": p.name, "bytes": len(best.data), "model": best.name, "sent": best.sent, "psnr": psnr_uint8(rgb, dec),
-                         "lpips": lpips_fn(rgb, dec), "encode_s": seconds, "within": len(best.data) <= n})
-        r = {"budget": n, "images": [p.name for p in files], "within": sum(r["within"] for r in rows), "mean_bytes": float(np.mean([r["bytes"] for r in rows])),
-             "psnr": float(np.mean([r["psnr"] for r in rows])), "lpips": float(np.mean([r["lpips"] for r in rows])),
-             "encode_s": float(np.mean([r["encode_s"] for r in rows])), "rows": rows}
+            rows.append(
+                {
+                    "image": p.name,
+                    "bytes": len(best.data),
+                    "model": best.name,
+                    "sent": best.sent,
+                    "psnr": psnr_uint8(rgb, dec),
+                    "lpips": lpips_fn(rgb, dec),
+                    "encode_s": seconds,
+                    "within": len(best.data) <= n,
+                }
+            )
+        r = {
+            "budget": n,
+            "images": [p.name for p in files],
+            "within": sum(r["within"] for r in rows),
+            "mean_bytes": float(np.mean([r["bytes"] for r in rows])),
+            "psnr": float(np.mean([r["psnr"] for r in rows])),
+            "lpips": float(np.mean([r["lpips"] for r in rows])),
+            "encode_s": float(np.mean([r["encode_s"] for r in rows])),
+            "rows": rows,
+        }
         atomic_write_json(cache, r)
         out.append(r)
     return out
@@ -152,10 +188,17 @@ def tiny_table(files: list[Path], budget: int, lpips_fn, codecs=("jpeg420", "web
             im = r.pop("image")
             rows.append({"image": p.name, **r, "lpips": None if im is None else lpips_fn(rgb, im)})
         ok = [r for r in rows if r["bytes"] is not None]
-        out[c] = {"codec": c, "fits": len(ok), "images": len(rows), "psnr": float(np.mean([r["psnr"] for r in ok])) if ok else None,
-                  "lpips": float(np.mean([r["lpips"] for r in ok])) if ok else None, "mean_bytes": float(np.mean([r["bytes"] for r in ok])) if ok else None,
-                  "smallest": min((r["smallest"] for r in rows if r["bytes"] is None), default=None),
-                  "scales": sorted({r["scale"] for r in ok}), "rows": rows}
+        out[c] = {
+            "codec": c,
+            "fits": len(ok),
+            "images": len(rows),
+            "psnr": float(np.mean([r["psnr"] for r in ok])) if ok else None,
+            "lpips": float(np.mean([r["lpips"] for r in ok])) if ok else None,
+            "mean_bytes": float(np.mean([r["bytes"] for r in ok])) if ok else None,
+            "smallest": min((r["smallest"] for r in rows if r["bytes"] is None), default=None),
+            "scales": sorted({r["scale"] for r in ok}),
+            "rows": rows,
+        }
     return out
 
 
@@ -172,7 +215,10 @@ def fill_ablation(files: list[Path], names: list[str], steps: list[int], lpips_f
                 rgb = load_image(p)
                 data = codec.compress(rgb, send_steps=s)
                 header, codes = codec.read_codes(data)
-                for kind, out in (("expected", np.asarray(codec.decompress(data))), ("likely", np.asarray(codec.decode_image(codes, header.width, header.height)))):
+                for kind, out in (
+                    ("expected", np.asarray(codec.decompress(data))),
+                    ("likely", np.asarray(codec.decode_image(codes, header.width, header.height))),
+                ):
                     r[f"{kind}_psnr"].append(psnr_uint8(rgb, out))
                     r[f"{kind}_lpips"].append(lpips_fn(rgb, out))
             rows.append({k: float(np.mean(v)) if isinstance(v, list) else v for k, v in r.items()} | {"images": [p.name for p in files]})
@@ -180,7 +226,9 @@ def fill_ablation(files: list[Path], names: list[str], steps: list[int], lpips_f
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench progressive", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench progressive", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="2 Kodak and 2 val images, q1 and q3, steps 1 and 4, budgets 200 and 2000")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--kodak", default=str(KODAK))
@@ -188,11 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
     ap.add_argument("--fid-images", type=int, default=12, help="val images for FID/KID (as `bench run`'s default on a CPU)")
     ap.add_argument("--no-fid", action="store_true")
-    ap.add_argument("--fid-models", nargs="+", default=None, help=f"rungs whose send-steps files get FID/KID (default: {' '.join(FID_RUNGS)})")
+    ap.add_argument(
+        "--fid-models", nargs="+", default=None, help=f"rungs whose send-steps files get FID/KID (default: {' '.join(FID_RUNGS)})"
+    )
     ap.add_argument("--fid-steps", nargs="+", type=int, default=list(range(1, 8)), help="steps sent for FID/KID (default: 1 to 7)")
-    ap.add_argument("--parts", nargs="*", default=["send", "prefix", "max_bytes", "tiny", "fill", "fid", "pictures"],
-                    help="what to measure (default: all; none: only redraw the plots and the README from the JSON)")
-    ap.add_argument("--models", nargs="+", default=None, help="pqmim models for the send-steps and prefix curves (default: every shipped rung)")
+    ap.add_argument(
+        "--parts",
+        nargs="*",
+        default=["send", "prefix", "max_bytes", "tiny", "fill", "fid", "pictures"],
+        help="what to measure (default: all; none: only redraw the plots and the README from the JSON)",
+    )
+    ap.add_argument(
+        "--models", nargs="+", default=None, help="pqmim models for the send-steps and prefix curves (default: every shipped rung)"
+    )
     ap.add_argument("--readme", default=None, help="README to update (default: the project's for a full run)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
@@ -210,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     path = out / ("progressive_quick.json" if args.quick else "progressive.json")
     new: dict = {**environment(args.threads), "kodak": str(args.kodak), "images": len(files)}
     if "send" in args.parts:
-        new["send"] = [{k: v for k, v in kodak.measure_point(p, files, lpips_fn, cache).items() if k != "rows"} for p in send_points(names, steps)]
+        new["send"] = [
+            {k: v for k, v in kodak.measure_point(p, files, lpips_fn, cache).items() if k != "rows"} for p in send_points(names, steps)
+        ]
     if "prefix" in args.parts:
         new["prefix"] = [{k: v for k, v in prefix_bytes(n, files, cache).items() if k != "rows"} for n in names]
     if "max_bytes" in args.parts:
@@ -227,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         new["fid"] = [{**measured[p.key], "model": p.meta["model"], "sent": p.meta["sent"]} for p in pts]
     if "fill" in args.parts:
         pick = files if args.quick else [Path(args.kodak) / f"kodim{i:02d}.png" for i in (1, 5, 15, 23)]
-        new["fill"] = fill_ablation(pick, names[:1] if args.quick else [zoo.model_for_quality(1), zoo.DEFAULT_MODEL], [1, 4] if args.quick else [1, 3, 5, 7], lpips_fn)
+        new["fill"] = fill_ablation(
+            pick,
+            names[:1] if args.quick else [zoo.model_for_quality(1), zoo.DEFAULT_MODEL],
+            [1, 4] if args.quick else [1, 3, 5, 7],
+            lpips_fn,
+        )
     if "pictures" in args.parts:
         image = files[-1] if args.quick else Path(args.kodak) / "kodim23.png"
         progressive_picture(image, zoo.DEFAULT_MODEL, out / ("progressive_quick.png" if args.quick else "progressive.png"))
@@ -238,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(path, res)
     if all(k in res for k in ("send", "prefix", "max_bytes", "tiny")):
         kod_path, fid_path = out / "kodak.json", out / "fid.json"
-        plot(res, json.loads(kod_path.read_text()) if kod_path.exists() else None, json.loads(fid_path.read_text()) if fid_path.exists() else None, out)
+        plot(
+            res,
+            json.loads(kod_path.read_text()) if kod_path.exists() else None,
+            json.loads(fid_path.read_text()) if fid_path.exists() else None,
+            out,
+        )
         md = markdown(res, "python -m bench progressive" + (" --quick" if args.quick else ""))
         readme = args.readme or (None if args.quick else Path(__file__).resolve().parents[1] / "README.md")
         if readme:

@@ -96,15 +96,29 @@ def plot_metric(points: list[dict], key: str, path: Path, title: str, refs: dict
         if not pts:
             continue
         ours = codec == "pqmim"
-        ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], "o-" if ours else ".--", lw=2.2 if ours else 1.2,
-                color="black" if ours else f"C{i}", label=family_label(codec), zorder=5 if ours else 3)
+        ax.plot(
+            [p["bpp"] for p in pts],
+            [p[key] for p in pts],
+            "o-" if ours else ".--",
+            lw=2.2 if ours else 1.2,
+            color="black" if ours else f"C{i}",
+            label=family_label(codec),
+            zorder=5 if ours else 3,
+        )
         if ours:
             for p in pts:
                 ax.annotate(p["label"], (p["bpp"], p[key]), textcoords="offset points", xytext=(4, -11), fontsize=8)
     for j, (name, r) in enumerate((refs or {}).items()):
         xs = [(b, v) for b, v in zip(r["bpp"], r[key]) if b <= 2.5]
-        ax.plot([b for b, _ in xs], [v for _, v in xs], ":", color=f"C{6 + j}", lw=1.2, alpha=0.8,
-                label=f"{name} (published, trained for millions of steps)")
+        ax.plot(
+            [b for b, _ in xs],
+            [v for _, v in xs],
+            ":",
+            color=f"C{6 + j}",
+            lw=1.2,
+            alpha=0.8,
+            label=f"{name} (published, trained for millions of steps)",
+        )
     rate_axes(ax, title, METRICS.get(key, key))
     fig.tight_layout()
     fig.savefig(path)
@@ -120,8 +134,14 @@ def plot_fid(fid: dict, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     for i, (codec, pts) in enumerate(families(list(fid["points"])).items()):
         ours = codec == "pqmim"
-        ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], "o-" if ours else "s--", lw=2.2 if ours else 1.2,
-                color="black" if ours else f"C{i}", label=family_label(codec))
+        ax.plot(
+            [p["bpp"] for p in pts],
+            [p["fid"] for p in pts],
+            "o-" if ours else "s--",
+            lw=2.2 if ours else 1.2,
+            color="black" if ours else f"C{i}",
+            label=family_label(codec),
+        )
     rate_axes(ax, title, "FID (lower is better)")
     fig.tight_layout()
     fig.savefig(path)
@@ -165,45 +185,82 @@ def short_commit(commit: str | None) -> str:
 
 def markdown(kodak: dict, fid: dict | None, bd: dict, command: str) -> str:
     fams = families(kodak["points"])
-    lines = [f"Measured with `{command}` on {kodak['date'][:10]} ({kodak['machine']}; commit {short_commit(kodak['git_commit'])}). "
-             f"Kodak: {kodak['images']} images; every rate is a real file's size, every quality figure is measured on "
-             "the decoded 8-bit image; means over images. Raw numbers: `bench/results/*.json`.", ""]
-    lines += ["![Kodak PSNR vs bpp](bench/results/kodak_psnr.png)", "",
-              "![Kodak MS-SSIM vs bpp](bench/results/kodak_msssim.png) ![Kodak LPIPS vs bpp](bench/results/kodak_lpips.png)", ""]
-    lines += ["**Learned codecs on Kodak** (encode / decode: seconds per image, this machine):", "",
-              "| codec | point | bpp | PSNR | MS-SSIM | LPIPS | encode s | decode s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured with `{command}` on {kodak['date'][:10]} ({kodak['machine']}; commit {short_commit(kodak['git_commit'])}). "
+        f"Kodak: {kodak['images']} images; every rate is a real file's size, every quality figure is measured on "
+        "the decoded 8-bit image; means over images. Raw numbers: `bench/results/*.json`.",
+        "",
+    ]
+    lines += [
+        "![Kodak PSNR vs bpp](bench/results/kodak_psnr.png)",
+        "",
+        "![Kodak MS-SSIM vs bpp](bench/results/kodak_msssim.png) ![Kodak LPIPS vs bpp](bench/results/kodak_lpips.png)",
+        "",
+    ]
+    lines += [
+        "**Learned codecs on Kodak** (encode / decode: seconds per image, this machine):",
+        "",
+        "| codec | point | bpp | PSNR | MS-SSIM | LPIPS | encode s | decode s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for codec, pts in fams.items():
         if codec in LABELS:
             continue
         for p in pts:
-            lines.append(f"| {family_label(codec)} | {p['label']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {_fmt(p['ms_ssim'], '.4f')} | "
-                         f"{_fmt(p['lpips'], '.3f')} | {p['encode_s']:.2f} | {p['decode_s']:.2f} |")
-    lines += ["", "**BD-rate of the pqmim ladder** (all shipped models, the default q3 among them) against each codec "
-              "(negative: pqmim needs fewer bits for the same quality; Akima interpolation over the overlapping quality range):", "",
-              f"| against | BD-rate (PSNR) | BD-rate (MS-SSIM) | {DEFAULT} (default) alone, PSNR | {DEFAULT} alone, MS-SSIM |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {family_label(codec)} | {p['label']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {_fmt(p['ms_ssim'], '.4f')} | "
+                f"{_fmt(p['lpips'], '.3f')} | {p['encode_s']:.2f} | {p['decode_s']:.2f} |"
+            )
+    lines += [
+        "",
+        "**BD-rate of the pqmim ladder** (all shipped models, the default q3 among them) against each codec "
+        "(negative: pqmim needs fewer bits for the same quality; Akima interpolation over the overlapping quality range):",
+        "",
+        f"| against | BD-rate (PSNR) | BD-rate (MS-SSIM) | {DEFAULT} (default) alone, PSNR | {DEFAULT} alone, MS-SSIM |",
+        "|---|---|---|---|---|",
+    ]
     for codec in bd.get("psnr", {}):
         ps, ms = bd["psnr"][codec], bd["ms_ssim"][codec]
         lines.append(f"| {family_label(codec)} | {_bd_cell(ps)} | {_bd_cell(ms)} | {_point_cell(ps)} | {_point_cell(ms)} |")
-    lines += ["", "The last two columns: the default model's rate against the codec's rate at the same quality "
-              "(log-rate interpolated between its two nearest points; 'out of range' where the codec's curve does not reach that quality)."]
-    lines += ["", "**Speed** (mean seconds per Kodak image over a codec's points, this machine; Pillow codecs in C, "
-              "pqmim and the baselines in PyTorch on the CPU):", "", "| codec | encode s | decode s |", "|---|---|---|"]
+    lines += [
+        "",
+        "The last two columns: the default model's rate against the codec's rate at the same quality "
+        "(log-rate interpolated between its two nearest points; 'out of range' where the codec's curve does not reach that quality).",
+    ]
+    lines += [
+        "",
+        "**Speed** (mean seconds per Kodak image over a codec's points, this machine; Pillow codecs in C, "
+        "pqmim and the baselines in PyTorch on the CPU):",
+        "",
+        "| codec | encode s | decode s |",
+        "|---|---|---|",
+    ]
     for codec, pts in fams.items():
         enc = sum(p["encode_s"] for p in pts) / len(pts)
         dec = sum(p["decode_s"] for p in pts) / len(pts)
         lines.append(f"| {family_label(codec)} | {enc:.3f} | {dec:.3f} |")
     if fid and fid.get("points"):
-        lines += ["", f"**Perceptual quality**: FID and KID (torch-fidelity, Inception weights from `../shared/weights`) on "
-                  f"{fid['patches']} 256x256 patches of the {fid['images']} val images (a grid plus the grid shifted by 128 px, "
-                  "HiFiC's protocol); bpp is the mean over those images. Classical codecs at the settings nearest pqmim's rates.", "",
-                  "![FID vs bpp](bench/results/fid.png)", "",
-                  "| codec | point | bpp | FID | KID x 1000 |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**Perceptual quality**: FID and KID (torch-fidelity, Inception weights from `../shared/weights`) on "
+            f"{fid['patches']} 256x256 patches of the {fid['images']} val images (a grid plus the grid shifted by 128 px, "
+            "HiFiC's protocol); bpp is the mean over those images. Classical codecs at the settings nearest pqmim's rates.",
+            "",
+            "![FID vs bpp](bench/results/fid.png)",
+            "",
+            "| codec | point | bpp | FID | KID x 1000 |",
+            "|---|---|---|---|---|",
+        ]
         for codec, pts in families(list(fid["points"])).items():
             for p in pts:
                 lines.append(f"| {family_label(codec)} | {p['label']} | {p['bpp']:.4f} | {p['fid']:.1f} | {1000 * p['kid']:.1f} |")
     if (Path(__file__).parent / "results" / "visual.png").exists():
-        lines += ["", "**The same crop from each codec at about the default model's rate** (`bench/results/visual.png`):", "",
-                  "![visual comparison](bench/results/visual.png)"]
+        lines += [
+            "",
+            "**The same crop from each codec at about the default model's rate** (`bench/results/visual.png`):",
+            "",
+            "![visual comparison](bench/results/visual.png)",
+        ]
     return "\n".join(lines)
 
 

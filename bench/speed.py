@@ -49,7 +49,14 @@ def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: st
     if what == "encode":
         Path(pqm).write_bytes(data)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"what": what, "median_s": statistics.median(times), "min_s": min(times), "peak_rss_mb": peak_mb, "bytes": Path(pqm).stat().st_size, "threads": threads}
+    return {
+        "what": what,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_rss_mb": peak_mb,
+        "bytes": Path(pqm).stat().st_size,
+        "threads": threads,
+    }
 
 
 def measure(model: str, image: str, repeat: int, threads: int, device: str = "cpu") -> list[dict]:
@@ -58,7 +65,24 @@ def measure(model: str, image: str, repeat: int, threads: int, device: str = "cp
     with tempfile.TemporaryDirectory() as tmp:
         pqm = str(Path(tmp) / "out.pqm")
         for what in ("encode", "decode"):
-            cmd = [sys.executable, "-m", "bench", "speed", "--model", model, "--image", image, "--repeat", str(repeat), "--device", device, "--worker", what, str(threads), pqm]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench",
+                "speed",
+                "--model",
+                model,
+                "--image",
+                image,
+                "--repeat",
+                str(repeat),
+                "--device",
+                device,
+                "--worker",
+                what,
+                str(threads),
+                pqm,
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
             if r.returncode:
                 raise RuntimeError(f"{what} worker failed:\n{r.stderr}")
@@ -94,8 +118,18 @@ def large(model: str, megapixels: list[int], threads: int, repeat: int, device: 
             path = Path(tmp) / f"mosaic{mp}.png"
             mosaic(side, side, path)
             enc, dec = measure(model, str(path), repeat, threads, device)
-            rows.append({"megapixels": mp, "side": side, "bytes": enc["bytes"], "encode_s": enc["median_s"], "decode_s": dec["median_s"],
-                         "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"], "threads": threads})
+            rows.append(
+                {
+                    "megapixels": mp,
+                    "side": side,
+                    "bytes": enc["bytes"],
+                    "encode_s": enc["median_s"],
+                    "decode_s": dec["median_s"],
+                    "encode_peak_mb": enc["peak_rss_mb"],
+                    "decode_peak_mb": dec["peak_rss_mb"],
+                    "threads": threads,
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -123,7 +157,16 @@ def classical_rows(image: str, pqm_bytes: int, repeat: int) -> list[dict]:
             t = time.perf_counter()
             classical.decode(data)
             dec.append(time.perf_counter() - t)
-        rows.append({"codec": codec, "quality": quality, "bytes": len(data), "over_budget": len(data) > pqm_bytes, "encode_s": statistics.median(enc[1:]), "decode_s": statistics.median(dec[1:])})
+        rows.append(
+            {
+                "codec": codec,
+                "quality": quality,
+                "bytes": len(data),
+                "over_budget": len(data) > pqm_bytes,
+                "encode_s": statistics.median(enc[1:]),
+                "decode_s": statistics.median(dec[1:]),
+            }
+        )
     return rows
 
 
@@ -143,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", default="480x320", help="also time the image downscaled to this size ('' for none)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    ap.add_argument("--megapixels", type=int, nargs="+", help="instead of --image: square Kodak mosaics of these sizes (e.g. 1 4 16), timed once each")
+    ap.add_argument(
+        "--megapixels", type=int, nargs="+", help="instead of --image: square Kodak mosaics of these sizes (e.g. 1 4 16), timed once each"
+    )
     ap.add_argument("--device", default="cpu", help="where pqmim's networks run: cpu, or cuda (files decode on the CPU either way)")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--worker", nargs=3, metavar=("WHAT", "THREADS", "PQM"), help=argparse.SUPPRESS)
@@ -154,10 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.megapixels:
         rows = large(args.model, args.megapixels, args.threads[0], 1 if args.repeat == 5 else args.repeat, args.device)
         print(f"{args.model}, {rows[0]['threads']} threads, photo-like Kodak mosaics, each job in a fresh process")
-        print("| megapixels | size | encode (s) | decode (s) | s per MP (enc + dec) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|")
+        print(
+            "| megapixels | size | encode (s) | decode (s) | s per MP (enc + dec) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|"
+        )
         for r in rows:
             per_mp = (r["encode_s"] + r["decode_s"]) * 2**20 / (r["side"] ** 2)
-            print(f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | {per_mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |")
+            print(
+                f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | {per_mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |"
+            )
     else:
         from PIL import Image
 
@@ -174,17 +223,33 @@ def main(argv: list[str] | None = None) -> int:
                 for threads in args.threads:
                     enc, dec = measure(args.model, image, args.repeat, threads, args.device)
                     pq[threads] = enc["bytes"]
-                    rows.append({"image": size, "codec": f"pqmim {args.model}" + ("" if args.device == "cpu" else f" ({args.device})"), "threads": threads, "bytes": enc["bytes"], "encode_s": enc["median_s"],
-                                 "decode_s": dec["median_s"], "encode_peak_mb": enc["peak_rss_mb"], "decode_peak_mb": dec["peak_rss_mb"]})
+                    rows.append(
+                        {
+                            "image": size,
+                            "codec": f"pqmim {args.model}" + ("" if args.device == "cpu" else f" ({args.device})"),
+                            "threads": threads,
+                            "bytes": enc["bytes"],
+                            "encode_s": enc["median_s"],
+                            "decode_s": dec["median_s"],
+                            "encode_peak_mb": enc["peak_rss_mb"],
+                            "decode_peak_mb": dec["peak_rss_mb"],
+                        }
+                    )
                 for r in classical_rows(image, pq[args.threads[0]], args.repeat):
                     rows.append({"image": size, "threads": "-", **r})
         print(f"{Path(args.image).name}, median of {args.repeat} runs; WebP and AVIF at the largest file not above pqmim's")
-        print("| image | codec | threads | bytes | encode (s) | decode (s) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|---|")
+        print(
+            "| image | codec | threads | bytes | encode (s) | decode (s) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|---|"
+        )
         for r in rows:
             if "skipped" in r:
                 print(f"| {r['image']} | {r['codec']} | | | {r['skipped']} | | | |")
                 continue
-            label = r["codec"] if r["codec"].startswith("pqmim") else f"{r['codec']} q={r['quality']}" + (" (its smallest file: larger than pqmim's)" if r["over_budget"] else "")
+            label = (
+                r["codec"]
+                if r["codec"].startswith("pqmim")
+                else f"{r['codec']} q={r['quality']}" + (" (its smallest file: larger than pqmim's)" if r["over_budget"] else "")
+            )
             peaks = f"{r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f}" if "encode_peak_mb" in r else "| "
             print(f"| {r['image']} | {label} | {r['threads']} | {r['bytes']} | {r['encode_s']:.3f} | {r['decode_s']:.3f} | {peaks} |")
     if args.json:

@@ -40,7 +40,9 @@ def git_commit() -> str | None:
     from code that is not in that commit)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pqmim", "bench/*.py", "models"], capture_output=True, text=True, cwd=HERE.parent).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pqmim", "bench/*.py", "models"], capture_output=True, text=True, cwd=HERE.parent
+        ).stdout.strip()
     except OSError:
         return None
     return (head + ("+changes" if dirty else "")) or None
@@ -49,9 +51,18 @@ def git_commit() -> str | None:
 def environment(threads: int) -> dict:
     import compressai
 
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
-            "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "pillow": PIL.__version__, "compressai": compressai.__version__}}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "pillow": PIL.__version__,
+            "compressai": compressai.__version__,
+        },
+    }
 
 
 def nearest(points: list[codecs.Point], results: dict[str, dict], bpp: float) -> codecs.Point | None:
@@ -60,7 +71,9 @@ def nearest(points: list[codecs.Point], results: dict[str, dict], bpp: float) ->
     return min(have, key=lambda p: abs(np.log(results[p.key]["bpp"] / bpp)), default=None)
 
 
-def fid_points(pq: list[codecs.Point], base: list[codecs.Point], classical: list[codecs.Point], results: dict[str, dict]) -> list[codecs.Point]:
+def fid_points(
+    pq: list[codecs.Point], base: list[codecs.Point], classical: list[codecs.Point], results: dict[str, dict]
+) -> list[codecs.Point]:
     """pqmim and the baselines at all their points; JPEG 4:2:0, WebP and AVIF at the settings
     nearest to pqmim's rates (within a factor 1.5: a codec that cannot go that low is left out)."""
     chosen = pq + base
@@ -116,9 +129,17 @@ def run(args) -> int:
 
         chosen = fid_points(pq, base, classical, results)
         n_val = n_val or args.fid_images or None
-        measured = fid.measure(chosen, args.val, args.fid_weights, cache, limit=n_val, device=args.device, progress=not args.no_progress, fresh=args.fresh_fid)
+        measured = fid.measure(
+            chosen, args.val, args.fid_weights, cache, limit=n_val, device=args.device, progress=not args.no_progress, fresh=args.fresh_fid
+        )
         pts = list(measured.values())
-        fid_res = {**env, "val": str(args.val), "images": pts[0]["images"] if pts else 0, "patches": pts[0]["patches"] if pts else 0, "points": pts}
+        fid_res = {
+            **env,
+            "val": str(args.val),
+            "images": pts[0]["images"] if pts else 0,
+            "patches": pts[0]["patches"] if pts else 0,
+            "points": pts,
+        }
         atomic_write_json(out / "fid.json", fid_res)
 
     bd = report.bd_tables(rows)
@@ -153,8 +174,14 @@ def main(argv: list[str] | None = None, cmd: str = "run") -> int:
     ap.add_argument("--results", default=str(RESULTS), help="where the JSON results, plots and cache go")
     ap.add_argument("--readme", default=None, help="README to update (default: the project's README for a full run, none for --quick)")
     if cmd == "run":
-        ap.add_argument("--quick", action="store_true", help="2 Kodak and 2 val images, q1 and the default model, one baseline, 3 settings of JPEG and WebP")
-        ap.add_argument("--fresh", action="store_true", help="measure every Kodak point again, ignoring the cache (e.g. for timings on an idle machine)")
+        ap.add_argument(
+            "--quick",
+            action="store_true",
+            help="2 Kodak and 2 val images, q1 and the default model, one baseline, 3 settings of JPEG and WebP",
+        )
+        ap.add_argument(
+            "--fresh", action="store_true", help="measure every Kodak point again, ignoring the cache (e.g. for timings on an idle machine)"
+        )
         ap.add_argument("--fresh-fid", action="store_true", help="measure every FID/KID point again")
         ap.add_argument("--no-fid", action="store_true", help="skip FID/KID")
         ap.add_argument("--models", nargs="+", default=None, help="pqmim models (default: every shipped quality level)")
@@ -163,9 +190,13 @@ def main(argv: list[str] | None = None, cmd: str = "run") -> int:
         ap.add_argument("--kodak", default=str(KODAK))
         ap.add_argument("--val", default=str(VAL))
         ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
-        ap.add_argument("--fid-images", type=int, default=0 if torch.cuda.is_available() else 12,
-                        help="val images for FID/KID, evenly spaced (0: all 80; default 12 on a CPU, where Inception takes ~0.2 s a patch: "
-                             "the full run then stays under 45 minutes on 2 cores)")
+        ap.add_argument(
+            "--fid-images",
+            type=int,
+            default=0 if torch.cuda.is_available() else 12,
+            help="val images for FID/KID, evenly spaced (0: all 80; default 12 on a CPU, where Inception takes ~0.2 s a patch: "
+            "the full run then stays under 45 minutes on 2 cores)",
+        )
         ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for LPIPS and FID's Inception")
         ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         ap.add_argument("--no-progress", action="store_true")

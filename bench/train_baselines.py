@@ -110,7 +110,10 @@ class BaselineStage(Stage):
         o = self.net_(self.val)
         bpp = sum(torch.log(lk).sum() for lk in o["likelihoods"].values()).item() / (-math.log(2) * self.val.shape[0] * 256 * 256)
         psnr = psnr_uint8(to_uint8(self.val), to_uint8(o["x_hat"]))
-        return f"psnr {psnr:.2f} dB, {bpp:.4f} bpp (estimated by the likelihoods, {len(self.val)} val crops 256x256)", {"psnr": psnr, "bpp": bpp}
+        return f"psnr {psnr:.2f} dB, {bpp:.4f} bpp (estimated by the likelihoods, {len(self.val)} val crops 256x256)", {
+            "psnr": psnr,
+            "bpp": bpp,
+        }
 
 
 def settle_quantiles(net: nn.Module) -> float:
@@ -142,12 +145,21 @@ def export_baseline(net: nn.Module, a: Architecture, run: BaselineRun, device_la
     Baseline(net.eval(), a.arch, a.channels, a.latent_channels).save(weights, storage=run.storage)
     model = Baseline.load(weights)  # measure what ships: stored weights and tables
     origin = provenance(run, {"baseline": "baseline_plan.json"})
-    card = {"name": run.name, "description": run.description, **dataclasses.asdict(a), "storage": run.storage, **origin,
-            "training": {**origin["training"]["baseline"], "device": device_label, "torch": torch.__version__}}
+    card = {
+        "name": run.name,
+        "description": run.description,
+        **dataclasses.asdict(a),
+        "storage": run.storage,
+        **origin,
+        "training": {**origin["training"]["baseline"], "device": device_label, "torch": torch.__version__},
+    }
     if run.kodak:
         res = evaluate_folder(model, run.kodak)
         card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "ms_ssim")}
-        log(run.out, f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images")
+        log(
+            run.out,
+            f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images",
+        )
     write_card(dest, run.name, card, run.out)
     return weights
 
@@ -156,7 +168,9 @@ def main(argv: list[str] | None = None) -> nn.Module:
     """Train (and export) a baseline; returns the network as trained so far."""
     from .baselines import architectures
 
-    ap = argparse.ArgumentParser(prog="python -m bench.train_baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.train_baselines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common_arguments(ap)
     ap.add_argument("--arch", help=f"CompressAI architecture: {', '.join(architectures())} (default {Architecture.arch})")
     ap.add_argument("--lmbda", type=float, help=f"rate-distortion trade-off, loss lambda*255^2*MSE + bpp (default {Architecture.lmbda})")
@@ -183,7 +197,9 @@ def train(run: BaselineRun, stages: set[str], ctx: Dist, device: torch.device) -
     if run.init_from and not (out / "baseline.pt").exists():
         source = Baseline.load(run.init_from)
         if (source.arch, source.channels, source.latent_channels) != (a.arch, a.channels, a.latent_channels):
-            raise SystemExit(f"--init-from {run.init_from} is a {source.arch} N={source.channels} M={source.latent_channels}, not this architecture")
+            raise SystemExit(
+                f"--init-from {run.init_from} is a {source.arch} N={source.channels} M={source.latent_channels}, not this architecture"
+            )
         net.load_state_dict(source.net.state_dict())
         log(out, f"warm start from {run.init_from}: all weights", ctx)
         if ctx.main:  # the source's own training is part of this model's budget: keep it in the card

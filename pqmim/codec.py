@@ -89,8 +89,16 @@ class Codec:
         return Image.fromarray(tiling.decode_tiled(self.model, self.latents(Decoded(codes)), self._tile, width, height), "RGB")
 
     # -- bitstreams
-    def compress(self, image: ImageLike, keep_metadata: bool = False, progress: Progress | None = None, *,
-                 send_steps: int | None = None, seed: int | None = None, progressive: bool = False) -> bytes:
+    def compress(
+        self,
+        image: ImageLike,
+        keep_metadata: bool = False,
+        progress: Progress | None = None,
+        *,
+        send_steps: int | None = None,
+        seed: int | None = None,
+        progressive: bool = False,
+    ) -> bytes:
         """Compress an image (path, PIL.Image, HxWx3 or HxWx4 uint8 array, Picture) into .pqm
         bytes: the ICC profile and any transparency are kept; EXIF too with keep_metadata.
         `progress(done, total)` is called as the entropy coder works through the image.
@@ -101,8 +109,16 @@ class Codec:
         of the file decodes to a full image (`decompress(..., partial=True)`)."""
         return self.compress_batch([image], keep_metadata, progress, send_steps=send_steps, seed=seed, progressive=progressive)[0]
 
-    def compress_batch(self, images: Sequence[ImageLike], keep_metadata: bool = False, progress: Progress | None = None, *,
-                       send_steps: int | None = None, seed: int | None = None, progressive: bool = False) -> list[bytes]:
+    def compress_batch(
+        self,
+        images: Sequence[ImageLike],
+        keep_metadata: bool = False,
+        progress: Progress | None = None,
+        *,
+        send_steps: int | None = None,
+        seed: int | None = None,
+        progressive: bool = False,
+    ) -> list[bytes]:
         """Compress several images; the bytes are identical to compressing them one by one (on
         the CPU the analysis runs image by image in fixed bands: see pqmim/models/banded.py)."""
         sent = None if send_steps is None or send_steps == self.cfg.steps else send_steps
@@ -118,12 +134,24 @@ class Codec:
         for p, codes in zip(pictures, self.encode_codes([p.rgb for p in pictures])):
             coded = self.coder.encode(codes, progress, sent, fill, progressive)
             chunks = Extras(p.icc, p.exif if keep_metadata else None, p.alpha).to_chunks()
-            header = fmt.Header(self.model_id, p.rgb.shape[1], p.rgb.shape[0], self.cfg.steps, coded.shift, fmt.codes_checksum(coded.codes.numpy()),
-                                chunks, sent, fill, coded.step_bytes)
+            header = fmt.Header(
+                self.model_id,
+                p.rgb.shape[1],
+                p.rgb.shape[0],
+                self.cfg.steps,
+                coded.shift,
+                fmt.codes_checksum(coded.codes.numpy()),
+                chunks,
+                sent,
+                fill,
+                coded.step_bytes,
+            )
             out.append(fmt.pack(header, coded.payload))
         return out
 
-    def read_codes(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> tuple[fmt.Header, torch.Tensor]:
+    def read_codes(
+        self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None
+    ) -> tuple[fmt.Header, torch.Tensor]:
         """Parse, verify and entropy-decode a bitstream -> (header, codes (m, h, w)). With
         `partial`, `data` may be the start of a progressive file: the steps it holds are decoded
         and the rest filled in (see `compress`; the codes returned for fill 0 are the most likely
@@ -134,7 +162,9 @@ class Codec:
     def _decode(self, data: bytes, progress: Progress | None, partial: bool, seed: int | None) -> tuple[fmt.Header, Decoded]:
         header, payload, complete = fmt.unpack_partial(data) if partial else (*fmt.unpack(data), True)
         if header.model_id != self.model_id:
-            raise fmt.BitstreamError(f"this file was encoded with {zoo.describe_id(header.model_id)}, not with {self.name or 'this model'} (id {self.model_id.hex()})")
+            raise fmt.BitstreamError(
+                f"this file was encoded with {zoo.describe_id(header.model_id)}, not with {self.name or 'this model'} (id {self.model_id.hex()})"
+            )
         if header.steps != self.cfg.steps:
             raise fmt.BitstreamError(f"file coded with {header.steps} steps, model uses {self.cfg.steps}")
         sent, fill = header.steps_sent, header.fill
@@ -149,7 +179,9 @@ class Codec:
         except CorruptPayloadError as e:
             raise fmt.BitstreamError(str(e)) from None
         if complete and fmt.codes_checksum(decoded.codes.numpy()) != header.codes_crc:
-            raise fmt.BitstreamError("decoded codes fail their checksum: the file was crafted or corrupted, or this machine computes the entropy model differently from the encoder's")
+            raise fmt.BitstreamError(
+                "decoded codes fail their checksum: the file was crafted or corrupted, or this machine computes the entropy model differently from the encoder's"
+            )
         return header, decoded
 
     def latents(self, decoded: Decoded) -> torch.Tensor:
@@ -197,5 +229,8 @@ def codec_for(data: bytes, device: str = "cpu") -> Codec:
     name = zoo.name_for_id(header.model_id)
     if name is None:
         what = zoo.describe_id(header.model_id)
-        raise fmt.BitstreamError(f"file encoded with {what}" + ("" if zoo.retired(header.model_id) else ", not a shipped one: load its model file (Codec.from_file, or --model-file)"))
+        raise fmt.BitstreamError(
+            f"file encoded with {what}"
+            + ("" if zoo.retired(header.model_id) else ", not a shipped one: load its model file (Codec.from_file, or --model-file)")
+        )
     return shipped_codec(name, device)

@@ -61,8 +61,13 @@ def crop_box(width: int, height: int, crop: tuple[int, int, int, int] | None = N
     return x0, y0, x1 - x0, y1 - y0
 
 
-def comparison_sheet(rgb: ImageLike, pqmim_codec, crop: tuple[int, int, int, int] | None = None, size: int = 256,
-                     codecs: Sequence[str] = ("jpeg420", "webp", "avif")) -> tuple[Image.Image, list[dict]]:
+def comparison_sheet(
+    rgb: ImageLike,
+    pqmim_codec,
+    crop: tuple[int, int, int, int] | None = None,
+    size: int = 256,
+    codecs: Sequence[str] = ("jpeg420", "webp", "avif"),
+) -> tuple[Image.Image, list[dict]]:
     """(sheet, rows): the sheet as described in the module docstring, and one row per codec
     (pqmim first): codec, label, setting, bytes, bpp, psnr, over_budget, skipped (None, or why
     the codec was skipped; then setting, bytes, bpp, psnr and over_budget are None), and for
@@ -77,8 +82,18 @@ def comparison_sheet(rgb: ImageLike, pqmim_codec, crop: tuple[int, int, int, int
     budget = len(data)
     decoded = load_image(pqmim_codec.decompress(data))
     name = getattr(pqmim_codec, "name", None) or "pqmim"
-    rows = [{"codec": "pqmim", "label": "pqmim", "setting": name, "bytes": budget, "bpp": bpp(budget),
-             "psnr": psnr_uint8(rgb, decoded), "over_budget": False, "skipped": None}]
+    rows = [
+        {
+            "codec": "pqmim",
+            "label": "pqmim",
+            "setting": name,
+            "bytes": budget,
+            "bpp": bpp(budget),
+            "psnr": psnr_uint8(rgb, decoded),
+            "over_budget": False,
+            "skipped": None,
+        }
+    ]
     tiles = [(cut(rgb), f"original\n{width}x{height}\ncrop {w}x{h} at {x},{y}"), (cut(decoded), _label(rows[0]))]
     for c in codecs:
         row, out = classical_at_size(c, rgb, budget)
@@ -93,12 +108,30 @@ def classical_at_size(codec: str, rgb: np.ndarray, budget: int) -> tuple[dict, n
     cannot write the codec, the row says why under "skipped" and the image is None."""
     height, width = rgb.shape[:2]
     if not classical.available(codec):  # looked up on the module, so a test can replace it
-        return {"codec": codec, "label": LABELS[codec], "setting": None, "bytes": None, "bpp": None, "psnr": None,
-                "over_budget": None, "skipped": f"this Pillow build cannot write {LABELS[codec]}", "file": None}, None
+        return {
+            "codec": codec,
+            "label": LABELS[codec],
+            "setting": None,
+            "bytes": None,
+            "bpp": None,
+            "psnr": None,
+            "over_budget": None,
+            "skipped": f"this Pillow build cannot write {LABELS[codec]}",
+            "file": None,
+        }, None
     quality, file = encode_at_size(codec, rgb, budget)
     out = decode(file)
-    return {"codec": codec, "label": LABELS[codec], "setting": f"q={quality}", "bytes": len(file), "bpp": len(file) * 8 / (width * height),
-            "psnr": psnr_uint8(rgb, out), "over_budget": len(file) > budget, "skipped": None, "file": file}, out
+    return {
+        "codec": codec,
+        "label": LABELS[codec],
+        "setting": f"q={quality}",
+        "bytes": len(file),
+        "bpp": len(file) * 8 / (width * height),
+        "psnr": psnr_uint8(rgb, out),
+        "over_budget": len(file) > budget,
+        "skipped": None,
+        "file": file,
+    }, out
 
 
 def _label(row: dict) -> str:

@@ -37,7 +37,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
-        ints = [*self.widths, self.res_blocks, self.m, self.k, self.sub_dim, self.d_model, self.n_layers, self.n_heads, self.window, self.steps]
+        ints = [
+            *self.widths,
+            self.res_blocks,
+            self.m,
+            self.k,
+            self.sub_dim,
+            self.d_model,
+            self.n_layers,
+            self.n_heads,
+            self.window,
+            self.steps,
+        ]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
             raise ValueError("invalid model config: sizes must be integers")
         if not isinstance(self.causal, bool):
@@ -47,7 +58,9 @@ class ModelConfig:
             "widths must hold 1 to 6 stages of 1 to 4096 channels": 1 <= len(self.widths) <= 6 and all(1 <= w <= 4096 for w in self.widths),
             "res_blocks must be 0 to 32": 0 <= self.res_blocks <= 32,
             "m must be 1 to 256, sub_dim 1 to 1024": 1 <= self.m <= 256 and 1 <= self.sub_dim <= 1024,
-            "d_model must be 1 to 8192, n_layers 1 to 64, n_heads >= 1": 1 <= self.d_model <= 8192 and 1 <= self.n_layers <= 64 and self.n_heads >= 1,
+            "d_model must be 1 to 8192, n_layers 1 to 64, n_heads >= 1": 1 <= self.d_model <= 8192
+            and 1 <= self.n_layers <= 64
+            and self.n_heads >= 1,
             "k must be >= 2 and <= 65536": 2 <= self.k <= 65536,
             "d_model must be divisible by n_heads": self.d_model % self.n_heads == 0,
             "window must be 1 to 64": 1 <= self.window <= 64,

@@ -48,7 +48,11 @@ def describe_source(source: str | Path) -> dict:
 
     if pack.is_pack(source):
         m = pack.manifest(source)
-        return {"train": str(source), "pack": {k: m[k] for k in ("sources", "jpeg_quality", "max_side", "megapixels")}, "train_images": m["images"]}
+        return {
+            "train": str(source),
+            "pack": {k: m[k] for k in ("sources", "jpeg_quality", "max_side", "megapixels")},
+            "train_images": m["images"],
+        }
     return {"train": str(source), "train_images": len(list_images(source))}
 
 

@@ -101,9 +101,19 @@ def measure_images(roundtrip_fn, files: list[Path], lpips_fn=None, desc: str = "
     for p in tqdm(files, desc=desc or "images", disable=not progress, leave=False):
         rgb = load_image(p)
         n, out, enc, dec, exact = roundtrip_fn(rgb)
-        rows.append({"image": Path(p).name, "bytes": n, "bpp": n * 8 / (rgb.shape[0] * rgb.shape[1]), "psnr": psnr_uint8(rgb, out),
-                     "ms_ssim": ms_ssim_uint8(rgb, out), "lpips": lpips_fn(rgb, out) if lpips_fn else None,
-                     "encode_s": enc, "decode_s": dec, "exact": exact})
+        rows.append(
+            {
+                "image": Path(p).name,
+                "bytes": n,
+                "bpp": n * 8 / (rgb.shape[0] * rgb.shape[1]),
+                "psnr": psnr_uint8(rgb, out),
+                "ms_ssim": ms_ssim_uint8(rgb, out),
+                "lpips": lpips_fn(rgb, out) if lpips_fn else None,
+                "encode_s": enc,
+                "decode_s": dec,
+                "exact": exact,
+            }
+        )
     means = {k: mean(rows, k) for k in ("bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s")}
     exact = [r["exact"] for r in rows]
     return {"images": len(rows), **means, "all_exact": None if None in exact else all(exact), "rows": rows}

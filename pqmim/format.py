@@ -122,7 +122,9 @@ def check_dimensions(width: int, height: int) -> None:
         raise BitstreamError(f"invalid image size {width}x{height}")
     limit = MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
-        raise BitstreamError(f"image size {width}x{height} exceeds the pixel limit ({limit}); raise pqmim.format.MAX_IMAGE_PIXELS to allow it")
+        raise BitstreamError(
+            f"image size {width}x{height} exceeds the pixel limit ({limit}); raise pqmim.format.MAX_IMAGE_PIXELS to allow it"
+        )
 
 
 def pack(header: Header, payload: bytes) -> bytes:
@@ -139,7 +141,16 @@ def pack(header: Header, payload: bytes) -> bytes:
             raise ValueError("chunks: at most 16, distinct tags of 4 ASCII letters")
         chunks = _put_varint(len(tags)) + b"".join(t + _put_varint(len(d)) + d for t, d in all_chunks)
     version = VERSION_CHUNKS if all_chunks else VERSION
-    body = MAGIC + bytes([version]) + header.model_id + fields + bytes([header.shift]) + header.codes_crc.to_bytes(4, "little") + chunks + payload
+    body = (
+        MAGIC
+        + bytes([version])
+        + header.model_id
+        + fields
+        + bytes([header.shift])
+        + header.codes_crc.to_bytes(4, "little")
+        + chunks
+        + payload
+    )
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -222,9 +233,13 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
     sent, fill = _get_send(found.pop(SEND), steps) if SEND in found else (None, 0)
     step_bytes = _get_prog(found.pop(PROG), steps if sent is None else sent, len(payload) if complete else None) if PROG in found else None
     if not complete and step_bytes is None:
-        raise BitstreamError("checksum mismatch: the file is truncated or corrupted (a file cut short decodes only if it was encoded with --progressive)")
+        raise BitstreamError(
+            "checksum mismatch: the file is truncated or corrupted (a file cut short decodes only if it was encoded with --progressive)"
+        )
     if not complete and step_bytes and len(payload) < step_bytes[0]:
-        raise BitstreamError(f"the file is cut short before its first coding step is complete ({step_bytes[0] - len(payload)} more bytes needed)")
+        raise BitstreamError(
+            f"the file is cut short before its first coding step is complete ({step_bytes[0] - len(payload)} more bytes needed)"
+        )
     extras = tuple((t, d) for t, d in chunks if t in found)
     return Header(model_id, width, height, steps, shift, codes_crc, extras, sent, fill, step_bytes), payload, complete
 

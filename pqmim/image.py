@@ -144,7 +144,9 @@ def pil_to_picture(im: Image.Image, what: str = "image") -> Picture:
 
 def _opaque(pic: Picture, what: str) -> Picture:
     if pic.alpha is not None:
-        raise UnsupportedImageError(f"{what} has transparency (an alpha channel), and this measures colour only: flatten it first (encoding keeps alpha)")
+        raise UnsupportedImageError(
+            f"{what} has transparency (an alpha channel), and this measures colour only: flatten it first (encoding keeps alpha)"
+        )
     return pic
 
 

@@ -59,8 +59,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build(sources: list[str | Path], out: str | Path, val: str | Path | None, max_side: int = 1024,
-          max_bytes: int = MAX_BYTES, qualities: tuple[int, ...] = QUALITIES, threads: int = 2) -> dict:
+def build(
+    sources: list[str | Path],
+    out: str | Path,
+    val: str | Path | None,
+    max_side: int = 1024,
+    max_bytes: int = MAX_BYTES,
+    qualities: tuple[int, ...] = QUALITIES,
+    threads: int = 2,
+) -> dict:
     """Write a pack of every photo in `sources` (and `val`'s crops); returns its manifest."""
     files = [p for s in sources for p in list_images(s)]
     with ThreadPoolExecutor(threads) as ex:
@@ -73,10 +80,16 @@ def build(sources: list[str | Path], out: str | Path, val: str | Path | None, ma
         if fixed + sum(len(j) for j in jpegs) <= max_bytes:
             break
     else:
-        raise ValueError(f"{len(files)} photos do not fit in {max_bytes / 2**20:.1f} MiB even at JPEG quality {qualities[-1]}: use fewer or a smaller max_side")
+        raise ValueError(
+            f"{len(files)} photos do not fit in {max_bytes / 2**20:.1f} MiB even at JPEG quality {qualities[-1]}: use fewer or a smaller max_side"
+        )
     manifest = {
-        "pack_version": PACK_VERSION, "images": len(photos), "megapixels": round(sum(a.shape[0] * a.shape[1] for a in photos) / 1e6, 2),
-        "sources": {str(s): len(list_images(s)) for s in sources}, "jpeg_quality": q, "max_side": max_side,
+        "pack_version": PACK_VERSION,
+        "images": len(photos),
+        "megapixels": round(sum(a.shape[0] * a.shape[1] for a in photos) / 1e6, 2),
+        "sources": {str(s): len(list_images(s)) for s in sources},
+        "jpeg_quality": q,
+        "max_side": max_side,
         "val": {"source": str(val) if val else None, "crops": len(vals), "size": VAL_CROP},
     }
     out = Path(out)
@@ -113,7 +126,11 @@ def read(path: str | Path, part: str = "train", threads: int = 8) -> list[np.nda
         raise ValueError(f"a pack has parts train and val, not {part!r}")
     manifest(path)  # checks the version
     with tarfile.open(path, "r") as tar:
-        blobs = [tar.extractfile(m).read() for m in sorted(tar.getmembers(), key=lambda m: m.name) if m.isfile() and m.name.startswith(part + "/")]
+        blobs = [
+            tar.extractfile(m).read()
+            for m in sorted(tar.getmembers(), key=lambda m: m.name)
+            if m.isfile() and m.name.startswith(part + "/")
+        ]
     with ThreadPoolExecutor(threads) as ex:
         return list(ex.map(_decode, blobs))
 
@@ -128,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     m = build(args.sources, args.out, args.val or None, args.max_side, int(args.max_mib * 2**20), threads=args.threads)
-    print(f"{args.out}: {m['images']} photos, {m['megapixels']} megapixels, JPEG quality {m['jpeg_quality']}, "
-          f"{m['val']['crops']} val crops, {m['bytes'] / 2**20:.1f} MiB")
+    print(
+        f"{args.out}: {m['images']} photos, {m['megapixels']} megapixels, JPEG quality {m['jpeg_quality']}, "
+        f"{m['val']['crops']} val crops, {m['bytes'] / 2**20:.1f} MiB"
+    )
     return m
 
 

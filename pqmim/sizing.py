@@ -58,8 +58,14 @@ def file_bytes(codec, pic: Picture, keep_metadata: bool, sent: int | None, paylo
     return len(fmt.pack(header, b"")) + payload_bytes
 
 
-def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = False, device: str = "cpu",
-                     progress: Callable[[str, int, int], None] | None = None, partial: bool = True) -> tuple[bytes, str]:
+def compress_to_size(
+    image: ImageLike,
+    max_bytes: int,
+    keep_metadata: bool = False,
+    device: str = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+    partial: bool = True,
+) -> tuple[bytes, str]:
     """(the .pqm bytes, the model's name) of the best file of `image` (ICC profile, alpha and,
     with keep_metadata, EXIF included) within max_bytes. With partial=False only whole files
     (every step sent) are considered, as before 0.4. `progress(model name, done, total)`
@@ -68,8 +74,14 @@ def compress_to_size(image: ImageLike, max_bytes: int, keep_metadata: bool = Fal
     return best.data, best.name
 
 
-def best_within(image: ImageLike, max_bytes: int, keep_metadata: bool = False, device: str = "cpu",
-                progress: Callable[[str, int, int], None] | None = None, partial: bool = True) -> Candidate:
+def best_within(
+    image: ImageLike,
+    max_bytes: int,
+    keep_metadata: bool = False,
+    device: str = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+    partial: bool = True,
+) -> Candidate:
     """The best candidate within max_bytes (see the module docstring)."""
     from .codec import shipped_codec
 

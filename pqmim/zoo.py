@@ -105,6 +105,8 @@ def describe_id(model_id: bytes) -> str:
         return f"model {name!r} (id {model_id.hex()})"
     r = retired(model_id)
     if r:
-        return (f"model {r['name']!r} (id {model_id.hex()}), which this release no longer ships "
-                f"(retired in {r['retired_in']}); decode it with {r['decoded_by']}")
+        return (
+            f"model {r['name']!r} (id {model_id.hex()}), which this release no longer ships "
+            f"(retired in {r['retired_in']}); decode it with {r['decoded_by']}"
+        )
     return f"an unknown model (id {model_id.hex()})"

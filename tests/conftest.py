@@ -12,6 +12,7 @@ from pqmim.config import ModelConfig
 from pqmim.models import PQMIM
 
 from pqmim.checkout import ROOT, SHARED  # noqa: F401  (SHARED: not every checkout has it)
+
 PHOTO = ROOT / "examples" / "kodim23.png"  # the photo the repository ships: natural pixels everywhere
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (Kodak, LPIPS/FID weights): absent beside this clone")
@@ -90,7 +91,9 @@ def write_ladder(folder: Path) -> dict[str, str]:
         model = make_tiny_model(seed=q, cfg=cfg)
         model.save(folder / f"{name}.safetensors")
         ids[name] = model.model_id().hex()
-        (folder / f"{name}.json").write_text(json.dumps({"model_id": ids[name], "description": "tiny test model", "kodak": {"bpp": 0.5 * q}}))
+        (folder / f"{name}.json").write_text(
+            json.dumps({"model_id": ids[name], "description": "tiny test model", "kodak": {"bpp": 0.5 * q}})
+        )
     return ids
 
 

@@ -53,7 +53,9 @@ def make_seeds(models: list[str], sizes: list[tuple[int, int]]) -> list[bytes]:
             crop = rgb[y : y + h, x : x + w]
             seeds.append(codec.compress(crop))
             seeds.append(codec.compress(crop, progressive=True))
-            seeds.append(codec.compress(crop, send_steps=int(rng.integers(1, codec.cfg.steps)), seed=None if i % 2 else i, progressive=bool(i % 3)))
+            seeds.append(
+                codec.compress(crop, send_steps=int(rng.integers(1, codec.cfg.steps)), seed=None if i % 2 else i, progressive=bool(i % 3))
+            )
     return seeds
 
 
@@ -245,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             w = Worker(models, args.max_pixels, args.max_rss_mb)
         if time.monotonic() - t_report > 60:
             t_report = time.monotonic()
-            print(f"{n} inputs, {crashes} crashes, slowest decode {slowest:.2f} s, worker peak {peak_rss:.0f} MB", file=sys.stderr, flush=True)
+            print(
+                f"{n} inputs, {crashes} crashes, slowest decode {slowest:.2f} s, worker peak {peak_rss:.0f} MB", file=sys.stderr, flush=True
+            )
     w.conn.send(None)
     summary = {
         "minutes": args.minutes,

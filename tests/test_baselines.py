@@ -16,16 +16,43 @@ from bench.train_baselines import main  # noqa: E402
 
 
 def test_train_export_and_code_a_tiny_hyperprior(tmp_path):
-    folders = {"train": [photo_crop(0, 0, 256, 256, variant=v) for v in range(3)], "val": [photo_crop(256, 128, 256, 256)],
-               "kodak": [photo_crop(350, 200, 100, 70)]}
+    folders = {
+        "train": [photo_crop(0, 0, 256, 256, variant=v) for v in range(3)],
+        "val": [photo_crop(256, 128, 256, 256)],
+        "kodak": [photo_crop(350, 200, 100, 70)],
+    }
     for name, images in folders.items():
         (tmp_path / name).mkdir()
         for i, rgb in enumerate(images):
             Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
-    args = ["--arch", "bmshj2018-hyperprior", "--channels", "8", "--latent-channels", "12", "--lmbda", "0.01", "--out", str(tmp_path / "run"),
-            "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--kodak", str(tmp_path / "kodak"),
-            "--plan", json.dumps({"iterations": 4, "crop": 64, "batch": 2}), "--ckpt-every", "2", "--log-every", "1",
-            "--name", "hp-tiny", "--export-dir", str(tmp_path / "models")]
+    args = [
+        "--arch",
+        "bmshj2018-hyperprior",
+        "--channels",
+        "8",
+        "--latent-channels",
+        "12",
+        "--lmbda",
+        "0.01",
+        "--out",
+        str(tmp_path / "run"),
+        "--train",
+        str(tmp_path / "train"),
+        "--val",
+        str(tmp_path / "val"),
+        "--kodak",
+        str(tmp_path / "kodak"),
+        "--plan",
+        json.dumps({"iterations": 4, "crop": 64, "batch": 2}),
+        "--ckpt-every",
+        "2",
+        "--log-every",
+        "1",
+        "--name",
+        "hp-tiny",
+        "--export-dir",
+        str(tmp_path / "models"),
+    ]
     main(args + ["--stop-at", "2"])
     main(args)  # resumes at step 2, finishes and exports
     log = (tmp_path / "run" / "train.log").read_text()
@@ -93,9 +120,32 @@ def test_two_ranks_stay_identical(tmp_path):
     script = tmp_path / "launch.py"
     script.write_text(LAUNCH)
     out = tmp_path / "run"
-    args = ["--arch", "bmshj2018-hyperprior", "--channels", "8", "--latent-channels", "8", "--out", str(out), "--name", "hp-ddp",
-            "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--kodak", "", "--stages", "train",
-            "--plan", json.dumps({"iterations": 5, "crop": 64, "batch": 4}), "--threads", "1", "--log-every", "1"]
+    args = [
+        "--arch",
+        "bmshj2018-hyperprior",
+        "--channels",
+        "8",
+        "--latent-channels",
+        "8",
+        "--out",
+        str(out),
+        "--name",
+        "hp-ddp",
+        "--train",
+        str(tmp_path / "train"),
+        "--val",
+        str(tmp_path / "val"),
+        "--kodak",
+        "",
+        "--stages",
+        "train",
+        "--plan",
+        json.dumps({"iterations": 5, "crop": 64, "batch": 4}),
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)

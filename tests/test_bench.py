@@ -15,8 +15,13 @@ pytest.importorskip("compressai")
 
 @needs_shared  # Kodak, the val photos and both sets of weights
 def test_bench_quick_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     kod = json.loads((tmp_path / "kodak.json").read_text())
     assert kod["images"] == 2 and kod["git_commit"] and kod["versions"]["torch"]
@@ -40,16 +45,26 @@ def test_bench_quick_end_to_end(tmp_path):
     (tmp_path / "kodak_psnr.png").unlink()
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:begin (python -m bench run writes this section) -->\nold\n<!-- bench:end -->\ntail\n")
-    r = subprocess.run([sys.executable, "-m", "pqmim", "bench", "report", "--results", str(tmp_path), "--readme", str(readme)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pqmim", "bench", "report", "--results", str(tmp_path), "--readme", str(readme)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     text = readme.read_text()
     assert (tmp_path / "kodak_psnr.png").exists() and "old" not in text and "BD-rate" in text and text.endswith("tail\n")
 
     # a second run takes every point from the cache: nothing is measured again
     cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")}
-    r = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")} == cached
 
@@ -92,16 +107,18 @@ def test_published_curves_are_marked():
 def test_training_curves_keep_the_final_attempt():
     from bench.curves import parse_log
 
-    log = "\n".join([
-        "10:00 start: stages ['2'] on CPU, config {'widths': [8, 8], 'm': 2}",
-        "10:01 stage2 val step 100: 6.600 bits/code on masked val codes",  # an attempt later restarted
-        "10:02 start: stages ['2'] on CPU, config {'widths': [8, 8], 'm': 2}",
-        "10:03 stage2 val step 150: 6.400 bits/code on masked val codes",
-        "10:04 start: stages ['1', '2'] on CPU, config {'widths': [8, 8], 'm': 2}",
-        "10:05 stage1: resumed at step 500",
-        "10:05 stage2: resumed at step 150",
-        "10:06 stage2 val step 300: 6.200 bits/code on masked val codes",
-    ])
+    log = "\n".join(
+        [
+            "10:00 start: stages ['2'] on CPU, config {'widths': [8, 8], 'm': 2}",
+            "10:01 stage2 val step 100: 6.600 bits/code on masked val codes",  # an attempt later restarted
+            "10:02 start: stages ['2'] on CPU, config {'widths': [8, 8], 'm': 2}",
+            "10:03 stage2 val step 150: 6.400 bits/code on masked val codes",
+            "10:04 start: stages ['1', '2'] on CPU, config {'widths': [8, 8], 'm': 2}",
+            "10:05 stage1: resumed at step 500",
+            "10:05 stage2: resumed at step 150",
+            "10:06 stage2 val step 300: 6.200 bits/code on masked val codes",
+        ]
+    )
     run = parse_log(log)
     assert run["config"]["m"] == 2 and run["stage2"] == [(150, 6.4), (300, 6.2)] and run["stage1"] == []
 
@@ -125,8 +142,27 @@ def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
     """`python -m bench speed` on the shipped photo and a small downscale of it: every row has
     real times and sizes, and the classical codecs are held to pqmim's file size."""
     out = tmp_path / "speed.json"
-    run = subprocess.run([sys.executable, "-m", "bench", "speed", "--image", str(ROOT / "examples" / "kodim23.png"), "--small", "96x64",
-                          "--repeat", "1", "--threads", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "speed",
+            "--image",
+            str(ROOT / "examples" / "kodim23.png"),
+            "--small",
+            "96x64",
+            "--repeat",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())
     assert {r["image"] for r in rows} == {"768x512", "96x64"}
@@ -141,9 +177,29 @@ def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
 @needs_shared  # Kodak and the LPIPS weights
 def test_bench_progressive_quick(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- progressive:begin (python -m bench progressive writes this section) -->\nold\n<!-- progressive:end -->\ntail\n")
-    r = subprocess.run([sys.executable, "-m", "bench", "progressive", "--quick", "--no-fid", "--results", str(tmp_path), "--readme", str(readme), "--threads", "2"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    readme.write_text(
+        "# x\n<!-- progressive:begin (python -m bench progressive writes this section) -->\nold\n<!-- progressive:end -->\ntail\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "progressive",
+            "--quick",
+            "--no-fid",
+            "--results",
+            str(tmp_path),
+            "--readme",
+            str(readme),
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "progressive_quick.json").read_text())
     assert [p["label"] for p in res["send"]] == ["q1 s=1", "q1 s=4", "q3 s=1", "q3 s=4"]

@@ -152,7 +152,9 @@ def test_batch_goes_on_past_a_bad_file(tmp_path, tiny_model_file):
     assert r.returncode == 1 and "d.pqm" in r.stderr.decode() and "decoded 2 of 3 files" in r.stderr.decode()
     assert Image.open(tmp_path / "decoded" / "a.png").size == (40, 30)
     assert not (tmp_path / "decoded" / "d.png").exists()  # a failure leaves nothing behind
-    r = run("decode", tmp_path / "coded" / "a.pqm", tmp_path / "coded" / "c.pqm", "-o", tmp_path / "decoded", "--model-file", tiny_model_file)
+    r = run(
+        "decode", tmp_path / "coded" / "a.pqm", tmp_path / "coded" / "c.pqm", "-o", tmp_path / "decoded", "--model-file", tiny_model_file
+    )
     assert r.returncode == 1 and "exists (use --force" in r.stderr.decode()  # no silent overwrite in a batch either
 
 

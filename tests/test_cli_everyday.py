@@ -108,8 +108,12 @@ def test_send_steps_progressive_and_partial(tmp_path, tiny_ladder):
     r = run("decode", tmp_path / "cut.pqm", "-o", tmp_path / "cut.png", "--partial", env=env)
     assert r.returncode == 0 and b"cut short" in r.stderr and b"of 6 coding steps" in r.stderr, r.stderr
     assert Image.open(tmp_path / "cut.png").mode == "RGBA"  # the alpha chunk is in the header
-    for bad, msg in ((["encode", src, "--seed", "1"], b"--send-steps"), (["decode", tmp_path / "p.pqm", "--seed", "1"], b"--partial"),
-                     (["encode", src, "--max-bytes", "500", "--send-steps", "1"], b"choose the steps"), (["encode", src, "--send-steps", "9", "-f"], b"send_steps")):
+    for bad, msg in (
+        (["encode", src, "--seed", "1"], b"--send-steps"),
+        (["decode", tmp_path / "p.pqm", "--seed", "1"], b"--partial"),
+        (["encode", src, "--max-bytes", "500", "--send-steps", "1"], b"choose the steps"),
+        (["encode", src, "--send-steps", "9", "-f"], b"send_steps"),
+    ):
         r = run(*bad, env=env)
         assert r.returncode == 1 and msg in r.stderr, r.stderr
 
@@ -148,12 +152,22 @@ def test_core_install_needs_no_benchmark_package(tmp_path, tiny_ladder):
     import tomllib
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert not [d for d in deps if d.split(">")[0].split("=")[0].split("<")[0].strip() in {"compressai", "lpips", "torch-fidelity", "bjontegaard", "matplotlib", "torchvision"}]
+    assert not [
+        d
+        for d in deps
+        if d.split(">")[0].split("=")[0].split("<")[0].strip()
+        in {"compressai", "lpips", "torch-fidelity", "bjontegaard", "matplotlib", "torchvision"}
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PQMIM_MODELS": str(tiny_ladder[0])}
     with Image.open(PHOTO) as im:
         im.crop((0, 0, 96, 64)).save(tmp_path / "p.png")
-    for args in (["--version"], ["models"], ["encode", tmp_path / "p.png", "-o", tmp_path / "p.pqm", "-q", "1"],
-                 ["decode", tmp_path / "p.pqm", "-o", tmp_path / "p_out.png"], ["info", tmp_path / "p.pqm"]):
+    for args in (
+        ["--version"],
+        ["models"],
+        ["encode", tmp_path / "p.png", "-o", tmp_path / "p.pqm", "-q", "1"],
+        ["decode", tmp_path / "p.pqm", "-o", tmp_path / "p_out.png"],
+        ["info", tmp_path / "p.pqm"],
+    ):
         r = subprocess.run([sys.executable, "-c", BLOCK_BENCH, *map(str, args)], capture_output=True, env=env, timeout=300)
         assert r.returncode == 0, (args, r.stderr)
     assert Image.open(tmp_path / "p_out.png").size == (96, 64)

@@ -22,12 +22,30 @@ torch.save(model.state_dict(), os.path.join(sys.argv[sys.argv.index("--out") + 1
 def torchrun(tmp_path, out, *extra):
     script = tmp_path / "launch.py"
     script.write_text(LAUNCH)
-    args = ["--out", str(out), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--kodak", "",
-            "--config", json.dumps(TINY.to_dict()), "--stages", "1,2", "--threads", "1", "--log-every", "1",
-            # plans in the names written before 0.5 ("steps" for iterations) are still read
-            "--stage1-plan", json.dumps({"steps": 6, "warmup_ae_steps": 2, "small_crop_until": 3, "small_crop": 32,
-                                         "small_batch": 4, "crop": 64, "batch": 4}),
-            "--stage2-plan", json.dumps({"steps": 4, "batch": 4}), *extra]
+    args = [
+        "--out",
+        str(out),
+        "--train",
+        str(tmp_path / "train"),
+        "--val",
+        str(tmp_path / "val"),
+        "--kodak",
+        "",
+        "--config",
+        json.dumps(TINY.to_dict()),
+        "--stages",
+        "1,2",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+        # plans in the names written before 0.5 ("steps" for iterations) are still read
+        "--stage1-plan",
+        json.dumps({"steps": 6, "warmup_ae_steps": 2, "small_crop_until": 3, "small_crop": 32, "small_batch": 4, "crop": 64, "batch": 4}),
+        "--stage2-plan",
+        json.dumps({"steps": 4, "batch": 4}),
+        *extra,
+    ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -17,7 +17,6 @@ from pqmim.image import Picture, read_picture
 from conftest import PHOTO
 
 
-
 def photo(w=64, h=48) -> np.ndarray:
     with Image.open(PHOTO) as im:
         return np.asarray(im.convert("RGB"))[200 : 200 + h, 300 : 300 + w].copy()
@@ -154,7 +153,7 @@ def test_truncated_chunk_section_and_duplicates(tiny_codec):
     dup = body[: len(body) - len(payload)]  # craft a duplicate past pack()'s check
     i = dup.index(b"ALPH")
     n = len(header.chunks[0][1])
-    crafted = bytearray(dup[:i - 1]) + b"\x02" + dup[i:] + dup[i:] + payload
+    crafted = bytearray(dup[: i - 1]) + b"\x02" + dup[i:] + dup[i:] + payload
     crafted = bytes(crafted)
     with pytest.raises(BitstreamError, match="twice"):
         fmt.unpack(crafted + zlib.crc32(crafted).to_bytes(4, "little"))
@@ -202,8 +201,12 @@ def _sample_v3(codec) -> bytes:
 @pytest.mark.parametrize("kind", ["flat", "rows", "columns", "noise"])
 def test_every_alpha_filter_roundtrips(kind):
     rng = np.random.default_rng(1)
-    a = {"flat": np.full((9, 13), 7, np.uint8), "rows": np.repeat(rng.integers(0, 256, (9, 1), dtype=np.uint8), 13, 1),
-         "columns": np.repeat(rng.integers(0, 256, (1, 13), dtype=np.uint8), 9, 0), "noise": rng.integers(0, 256, (9, 13), dtype=np.uint8)}[kind]
+    a = {
+        "flat": np.full((9, 13), 7, np.uint8),
+        "rows": np.repeat(rng.integers(0, 256, (9, 1), dtype=np.uint8), 13, 1),
+        "columns": np.repeat(rng.integers(0, 256, (1, 13), dtype=np.uint8), 9, 0),
+        "noise": rng.integers(0, 256, (9, 13), dtype=np.uint8),
+    }[kind]
     for f in (0, 1, 2):  # each filter, forced, decodes exactly
         packed = dict(Extras(alpha=a).to_chunks())[b"ALPH"]
         assert packed[0] in (0, 1, 2)

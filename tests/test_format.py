@@ -46,12 +46,15 @@ def test_trailing_garbage_is_refused():
         fmt.unpack(sample() + b"\x00junk")
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "empty"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "magic"),
-    (b"PQ", "truncated"),
-    (b"PQM\x09" + b"\0" * 30, "version"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "magic"),
+        (b"PQ", "truncated"),
+        (b"PQM\x09" + b"\0" * 30, "version"),
+    ],
+)
 def test_foreign_and_broken_inputs(data, match):
     with pytest.raises(BitstreamError, match=match):
         fmt.unpack(data)
@@ -62,8 +65,9 @@ def _forge(width: int, height: int, steps: int = 8) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-@pytest.mark.parametrize("w,h,match", [(0, 10, "invalid image size"), (10, 0, "invalid image size"),
-                                       (2**20, 2**20, "pixel limit"), (100, 100, None)])
+@pytest.mark.parametrize(
+    "w,h,match", [(0, 10, "invalid image size"), (10, 0, "invalid image size"), (2**20, 2**20, "pixel limit"), (100, 100, None)]
+)
 def test_lying_dimensions_checked_before_decoding(w, h, match):
     if match is None:
         assert fmt.unpack(_forge(w, h))[0].width == 100

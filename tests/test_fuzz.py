@@ -130,7 +130,7 @@ def test_pixel_limit_is_checked_before_decoding(tiny_codec, sample, monkeypatch)
 def test_every_symbol_gets_a_nonzero_probability():
     from pqmim.entropy import pmf
 
-    logits = torch.tensor([[0.0, -1e9, 50.0, float(-2**40)]], dtype=torch.float64)
+    logits = torch.tensor([[0.0, -1e9, 50.0, float(-(2**40))]], dtype=torch.float64)
     w = pmf.integer_weights(logits).numpy()
     assert w.min() >= 1 and w.max() == 2**pmf.WEIGHT_BITS
     assert np.isfinite(pmf.symbol_bits(w.astype(np.float32), np.array([1]))).all()

@@ -180,7 +180,10 @@ def test_ship_keeps_the_budget_and_retires_replaced_ids(tmp_path, monkeypatch):
     (export / "mbt2018-mean-lambda0.0018.safetensors").write_bytes(b"new")
     (export / "mbt2018-mean-lambda0.0018.json").write_text(json.dumps({"arch": "mbt2018-mean", "kodak": {"bpp": 0.2, "psnr": 28.0}}))
     gpu_round.ship(tmp_path / "round", ["mbt2018-mean-lambda0.0018"], models)
-    assert sorted(p.name for p in (models / "baselines").iterdir()) == ["mbt2018-mean-lambda0.0018.json", "mbt2018-mean-lambda0.0018.safetensors"]
+    assert sorted(p.name for p in (models / "baselines").iterdir()) == [
+        "mbt2018-mean-lambda0.0018.json",
+        "mbt2018-mean-lambda0.0018.safetensors",
+    ]
 
 
 # ----------------------------------------------------------------------------- time budgets

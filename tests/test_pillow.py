@@ -11,7 +11,6 @@ import pqmim  # noqa: F401  (registers the plugin)
 from conftest import PHOTO
 
 
-
 def crop(w=80, h=56) -> Image.Image:
     with Image.open(PHOTO) as im:
         return im.convert("RGB").crop((300, 200, 300 + w, 200 + h))

@@ -142,7 +142,11 @@ def test_send_files_are_refused_by_a_decoder_that_cannot_fill_in(tiny_codec, rgb
 
 
 def test_bad_arguments(tiny_codec, rgb):
-    for bad in (0, -1, tiny_codec.cfg.steps + 1):  # at least the first step is sent: see test_a_header_alone_cannot_make_the_decoder_generate
+    for bad in (
+        0,
+        -1,
+        tiny_codec.cfg.steps + 1,
+    ):  # at least the first step is sent: see test_a_header_alone_cannot_make_the_decoder_generate
         with pytest.raises(ValueError, match="send_steps"):
             tiny_codec.compress(rgb, send_steps=bad)
     with pytest.raises(ValueError, match="seed"):
@@ -204,7 +208,9 @@ def decode_or_reject(codec, data: bytes, partial: bool = False) -> str:
 
 
 @FAST
-@given(sent=st.integers(0, 300), fill=st.integers(0, 1 << 36), tail=st.binary(max_size=3), steps=st.lists(st.integers(0, 1 << 20), max_size=10))
+@given(
+    sent=st.integers(0, 300), fill=st.integers(0, 1 << 36), tail=st.binary(max_size=3), steps=st.lists(st.integers(0, 1 << 20), max_size=10)
+)
 def test_lying_send_and_prog_chunks(tiny_codec, rgb, sent, fill, tail, steps):
     data = tiny_codec.compress(rgb, send_steps=2, progressive=True)
     send = fmt._put_varint(sent) + fmt._put_varint(fill) + tail

@@ -113,7 +113,9 @@ def test_decodes_exactly_when_logits_differ_within_the_margin(tiny_codec, monkey
     ent = tiny_codec.coder.entropy
     gen = torch.Generator().manual_seed(0)
     real = type(ent).logits
-    monkeypatch.setattr(ent, "logits", lambda h: (lambda x: x + (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * noise)(real(ent, h)))
+    monkeypatch.setattr(
+        ent, "logits", lambda h: (lambda x: x + (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * noise)(real(ent, h))
+    )
     if exact:
         assert torch.equal(tiny_codec.read_codes(data)[1], chosen)
     else:
@@ -128,7 +130,9 @@ def test_encoder_shifts_the_grid_when_a_logit_is_too_close(tiny_codec, monkeypat
 
     ent = tiny_codec.coder.entropy
     real = type(ent).logits
-    monkeypatch.setattr(ent, "logits", lambda h: torch.floor(real(ent, h) * pmf.STEPS_PER_NAT) / pmf.STEPS_PER_NAT + 0.5 / pmf.STEPS_PER_NAT)
+    monkeypatch.setattr(
+        ent, "logits", lambda h: torch.floor(real(ent, h) * pmf.STEPS_PER_NAT) / pmf.STEPS_PER_NAT + 0.5 / pmf.STEPS_PER_NAT
+    )
     rgb = photo_crop(0, 0, 64, 64, variant=6)
     data = tiny_codec.compress(rgb)
     header, codes = tiny_codec.read_codes(data)

@@ -28,7 +28,6 @@ from pqmim.web.app import Settings, create_app  # noqa: E402
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-
 def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
@@ -105,18 +104,21 @@ def test_target_size_mode_never_goes_over(ladder_client):
     assert state["status"] == "error" and "too small for this image" in state["error"]
 
 
-@pytest.mark.parametrize("query, body, status, says", [
-    ("codec=webp&quality=3", b"not an image at all", 400, "is not an image"),
-    ("codec=webp&quality=3", b"", 400, "empty"),
-    ("codec=webp&quality=3", png_bytes(photo_crop(0, 0, 64, 64))[:200], 400, "cannot be read"),
-    ("codec=webp&quality=3", png_bytes(np.dstack([photo_crop(0, 0, 64, 64), np.full((64, 64), 7, np.uint8)])), 400, "transparency"),
-    ("codec=webp&quality=3", png_bytes(photo_crop(0, 0, 200, 150)), 400, "at most 10,000"),
-    ("codec=webp&quality=3", b"x" * 5000, 413, "larger than"),
-    ("codec=bmp&quality=3", png_bytes(photo_crop(0, 0, 64, 64)), 400, "codec"),
-    ("codec=webp&quality=9", png_bytes(photo_crop(0, 0, 64, 64)), 400, "no quality level"),
-    ("codec=webp&quality=3&max_bytes=100", png_bytes(photo_crop(0, 0, 64, 64)), 400, "not both"),
-    ("codec=webp&max_bytes=-5", png_bytes(photo_crop(0, 0, 64, 64)), 400, "whole number"),
-])
+@pytest.mark.parametrize(
+    "query, body, status, says",
+    [
+        ("codec=webp&quality=3", b"not an image at all", 400, "is not an image"),
+        ("codec=webp&quality=3", b"", 400, "empty"),
+        ("codec=webp&quality=3", png_bytes(photo_crop(0, 0, 64, 64))[:200], 400, "cannot be read"),
+        ("codec=webp&quality=3", png_bytes(np.dstack([photo_crop(0, 0, 64, 64), np.full((64, 64), 7, np.uint8)])), 400, "transparency"),
+        ("codec=webp&quality=3", png_bytes(photo_crop(0, 0, 200, 150)), 400, "at most 10,000"),
+        ("codec=webp&quality=3", b"x" * 5000, 413, "larger than"),
+        ("codec=bmp&quality=3", png_bytes(photo_crop(0, 0, 64, 64)), 400, "codec"),
+        ("codec=webp&quality=9", png_bytes(photo_crop(0, 0, 64, 64)), 400, "no quality level"),
+        ("codec=webp&quality=3&max_bytes=100", png_bytes(photo_crop(0, 0, 64, 64)), 400, "not both"),
+        ("codec=webp&max_bytes=-5", png_bytes(photo_crop(0, 0, 64, 64)), 400, "whole number"),
+    ],
+)
 def test_bad_uploads_get_a_clear_error(tiny_ladder, query, body, status, says):
     with TestClient(create_app(Settings(max_upload_bytes=4096 if status == 413 else 1 << 20, max_pixels=10_000))) as client:
         r = client.post(f"/api/jobs?{query}", content=body, headers={"X-Filename": "upload.png"})
@@ -149,7 +151,10 @@ def test_one_job_at_a_time_and_errors_are_one_line(tmp_path):
         for value, says in ((1, "internal error (RuntimeError)"), (2, "a clear reason")):
             state = wait(client, client.post("/api/jobs?codec=jpeg420&quality=1", content=image(value)).json()["id"])
             assert state["status"] == "error" and state["error"].startswith(says) and "internals" not in state["error"]
-        ids = [wait(client, client.post("/api/jobs?codec=jpeg420&quality=1", content=image(0)).json()["id"])["id"] for _ in range(jobs.KEEP_JOBS)]
+        ids = [
+            wait(client, client.post("/api/jobs?codec=jpeg420&quality=1", content=image(0)).json()["id"])["id"]
+            for _ in range(jobs.KEEP_JOBS)
+        ]
         # only the last KEEP_JOBS jobs keep their folders, all inside the scratch folder
         assert sorted(p.name for p in scratch.iterdir()) == sorted(ids)
         assert client.get(f"/api/jobs/{first.json()['id']}").status_code == 404
@@ -166,6 +171,7 @@ def test_cli_serve_defaults_to_loopback_and_needs_real_weights(capsys):
 
 
 # -- in a real browser
+
 
 def free_port_server(app):
     import uvicorn
@@ -207,9 +213,17 @@ def test_the_page_in_a_real_browser(tmp_path):
     server, thread, port = free_port_server(app)
     try:
         with playwright.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-                "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--disable-quic"])
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--disable-quic",
+                ],
+            )
             page = browser.new_page(viewport={"width": 1280, "height": 720}, accept_downloads=True)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#quality option", state="attached")
@@ -232,7 +246,9 @@ def test_the_page_in_a_real_browser(tmp_path):
             assert shown("pqmim", "psnr")[0] == f"{psnr_uint8(rgb, decoded):.2f}"
             assert shown("pqmim", "bpp")[0] == f"{len(data) * 8 / rgb[..., 0].size:.4f}"
             _, webp = classical.encode_at_size("webp", rgb, len(data))
-            assert int(shown("webp", "bytes")[1]) == len(webp) and shown("webp", "psnr")[0] == f"{psnr_uint8(rgb, classical.decode(webp)):.2f}"
+            assert (
+                int(shown("webp", "bytes")[1]) == len(webp) and shown("webp", "psnr")[0] == f"{psnr_uint8(rgb, classical.decode(webp)):.2f}"
+            )
             if lpips:
                 from pqmim.evaluate import LPIPSAlex
 
@@ -244,8 +260,12 @@ def test_the_page_in_a_real_browser(tmp_path):
                 page.click("#dl-pqm")
             assert dl.value.suggested_filename == "kodim23_crop.pqm" and Path(dl.value.path()).read_bytes() == data
             # both images are drawn (decoded by the browser), at the split
-            page.wait_for_function("document.getElementById('img-left').complete && document.getElementById('img-left').naturalWidth === 512")
-            page.wait_for_function("document.getElementById('img-right').complete && document.getElementById('img-right').naturalWidth === 512")
+            page.wait_for_function(
+                "document.getElementById('img-left').complete && document.getElementById('img-left').naturalWidth === 512"
+            )
+            page.wait_for_function(
+                "document.getElementById('img-right').complete && document.getElementById('img-right').naturalWidth === 512"
+            )
             page.fill("#split", "40")
             page.dispatch_event("#split", "input")
             shot = tmp_path / "serve.png"

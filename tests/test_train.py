@@ -10,18 +10,41 @@ from pqmim.train import main
 
 
 def test_train_resume_export(tmp_path):
-    folders = {"train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(4)],  # the photo's 4 corners
-               "val": [photo_crop(240, 120, 288, 272, variant=v) for v in (0, 3)], "kodak": [photo_crop(350, 200, 64, 48)]}
+    folders = {
+        "train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(4)],  # the photo's 4 corners
+        "val": [photo_crop(240, 120, 288, 272, variant=v) for v in (0, 3)],
+        "kodak": [photo_crop(350, 200, 64, 48)],
+    }
     for name, images in folders.items():
         (tmp_path / name).mkdir()
         for i, rgb in enumerate(images):
             Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
-    args = ["--out", str(tmp_path / "run"), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
-            "--kodak", str(tmp_path / "kodak"), "--config", json.dumps(TINY.to_dict()),
-            "--stage1-plan", json.dumps({"iterations": 6, "warmup_ae_iterations": 2, "small_crop_until": 3, "small_crop": 32,
-                                         "small_batch": 2, "crop": 64, "batch": 2}),
-            "--stage2-plan", json.dumps({"iterations": 4, "batch": 4}), "--ckpt-every", "3", "--log-every", "1",
-            "--name", "tiny-trained", "--export-dir", str(tmp_path / "models")]
+    args = [
+        "--out",
+        str(tmp_path / "run"),
+        "--train",
+        str(tmp_path / "train"),
+        "--val",
+        str(tmp_path / "val"),
+        "--kodak",
+        str(tmp_path / "kodak"),
+        "--config",
+        json.dumps(TINY.to_dict()),
+        "--stage1-plan",
+        json.dumps(
+            {"iterations": 6, "warmup_ae_iterations": 2, "small_crop_until": 3, "small_crop": 32, "small_batch": 2, "crop": 64, "batch": 2}
+        ),
+        "--stage2-plan",
+        json.dumps({"iterations": 4, "batch": 4}),
+        "--ckpt-every",
+        "3",
+        "--log-every",
+        "1",
+        "--name",
+        "tiny-trained",
+        "--export-dir",
+        str(tmp_path / "models"),
+    ]
     main(args + ["--stages", "1"])
     log = (tmp_path / "run" / "train.log").read_text()
     assert "k-means initialised" in log and "perplexity" in log and "stage1 val iteration 6" in log
@@ -54,10 +77,34 @@ def test_block_causal_entropy_variant_of_a_trained_model(tmp_path):
     base = make_tiny_model(seed=7)
     base.save(tmp_path / "models" / "tiny-full.safetensors", storage="int8")
     causal = dataclasses.replace(TINY, causal=True)
-    main(["--out", str(tmp_path / "run"), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "train"), "--kodak", "",
-          "--config", json.dumps(causal.to_dict()), "--init-from", str(tmp_path / "models" / "tiny-full.safetensors"),
-          "--stages", "2,export", "--stage2-plan", json.dumps({"iterations": 3, "batch": 4}), "--ckpt-every", "3",
-          "--name", "tiny-causal", "--base", "tiny-full", "--export-dir", str(tmp_path / "models")])
+    main(
+        [
+            "--out",
+            str(tmp_path / "run"),
+            "--train",
+            str(tmp_path / "train"),
+            "--val",
+            str(tmp_path / "train"),
+            "--kodak",
+            "",
+            "--config",
+            json.dumps(causal.to_dict()),
+            "--init-from",
+            str(tmp_path / "models" / "tiny-full.safetensors"),
+            "--stages",
+            "2,export",
+            "--stage2-plan",
+            json.dumps({"iterations": 3, "batch": 4}),
+            "--ckpt-every",
+            "3",
+            "--name",
+            "tiny-causal",
+            "--base",
+            "tiny-full",
+            "--export-dir",
+            str(tmp_path / "models"),
+        ]
+    )
     log = (tmp_path / "run" / "train.log").read_text()
     assert "stage2 val iteration 3" in log and "on all val codes" in log
     card = json.loads((tmp_path / "models" / "tiny-causal.json").read_text())
@@ -82,9 +129,29 @@ def test_one_resume_rule_names_and_metrics(tmp_path):
     plan = {"iterations": 3, "warmup_ae_iterations": 1, "small_crop_until": 0, "crop": 64, "batch": 2}
 
     def run(out="run", config=TINY.to_dict(), stage1_plan=plan, *extra):
-        main(["--out", str(tmp_path / out), "--train", str(tmp_path / "train"), "--val", str(tmp_path / "train"), "--kodak", "",
-              "--config", json.dumps(config), "--stage1-plan", json.dumps(stage1_plan), "--stages", "1", "--log-every", "1",
-              "--ckpt-every", "2", *extra])
+        main(
+            [
+                "--out",
+                str(tmp_path / out),
+                "--train",
+                str(tmp_path / "train"),
+                "--val",
+                str(tmp_path / "train"),
+                "--kodak",
+                "",
+                "--config",
+                json.dumps(config),
+                "--stage1-plan",
+                json.dumps(stage1_plan),
+                "--stages",
+                "1",
+                "--log-every",
+                "1",
+                "--ckpt-every",
+                "2",
+                *extra,
+            ]
+        )
 
     run("run", TINY.to_dict(), plan, "--stop-at", "2")
     with pytest.raises(SystemExit, match="another --stage1-plan"):

@@ -16,6 +16,7 @@ import sys
 from .commands import cmd_compare, cmd_decode, cmd_encode, cmd_info, cmd_models, cmd_serve
 from .common import USAGE_ERRORS, CLIError, parse_crop
 
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -35,14 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", help="compress an image into a .pqm file")
     p.add_argument("input", nargs="+", help="image file (PNG, JPEG, WebP, ...), - for stdin, or several files and folders (a batch)")
-    p.add_argument("-o", "--output", help="output .pqm file, or - for stdout, or the output folder of a batch (default: input name with .pqm)")
+    p.add_argument(
+        "-o", "--output", help="output .pqm file, or - for stdout, or the output folder of a batch (default: input name with .pqm)"
+    )
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("-q", "--quality", type=int, help="quality level, 1 = smallest files (see `pqmim models`; default: the default model)")
-    p.add_argument("--max-bytes", type=int, metavar="N", help="the best file of at most N bytes (never over): the quality level and the number of coding steps sent with the highest PSNR")
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help="the best file of at most N bytes (never over): the quality level and the number of coding steps sent with the highest PSNR",
+    )
     p.add_argument("--max-bpp", type=float, metavar="B", help="the same, at most B bits per pixel")
-    p.add_argument("--send-steps", type=int, metavar="S", help="send only the first S coding steps (1 to the model's steps, 8); the decoder fills in the rest with the transformer")
-    p.add_argument("--seed", type=int, help="with --send-steps: fill in the codes not sent by drawing them with this seed (default: the code words the transformer expects, the best PSNR)")
-    p.add_argument("--progressive", action="store_true", help="add a table (about a byte per step) with which the start of the file decodes to a preview (decode --partial)")
+    p.add_argument(
+        "--send-steps",
+        type=int,
+        metavar="S",
+        help="send only the first S coding steps (1 to the model's steps, 8); the decoder fills in the rest with the transformer",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="with --send-steps: fill in the codes not sent by drawing them with this seed (default: the code words the transformer expects, the best PSNR)",
+    )
+    p.add_argument(
+        "--progressive",
+        action="store_true",
+        help="add a table (about a byte per step) with which the start of the file decodes to a preview (decode --partial)",
+    )
     p.add_argument("--keep-metadata", action="store_true", help="also store the EXIF block (the ICC profile is always kept)")
     talk_opts(p)
     model_opts(p)
@@ -50,10 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", help="decompress a .pqm file into an image")
     p.add_argument("input", nargs="+", help=".pqm file, - for stdin, or several files and folders (a batch)")
-    p.add_argument("-o", "--output", help="output image (.png, .webp, ...), or - for PNG on stdout, or the output folder of a batch (default: input name with .png)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output image (.png, .webp, ...), or - for PNG on stdout, or the output folder of a batch (default: input name with .png)",
+    )
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--partial", action="store_true", help="accept a progressive file cut short: decode the steps it holds and fill in the rest")
-    p.add_argument("--seed", type=int, help="with --partial: fill in the codes not received by drawing them with this seed (default: the code words the transformer expects)")
+    p.add_argument(
+        "--partial", action="store_true", help="accept a progressive file cut short: decode the steps it holds and fill in the rest"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="with --partial: fill in the codes not received by drawing them with this seed (default: the code words the transformer expects)",
+    )
     talk_opts(p)
     model_opts(p)
     p.set_defaults(func=cmd_decode)
@@ -78,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a local web page: your image through pqmim beside JPEG, WebP or AVIF at the same size")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--lpips-weights", metavar="PATH", help="AlexNet backbone weights for LPIPS (a checkout's ../shared/weights/lpips_alexnet_features.pth); without them LPIPS is not shown")
+    p.add_argument(
+        "--lpips-weights",
+        metavar="PATH",
+        help="AlexNet backbone weights for LPIPS (a checkout's ../shared/weights/lpips_alexnet_features.pth); without them LPIPS is not shown",
+    )
     p.add_argument("--max-upload-mb", type=float, default=50, help="largest upload accepted, in MiB (default 50)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the networks run")
     p.set_defaults(func=cmd_serve)
@@ -96,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_bench(argv: list[str]) -> int:
     """`pqmim bench ...` runs the checkout's bench/ package (it is not part of the installed wheel)."""
     from ..checkout import ROOT as root
+
     if not (root / "bench" / "__main__.py").is_file():
         print("pqmim: error: the bench suite runs from a source checkout of pqmim (bench/ not found)", file=sys.stderr)
         return 1

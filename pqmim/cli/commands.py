@@ -6,7 +6,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (CLIError, read_input, write_output, say, Timings, coding_bar, check_device, load_codec, read_picture_arg, is_batch, batch_jobs, run_batch, is_image, pil_format_for)
+from .common import (
+    CLIError,
+    read_input,
+    write_output,
+    say,
+    Timings,
+    coding_bar,
+    check_device,
+    load_codec,
+    read_picture_arg,
+    is_batch,
+    batch_jobs,
+    run_batch,
+    is_image,
+    pil_format_for,
+)
+
 
 def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> None:
     """Encode one image file (or - for stdin) into a .pqm file (or - for stdout); `codec` is
@@ -24,7 +40,9 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
             data, name = compress_to_size(pic, budget, args.keep_metadata, args.device)
         else:
             with coding_bar(args, w * h, Path(src).name) as progress:
-                data = codec.compress(pic, args.keep_metadata, progress, send_steps=args.send_steps, seed=args.seed, progressive=args.progressive)
+                data = codec.compress(
+                    pic, args.keep_metadata, progress, send_steps=args.send_steps, seed=args.seed, progressive=args.progressive
+                )
                 name = codec.name
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
     with t("write"):
@@ -54,7 +72,9 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
         with coding_bar(args, header.width * header.height, Path(src).name) as progress:
             image = codec.decompress(data, progress, partial=args.partial, seed=args.seed)
     if not complete and not args.quiet:
-        say(f"{src}: cut short: {len(data)} bytes hold {header.steps_in(len(payload))} of {header.steps} coding steps; the rest is filled in")
+        say(
+            f"{src}: cut short: {len(data)} bytes hold {header.steps_in(len(payload))} of {header.steps} coding steps; the rest is filled in"
+        )
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
     buf = io.BytesIO()
     keep = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
@@ -110,11 +130,21 @@ def cmd_info(args: argparse.Namespace) -> None:
     px = header.width * header.height
     print(f"model:   {zoo.describe_id(header.model_id).removeprefix('model ')}")
     print(f"image:   {header.width}x{header.height}")
-    print(f"steps:   {header.steps}" + ("" if header.sent is None else f", {header.sent} sent, the rest filled in with " + ("expected code words" if not header.fill else f"codes drawn with seed {header.fill - 1}")))
+    print(
+        f"steps:   {header.steps}"
+        + (
+            ""
+            if header.sent is None
+            else f", {header.sent} sent, the rest filled in with "
+            + ("expected code words" if not header.fill else f"codes drawn with seed {header.fill - 1}")
+        )
+    )
     if header.step_bytes is not None:
         print("preview: progressive; payload bytes per step " + ", ".join(map(str, header.step_bytes)))
     if not complete:
-        print(f"cut:     the file is cut short (no checksum at its end): it holds {header.steps_in(len(payload))} of {header.steps_sent} steps (decode --partial)")
+        print(
+            f"cut:     the file is cut short (no checksum at its end): it holds {header.steps_in(len(payload))} of {header.steps_sent} steps (decode --partial)"
+        )
     extra = sum(len(d) for _, d in header.chunks)  # the extras (profile, EXIF, alpha); SEND and prog count as header
     print(f"bytes:   {len(data)} (payload {len(payload)}, extras {extra}, header and checksum {len(data) - len(payload) - extra})")
     print(f"bpp:     {len(data) * 8 / px:.4f}")
@@ -141,8 +171,10 @@ def cmd_models(args: argparse.Namespace) -> None:
         f = 2 ** len(cfg.get("widths", [])) if cfg else "-"
         size = zoo.model_path(c["name"]).stat().st_size / 1e6
         default = " (default)" if c["name"] == zoo.DEFAULT_MODEL else ""
-        print(f"{c['name']:<16} {quality.get(c['name'], '-'):>2} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3} {size:>5.1f}  "
-              f"{num(kodak, 'bpp', '.4f'):>6} {num(kodak, 'psnr', '.2f'):>6} {num(kodak, 'ms_ssim', '.4f'):>7}  {c.get('description', '')}{default}")
+        print(
+            f"{c['name']:<16} {quality.get(c['name'], '-'):>2} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3} {size:>5.1f}  "
+            f"{num(kodak, 'bpp', '.4f'):>6} {num(kodak, 'psnr', '.2f'):>6} {num(kodak, 'ms_ssim', '.4f'):>7}  {c.get('description', '')}{default}"
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -164,7 +196,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
         else:
             size = f"{'>' if r['over_budget'] else ''}{r['bytes']}"
             print(f"{r['label']:<12} {r['setting']:<10} {size:>7} {r['bpp']:>7.4f} {r['psnr']:>6.2f}")
-    print(f"wrote {out}" + ("  (>: that codec cannot make a file as small as pqmim's; this is its smallest)" if any(r["over_budget"] for r in rows) else ""))
+    print(
+        f"wrote {out}"
+        + ("  (>: that codec cannot make a file as small as pqmim's; this is its smallest)" if any(r["over_budget"] for r in rows) else "")
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -172,10 +207,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         from ..web.app import Settings, serve
     except ImportError as e:
-        raise CLIError(f"pqmim serve needs the web extra ({e.name} is missing): pip install \"pqmim[web]\"") from None
+        raise CLIError(f'pqmim serve needs the web extra ({e.name} is missing): pip install "pqmim[web]"') from None
     if args.lpips_weights and not Path(args.lpips_weights).is_file():
         raise CLIError(f"no such file: {args.lpips_weights}")
     if args.max_upload_mb <= 0:
         raise CLIError("--max-upload-mb must be positive")
-    serve(args.host, args.port, Settings(check_device(args.device), Path(args.lpips_weights) if args.lpips_weights else None,
-                                         int(args.max_upload_mb * 2**20)))
+    serve(
+        args.host,
+        args.port,
+        Settings(check_device(args.device), Path(args.lpips_weights) if args.lpips_weights else None, int(args.max_upload_mb * 2**20)),
+    )

@@ -106,7 +106,14 @@ def check_device(device: str) -> str:
     return str(dev)
 
 
-def load_codec(model: str | None, model_file: str | None, data: bytes | None = None, quality: int | None = None, verbose: bool = False, device: str = "cpu"):
+def load_codec(
+    model: str | None,
+    model_file: str | None,
+    data: bytes | None = None,
+    quality: int | None = None,
+    verbose: bool = False,
+    device: str = "cpu",
+):
     """The codec for --model/--model-file/--quality; when decoding with none of them, the shipped
     model whose id the file names (so any shipped model's files decode without options)."""
     from ..codec import Codec, codec_for, shipped_codec
@@ -148,8 +155,6 @@ def read_picture_arg(src: str):
             return read_picture(im)
     except (Image.UnidentifiedImageError, OSError) as e:
         raise UnsupportedImageError(f"cannot read stdin as an image: {e}") from None
-
-
 
 
 def is_batch(inputs: list[str]) -> bool:

@@ -115,7 +115,9 @@ class _Decode(CodingPass):
             raise CorruptPayloadError(f"payload cannot be decoded: {e}") from None
         self.spent += float(pmf.symbol_bits(tables, symbols).sum())
         if self.spent > self.budget:
-            raise CorruptPayloadError(f"payload too short ({self.size} bytes) for the image size in the header: the file is corrupted or its header is wrong")
+            raise CorruptPayloadError(
+                f"payload too short ({self.size} bytes) for the image size in the header: the file is corrupted or its header is wrong"
+            )
         return symbols
 
 
@@ -148,8 +150,9 @@ class MIMCoder:
             raise ValueError(f"steps sent must be 0 to {steps}, got {sent}")
         return sent
 
-    def encode(self, codes: torch.Tensor, progress: Progress | None = None, sent: int | None = None, fill: int = 0,
-               progressive: bool = False) -> Encoded:
+    def encode(
+        self, codes: torch.Tensor, progress: Progress | None = None, sent: int | None = None, fill: int = 0, progressive: bool = False
+    ) -> Encoded:
         """Codes (m, h, w) -> the payload of the first `sent` steps (all by default), the grid
         shift, and the codes the decoder will get (the ones past `sent` filled in with `fill`);
         with `progressive`, also the prefix length that decodes each step sent. The first grid
@@ -211,8 +214,9 @@ class MIMCoder:
         self.replayer.run(layout, coding, shift=shift)
         return coding.bits
 
-    def decode(self, payload: bytes, h: int, w: int, shift: int = 0, progress: Progress | None = None, sent: int | None = None,
-               fill: int = 0) -> Decoded:
+    def decode(
+        self, payload: bytes, h: int, w: int, shift: int = 0, progress: Progress | None = None, sent: int | None = None, fill: int = 0
+    ) -> Decoded:
         """Range-coded payload of the first `sent` steps (all by default) -> codes (m, h, w), the
         rest filled in with `fill`. Raises CorruptPayloadError as soon as the decoded codes would
         carry more information than the payload holds."""

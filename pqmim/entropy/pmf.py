@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .grid import GRID_SHIFTS, STEPS_PER_NAT
+
 MAX_DROP = 16 * STEPS_PER_NAT  # logits more than 16 nats below the row's maximum are clamped there
 WEIGHT_BITS = 24
 MARGIN = 2.0**-36  # in nats: every logit the encoder uses is at least this far from a boundary

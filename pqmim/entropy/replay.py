@@ -201,8 +201,17 @@ class Replayer:
             h = self.entropy.hidden(piece.codes.view(-1, cfg.m, W, W).to(d), piece.visible.view(-1, W, W).to(d), piece.valid.to(d), idx)
         return self.entropy.logits(h).reshape(-1, cfg.k).cpu()  # rows: window, position, sub-vector
 
-    def run(self, layout: Layout, coding: CodingPass, *, shift: int = 0, sent: int | None = None, fill: int = 0,
-            check: bool = False, progress: Progress | None = None) -> tuple[Decoded, float]:
+    def run(
+        self,
+        layout: Layout,
+        coding: CodingPass,
+        *,
+        shift: int = 0,
+        sent: int | None = None,
+        fill: int = 0,
+        check: bool = False,
+        progress: Progress | None = None,
+    ) -> tuple[Decoded, float]:
         """Replay the coding steps of `layout` with tables on grid `shift`, `coding` taking the
         steps before `sent` (all by default) and the rest filled in with `fill`. Returns the codes
         and, if `check`, the logits' smallest distance to a grid boundary (else inf)."""
@@ -247,10 +256,15 @@ class Replayer:
         """One call of step s: the pieces' logits (in the worker threads), their tables, the
         pass's codes written back into the pieces; returns the call's margin."""
         m = self.cfg.m
-        logits = torch.cat(list(pool.map(lambda p: self._piece_logits(p, s), chunk)))
+
+        def piece(p: _Piece) -> tuple[torch.Tensor, torch.Tensor, float]:  # in a worker thread: the tables too
+            logits = self._piece_logits(p, s)
+            return logits, pmf.integer_weights(logits, shift, torch.float32), pmf.margin(logits, shift) if check else math.inf
+
+        results = list(pool.map(piece, chunk))
         where = [(t, p.groups[s]) for p in chunk for t in p.windows]
-        coding.logits(s, logits, where)
-        tables = pmf.integer_weights(logits, shift, torch.float32).numpy()
+        coding.logits(s, torch.cat([r[0] for r in results]), where)
+        tables = torch.cat([r[1] for r in results]).numpy()
         symbols = torch.from_numpy(np.asarray(coding.symbols(s, tables, where)).astype(np.int64))
         o = 0
         for p in chunk:
@@ -260,4 +274,4 @@ class Replayer:
             p.visible[:, torch.from_numpy(g)] = True
             p.unrevealed = g
             o += n
-        return pmf.margin(logits, shift) if check else math.inf
+        return min(r[2] for r in results)

@@ -28,7 +28,6 @@ and validation crops, .round/whl the missing packages); what comes back is parts
 PART_BYTES, at most CALL_BYTES per command, checked here by a SHA-256 in the round's manifest.
 """
 
-
 from .plan import CALL_BYTES, MODELS_BUDGET, OVERHEAD_MIN, PART_BYTES, TRIP, WORK, Job, RoundPlan, default_plan, tiny_plan  # noqa: F401
 from .device import collect, launch, poll  # noqa: F401
 from .here import ladder_psnr_at, prepare, reassemble, receive, ship  # noqa: F401

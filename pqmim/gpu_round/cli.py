@@ -1,6 +1,5 @@
 """`python -m pqmim.gpu_round`: the commands of a round, and the dry run on this CPU."""
 
-
 from __future__ import annotations
 
 import argparse
@@ -46,7 +45,9 @@ def dry_run(base: Path, train: Path, kodak: Path, val: Path | None = None) -> li
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pqmim.gpu_round", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m pqmim.gpu_round", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="here: build .round/pack.tar and .round/whl, lighten the tree")
     p.add_argument("sources", nargs="*", default=[str(SHARED / "data" / "train"), str(SHARED / "data" / "train_more")])

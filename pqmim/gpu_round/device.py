@@ -1,7 +1,6 @@
 """What runs on the lent machine: install the missing wheels, launch the jobs detached, poll
 them, collect (export what did not finish, bundle, split into parts that fit what comes back)."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +24,22 @@ def install_wheels(wheels: Path, work: Path) -> None:
     """Install the carried wheels (for the device's Python) into work/site: no network, no deps."""
     found = sorted(str(p) for p in wheels.glob("*.whl"))
     if found and not (work / "site").exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", str(work / "site"), *found], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--target",
+                str(work / "site"),
+                *found,
+            ],
+            check=True,
+        )
 
 
 def job_env(work: Path) -> dict[str, str]:
@@ -37,8 +51,18 @@ def job_env(work: Path) -> dict[str, str]:
 
 def job_argv(job: Job, work: Path, stages: str | None = None) -> list[str]:
     module = "bench.train_baselines" if job.kind == "baseline" else "pqmim.train"
-    argv = [sys.executable, "-m", module, "--out", str(work / "jobs" / job.name), "--name", job.name,
-            "--export-dir", str(work / "export"), *job.args]
+    argv = [
+        sys.executable,
+        "-m",
+        module,
+        "--out",
+        str(work / "jobs" / job.name),
+        "--name",
+        job.name,
+        "--export-dir",
+        str(work / "export"),
+        *job.args,
+    ]
     return argv + (["--stages", stages] if stages else [])
 
 
@@ -65,8 +89,13 @@ def launch(plan: RoundPlan, work: Path = WORK, watch_s: float = 60, wheels: Path
         with open(work / "jobs" / job.name / "stdout.log", "ab") as out:
             p = subprocess.Popen(["sh", "-c", cmd], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         pids[job.name] = p.pid
-    record = {"minutes": plan.minutes, "device": device, "started": time.time(), "pids": pids,
-              "jobs": [dataclasses.asdict(j) for j in plan.jobs]}
+    record = {
+        "minutes": plan.minutes,
+        "device": device,
+        "started": time.time(),
+        "pids": pids,
+        "jobs": [dataclasses.asdict(j) for j in plan.jobs],
+    }
     (work / "round.json").write_text(json.dumps(record, indent=2))
     print(f"launched {len(plan.jobs)} jobs on {device}, {plan.minutes:g} minutes each: {', '.join(pids)}")
     poll(work, watch_s, every=max(5.0, watch_s / 4))
@@ -97,7 +126,9 @@ def states(work: Path) -> list[dict]:
 def report(work: Path) -> str:
     record = read_json_or_empty(work / "round.json")
     rows = states(work)
-    lines = [f"round on {record.get('device')}: {(time.time() - record.get('started', time.time())) / 60:.1f} of {record.get('minutes')} minutes"]
+    lines = [
+        f"round on {record.get('device')}: {(time.time() - record.get('started', time.time())) / 60:.1f} of {record.get('minutes')} minutes"
+    ]
     lines.append(f"{'job':<36} {'state':<9} {'stage':>5} {'iteration':>9} {'samples/s':>9}  latest validation")
     total = 0.0
     for r in rows:
@@ -147,8 +178,9 @@ def _bundle(work: Path, record: dict) -> Path:
     return bundle
 
 
-def collect(out: Path, work: Path = WORK, wait_s: float = 120, part_bytes: int = PART_BYTES,
-            call_bytes: int = CALL_BYTES, from_part: int = 0) -> int | None:
+def collect(
+    out: Path, work: Path = WORK, wait_s: float = 120, part_bytes: int = PART_BYTES, call_bytes: int = CALL_BYTES, from_part: int = 0
+) -> int | None:
     """Wait up to wait_s for the jobs, stop the rest and export them from their last checkpoint,
     bundle everything (_bundle) and write it in parts of at most part_bytes under `out`, as many
     as one command may return (call_bytes), with a manifest (round.json: sizes and SHA-256).
@@ -170,15 +202,25 @@ def collect(out: Path, work: Path = WORK, wait_s: float = 120, part_bytes: int =
             if not (work / "export" / f"{r['name']}.json").exists():
                 job = Job(**next(j for j in record["jobs"] if j["name"] == r["name"]))
                 res = subprocess.run(job_argv(job, work, "export"), cwd=ROOT, env=env, capture_output=True, text=True)
-                print(f"{r['name']}: exported from its last checkpoint" if res.returncode == 0 else f"{r['name']}: NO EXPORT ({res.stderr.strip().splitlines()[-1:]})")
+                print(
+                    f"{r['name']}: exported from its last checkpoint"
+                    if res.returncode == 0
+                    else f"{r['name']}: NO EXPORT ({res.stderr.strip().splitlines()[-1:]})"
+                )
         _bundle(work, record)
         print(report(work))
     elif not bundle.exists():
         raise SystemExit(f"no bundle in {work}: run collect without --from-part first")
     data = bundle.read_bytes()
     n_parts = -(-len(data) // part_bytes)
-    manifest = {**record, "collected": time.time(), "bytes": len(data), "parts": n_parts,
-                "sha256": hashlib.sha256(data).hexdigest(), "jobs_state": states(work)}
+    manifest = {
+        **record,
+        "collected": time.time(),
+        "bytes": len(data),
+        "parts": n_parts,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "jobs_state": states(work),
+    }
     out.mkdir(parents=True, exist_ok=True)
     i, sent = from_part, 0
     while i < n_parts and (sent == 0 or sent + part_bytes <= call_bytes):

@@ -1,7 +1,6 @@
 """What runs here, before and after the trip: prepare (pack, wheels, a lighter tree), reassemble
 the parts, receive (cards, Kodak with the real codec), ship the models that beat the shipped ones."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -31,21 +30,46 @@ def prepare(sources: list[str], val: str, lighten: bool = True) -> None:
         print(f"pack: {m['images']} photos, {m['megapixels']} MP, JPEG q{m['jpeg_quality']}, {m['bytes'] / 2**20:.1f} MiB")
     whl = TRIP / "whl"
     if not list(whl.glob("*.whl")):
-        platforms = [a for p in ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64") for a in ("--platform", p)]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-                        "--implementation", "cp", *platforms, "-d", str(whl), *WHEELS], check=True)
+        platforms = [
+            a
+            for p in ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+            for a in ("--platform", p)
+        ]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.12",
+                "--implementation",
+                "cp",
+                *platforms,
+                "-d",
+                str(whl),
+                *WHEELS,
+            ],
+            check=True,
+        )
     if lighten and not (ROOT / ".git" / "device-tree-lightened").exists():
         (ROOT / ".git" / "info").mkdir(exist_ok=True)  # device-tree writes its ignore rules there
         (ROOT / ".git" / "info" / "exclude").touch()
         subprocess.run([str(SHARED / "tools" / "device-tree"), "lighten"], cwd=ROOT, check=True)
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     tree = sum((ROOT / p).stat().st_size for p in listed.decode().split("\0") if p and (ROOT / p).is_file())
     carried = (TRIP / "pack.tar").stat().st_size + sum(p.stat().st_size for p in whl.glob("*.whl"))
-    print(f"launch travels: {tree / 2**20:.1f} MiB of the tree + {carried / 2**20:.1f} MiB carried (.round/pack.tar, .round/whl) "
-          f"= {(tree + carried) / 2**20:.1f} MiB of 64")
+    print(
+        f"launch travels: {tree / 2**20:.1f} MiB of the tree + {carried / 2**20:.1f} MiB carried (.round/pack.tar, .round/whl) "
+        f"= {(tree + carried) / 2**20:.1f} MiB of 64"
+    )
     if tree + carried > 64 << 20:
         raise SystemExit("too big to travel: lighten the tree (../shared/tools/device-tree lighten) or build a smaller pack (--max-mib)")
-
 
 
 # ----------------------------------------------------------------------------- here, after the trip
@@ -61,7 +85,9 @@ def reassemble(folders: list[Path], dest: Path) -> dict:
         chunks.append(found[0].read_bytes())
     data = b"".join(chunks)
     if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise SystemExit(f"the parts in {', '.join(map(str, folders))} do not add up to the round's bundle (size or SHA-256 differ): collect again")
+        raise SystemExit(
+            f"the parts in {', '.join(map(str, folders))} do not add up to the round's bundle (size or SHA-256 differ): collect again"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
@@ -86,6 +112,7 @@ def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = Non
     the device; the round's manifest adds its date), measure every model on Kodak with the real
     codec on this CPU, and compare each rung with the shipped ladder at its rate."""
     from .. import zoo
+
     sys.path.insert(0, str(ROOT))  # the baselines are bench material (bench/ beside pqmim/)
     from bench.baselines import Baseline
     from ..codec import Codec
@@ -103,8 +130,11 @@ def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = Non
         model = Baseline.load(weights) if is_baseline else Codec(PQMIM.load(weights), name=card["name"])
         res = evaluate_folder(model, kodak, limit=images, progress=False)
         card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "ms_ssim", "all_exact") if k in res}
-        card["round"] = {"device": manifest.get("device"), "minutes": manifest.get("minutes"),
-                         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(manifest.get("started", 0)))}
+        card["round"] = {
+            "device": manifest.get("device"),
+            "minutes": manifest.get("minutes"),
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(manifest.get("started", 0))),
+        }
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         row = {"name": card["name"], "bpp": res["bpp"], "psnr": res["psnr"], "baseline": is_baseline}
         old = shipped.get(card["name"], {}).get("kodak")
@@ -115,9 +145,16 @@ def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = Non
             dominates = bool(old) and res["bpp"] <= old["bpp"] and res["psnr"] >= old["psnr"]  # at the ladder's ends
             row["beats"] = (at is not None and res["psnr"] > at) or dominates
         rows.append(row)
-        print(f"{card['name']:<36} Kodak {res['bpp']:.4f} bpp {res['psnr']:.2f} dB" +
-              ("" if is_baseline else f"; shipped {'%.4f bpp %.2f dB' % row['shipped'] if row['shipped'] else 'none of that name'}; "
-               f"shipped ladder at this rate: {'%.2f dB' % at if at is not None else 'out of range'} -> {'BEATS' if row['beats'] else 'does not beat'}"), flush=True)
+        print(
+            f"{card['name']:<36} Kodak {res['bpp']:.4f} bpp {res['psnr']:.2f} dB"
+            + (
+                ""
+                if is_baseline
+                else f"; shipped {'%.4f bpp %.2f dB' % row['shipped'] if row['shipped'] else 'none of that name'}; "
+                f"shipped ladder at this rate: {'%.2f dB' % at if at is not None else 'out of range'} -> {'BEATS' if row['beats'] else 'does not beat'}"
+            ),
+            flush=True,
+        )
     (dest / "verdict.json").write_text(json.dumps(rows, indent=2))
     return rows
 
@@ -148,8 +185,14 @@ def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", reti
     for name, card, folder in plan:
         old = read_json_or_empty(folder / f"{name}.json")
         if old.get("model_id") and old["model_id"] != card.get("model_id"):
-            retired["retired"].append({"model_id": old["model_id"], "name": name, "retired_in": retired_in or f"pqmim after {__version__} (GPU round)",
-                                       "decoded_by": f"pqmim {__version__}"})
+            retired["retired"].append(
+                {
+                    "model_id": old["model_id"],
+                    "name": name,
+                    "retired_in": retired_in or f"pqmim after {__version__} (GPU round)",
+                    "decoded_by": f"pqmim {__version__}",
+                }
+            )
         for suffix in (".safetensors", ".json"):
             shutil.copyfile(export / f"{name}{suffix}", folder / f"{name}{suffix}")
         print(f"shipped {name} into {folder}")

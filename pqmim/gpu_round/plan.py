@@ -1,7 +1,6 @@
 """The round's plan: its jobs (every rung of the ladder and the same-budget baselines) with
 their time budgets, and the limits of the trip (what comes back, what models/ may hold)."""
 
-
 from __future__ import annotations
 
 import json
@@ -44,8 +43,9 @@ def shipped_config(name: str) -> dict:
     return json.loads((ROOT / "models" / f"{name}.json").read_text())["config"]
 
 
-def default_plan(minutes: float, pack: str, only: list[str] | None = None, init: dict[str, str] | None = None,
-                 device: str = "cuda") -> RoundPlan:
+def default_plan(
+    minutes: float, pack: str, only: list[str] | None = None, init: dict[str, str] | None = None, device: str = "cuda"
+) -> RoundPlan:
     """Every rung (its shipped architecture, from scratch unless `init` names a start) and the
     baselines at two rate points each, all with the same wall-time budget. GPU recipe: 256 px
     crops, batch 32 (stage 1 and baselines) and 128 windows (stage 2)."""
@@ -53,14 +53,44 @@ def default_plan(minutes: float, pack: str, only: list[str] | None = None, init:
     if train <= 0:
         raise ValueError(f"{minutes} minutes leave no training time")
     jobs = []
-    common = ["--train", pack, "--val", pack, "--kodak", "", "--ckpt-minutes", "3", "--log-every", "50", "--device", device, "--threads", "2"]
+    common = [
+        "--train",
+        pack,
+        "--val",
+        pack,
+        "--kodak",
+        "",
+        "--ckpt-minutes",
+        "3",
+        "--log-every",
+        "50",
+        "--device",
+        device,
+        "--threads",
+        "2",
+    ]
     for q in range(1, 6):
         name = f"pqmim-q{q}"
-        s1 = {"minutes": round(train * (1 - STAGE2_SHARE), 2), "iterations": 10**7, "warmup_ae_iterations": 500, "small_crop_until": 0,
-              "crop": 256, "batch": 32, "lr": 5e-4}
+        s1 = {
+            "minutes": round(train * (1 - STAGE2_SHARE), 2),
+            "iterations": 10**7,
+            "warmup_ae_iterations": 500,
+            "small_crop_until": 0,
+            "crop": 256,
+            "batch": 32,
+            "lr": 5e-4,
+        }
         s2 = {"minutes": round(train * STAGE2_SHARE, 2), "iterations": 10**7, "batch": 128, "lr": 1e-3}
-        args = ["--config", json.dumps(shipped_config(name)), "--stage1-plan", json.dumps(s1), "--stage2-plan", json.dumps(s2),
-                "--description", f"MSE-optimised, trained on a lent GPU for {minutes:g} minutes (pqmim.gpu_round)"]
+        args = [
+            "--config",
+            json.dumps(shipped_config(name)),
+            "--stage1-plan",
+            json.dumps(s1),
+            "--stage2-plan",
+            json.dumps(s2),
+            "--description",
+            f"MSE-optimised, trained on a lent GPU for {minutes:g} minutes (pqmim.gpu_round)",
+        ]
         if init and name in init:
             args += ["--init-from", init[name]]
         jobs.append(Job(name, args + common))
@@ -68,8 +98,25 @@ def default_plan(minutes: float, pack: str, only: list[str] | None = None, init:
         for lmbda in (0.0018, 0.0130):
             name = f"{arch}-lambda{lmbda}"
             plan = {"minutes": round(train, 2), "iterations": 10**7, "crop": 256, "batch": 32, "lr": 5e-4}
-            jobs.append(Job(name, ["--arch", arch, "--lmbda", str(lmbda), "--plan", json.dumps(plan), "--stages", "train,export",
-                                   "--description", f"CompressAI {arch}, same data and wall time as the ladder's round"] + common, "baseline"))
+            jobs.append(
+                Job(
+                    name,
+                    [
+                        "--arch",
+                        arch,
+                        "--lmbda",
+                        str(lmbda),
+                        "--plan",
+                        json.dumps(plan),
+                        "--stages",
+                        "train,export",
+                        "--description",
+                        f"CompressAI {arch}, same data and wall time as the ladder's round",
+                    ]
+                    + common,
+                    "baseline",
+                )
+            )
     if only:
         unknown = set(only) - {j.name for j in jobs}
         if unknown:
@@ -82,11 +129,45 @@ def tiny_plan(pack: str) -> RoundPlan:
     """The dry run's plan, on the CPU: a tiny pqmim model whose stage 1 has a time budget (6 s),
     and a tiny baseline with a budget too long to finish (10 minutes), which collect must stop
     and export from its last checkpoint, as it would a job that overruns a lent machine."""
-    tiny = {"widths": [8, 8, 16, 16], "res_blocks": 1, "m": 3, "k": 32, "sub_dim": 2, "d_model": 32, "n_layers": 2, "n_heads": 2, "window": 8, "steps": 6}
+    tiny = {
+        "widths": [8, 8, 16, 16],
+        "res_blocks": 1,
+        "m": 3,
+        "k": 32,
+        "sub_dim": 2,
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "window": 8,
+        "steps": 6,
+    }
     common = ["--train", pack, "--val", pack, "--kodak", "", "--ckpt-every", "4", "--log-every", "2", "--device", "cpu", "--threads", "1"]
     s1 = {"minutes": 0.1, "iterations": 10**6, "warmup_ae_iterations": 2, "small_crop_until": 0, "crop": 64, "batch": 2}
-    return RoundPlan(0.5, [
-        Job("tiny-pqmim", ["--config", json.dumps(tiny), "--stage1-plan", json.dumps(s1), "--stage2-plan", json.dumps({"iterations": 6, "batch": 4})] + common),
-        Job("tiny-hyperprior", ["--arch", "bmshj2018-hyperprior", "--channels", "8", "--latent-channels", "8",
-                                "--plan", json.dumps({"minutes": 10, "iterations": 10**6, "crop": 64, "batch": 2}), "--stages", "train,export"] + common, "baseline"),
-    ], "cpu")
+    return RoundPlan(
+        0.5,
+        [
+            Job(
+                "tiny-pqmim",
+                ["--config", json.dumps(tiny), "--stage1-plan", json.dumps(s1), "--stage2-plan", json.dumps({"iterations": 6, "batch": 4})]
+                + common,
+            ),
+            Job(
+                "tiny-hyperprior",
+                [
+                    "--arch",
+                    "bmshj2018-hyperprior",
+                    "--channels",
+                    "8",
+                    "--latent-channels",
+                    "8",
+                    "--plan",
+                    json.dumps({"minutes": 10, "iterations": 10**6, "crop": 64, "batch": 2}),
+                    "--stages",
+                    "train,export",
+                ]
+                + common,
+                "baseline",
+            ),
+        ],
+        "cpu",
+    )

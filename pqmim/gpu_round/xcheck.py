@@ -1,7 +1,6 @@
 """GPU <-> CPU exactness: files encoded here decoded on the device, files encoded there decoded
 here (FORMAT.md states what holds across machines)."""
 
-
 from __future__ import annotations
 
 import io
@@ -65,8 +64,13 @@ def xcheck_device(out: Path, folder: Path = XCHECK, device: str = "cuda") -> dic
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
             rows[p.stem] = {"cpu_to_gpu_exact": ok, "error": why, "gpu_bytes": len(data)}
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
-              "cpu_to_gpu_exact": sum(r["cpu_to_gpu_exact"] for r in rows.values()), "images": len(rows), "per_image": rows}
+    result = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else device,
+        "torch": torch.__version__,
+        "cpu_to_gpu_exact": sum(r["cpu_to_gpu_exact"] for r in rows.values()),
+        "images": len(rows),
+        "per_image": rows,
+    }
     (out / "xcheck.json").write_text(json.dumps(result, indent=2))
     print(f"xcheck: {result['cpu_to_gpu_exact']} of {len(rows)} files encoded on the CPU decode exactly on {result['device']}")
     return result
@@ -84,7 +88,9 @@ def xcheck_receive(files: Path, folder: Path = XCHECK, dest: Path | None = None)
             ok, why = _exact(codec, tar.extractfile(m).read())
             result["per_image"][stem].update(gpu_to_cpu_exact=ok, gpu_to_cpu_error=why)
     result["gpu_to_cpu_exact"] = sum(r.get("gpu_to_cpu_exact", False) for r in result["per_image"].values())
-    print(f"GPU -> CPU: {result['gpu_to_cpu_exact']} of {result['images']} exact; CPU -> GPU: {result['cpu_to_gpu_exact']} of {result['images']} exact")
+    print(
+        f"GPU -> CPU: {result['gpu_to_cpu_exact']} of {result['images']} exact; CPU -> GPU: {result['cpu_to_gpu_exact']} of {result['images']} exact"
+    )
     if dest:
         dest.write_text(json.dumps(result, indent=2) + "\n")
     return result

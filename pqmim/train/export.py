@@ -30,7 +30,9 @@ def provenance(run, stages: dict[str, str]) -> dict:
     return {
         "init_from": read_json(run.out / "warm_start.json") or None,
         "data": {**describe_source(run.train), "val": str(run.val)},
-        "training": {stage: {**read_json(run.out / plan), **progress(load_ckpt(run.out / f"{stage}.pt"))} for stage, plan in stages.items()},
+        "training": {
+            stage: {**read_json(run.out / plan), **progress(load_ckpt(run.out / f"{stage}.pt"))} for stage, plan in stages.items()
+        },
     }
 
 
@@ -58,6 +60,9 @@ def export(model: PQMIM, run, device_name: str) -> Path:
 
         res = evaluate_folder(Codec(shipped, name=run.name), run.kodak)
         card["kodak"] = {k: res[k] for k in ("images", "bpp", "psnr", "ms_ssim", "all_exact")}  # speed: bench speed, on an idle machine
-        log(run.out, f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images")
+        log(
+            run.out,
+            f"export: Kodak bpp {res['bpp']:.4f} psnr {res['psnr']:.2f} dB ms-ssim {res['ms_ssim'] or float('nan'):.4f} over {res['images']} images",
+        )
     write_card(dest, run.name, card, run.out)
     return weights

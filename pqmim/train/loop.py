@@ -131,8 +131,12 @@ def progress(ck: dict | None) -> dict:
     if ck is None:
         return {"iterations_done": 0, "wall_s": None}
     seen = ck.get("seen")
-    return {"iterations_done": ckpt_iteration(ck), "wall_s": round(ck["elapsed"]), "seen": seen,
-            "per_s": round(seen / ck["elapsed"], 1) if seen and ck["elapsed"] > 0 else None}
+    return {
+        "iterations_done": ckpt_iteration(ck),
+        "wall_s": round(ck["elapsed"]),
+        "seen": seen,
+        "per_s": round(seen / ck["elapsed"], 1) if seen and ck["elapsed"] > 0 else None,
+    }
 
 
 def autocast(device: torch.device):
@@ -196,8 +200,18 @@ class Stage:
         raise NotImplementedError
 
 
-def fit(stage: Stage, out: Path, ctx: Dist, device: torch.device, *, seed: int, stop_at: int = 0,
-        ckpt_every: int = 250, ckpt_minutes: float = 0.0, log_every: int = 50) -> bool:
+def fit(
+    stage: Stage,
+    out: Path,
+    ctx: Dist,
+    device: torch.device,
+    *,
+    seed: int,
+    stop_at: int = 0,
+    ckpt_every: int = 250,
+    ckpt_minutes: float = 0.0,
+    log_every: int = 50,
+) -> bool:
     """Run `stage` from its checkpoint in `out` (if any) to the end of its plan, or to
     iteration `stop_at`; True once the plan is done."""
     path, plan = out / f"{stage.name}.pt", stage.plan
@@ -235,7 +249,17 @@ def fit(stage: Stage, out: Path, ctx: Dist, device: torch.device, *, seed: int, 
         elapsed = time.time() - t0
         if iteration % log_every == 0 or iteration == 1:  # iteration 1: a detached run shows it is under way
             log(out, f"{stage.name} iteration {iteration} {fmt(metrics)} lr {lr:.2e} {elapsed:.0f}s {stage.unit} {seen}", ctx)
-            record(out, ctx, stage=stage.name, iteration=iteration, elapsed=elapsed, seen=seen, per_s=seen / max(elapsed, 1e-9), lr=lr, **metrics)
+            record(
+                out,
+                ctx,
+                stage=stage.name,
+                iteration=iteration,
+                elapsed=elapsed,
+                seen=seen,
+                per_s=seen / max(elapsed, 1e-9),
+                lr=lr,
+                **metrics,
+            )
         stop = finished(iteration, elapsed, plan) or iteration == stop_at
         if ckpts.due(iteration, stop) and ctx.main:
             stage.train(False)

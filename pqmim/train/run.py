@@ -65,8 +65,13 @@ class RunConfig:
         return cls(**{**values, **parsed, "out": Path(ns.out)})
 
     def fit_options(self) -> dict:
-        return {"seed": self.seed, "stop_at": self.stop_at, "ckpt_every": self.ckpt_every,
-                "ckpt_minutes": self.ckpt_minutes, "log_every": self.log_every}
+        return {
+            "seed": self.seed,
+            "stop_at": self.stop_at,
+            "ckpt_every": self.ckpt_every,
+            "ckpt_minutes": self.ckpt_minutes,
+            "log_every": self.log_every,
+        }
 
     def stage_env(self, ctx: Dist, device: torch.device) -> StageEnv:
         """What this run's stages run in; their loss modules get DDP (under torchrun) and
@@ -93,11 +98,18 @@ def common_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--val", default=str(VAL), help="validation photos: a folder or a data pack")
     ap.add_argument("--kodak", default=str(KODAK), help="measured at export; '' to skip")
     ap.add_argument("--init-from", default="", help="warm start from a trained .safetensors model: every layer that fits is copied")
-    ap.add_argument("--stop-at", type=int, default=0, help="checkpoint and stop when the running stage reaches this iteration (rerun to go on)")
+    ap.add_argument(
+        "--stop-at", type=int, default=0, help="checkpoint and stop when the running stage reaches this iteration (rerun to go on)"
+    )
     ap.add_argument("--name", default="", help="the exported model's name (default: the --out folder's name)")
     ap.add_argument("--description", default="")
     ap.add_argument("--export-dir", default="models")
-    ap.add_argument("--storage", default="int8", choices=STORAGES, help="exported weights: int8 per channel (default, exact everywhere), float16 or float32")
+    ap.add_argument(
+        "--storage",
+        default="int8",
+        choices=STORAGES,
+        help="exported weights: int8 per channel (default, exact everywhere), float16 or float32",
+    )
     ap.add_argument("--max-side", type=int, default=1024, help="downscale larger training images to this side")
     ap.add_argument("--ckpt-every", type=int, default=250, help="validate and checkpoint every this many iterations")
     ap.add_argument("--ckpt-minutes", type=float, default=0, help="also checkpoint (and validate) every this many minutes")
@@ -135,8 +147,10 @@ def settled(path: Path, given: dict | None, load: Callable[[dict], object], dump
     if saved:
         value = load(saved)
         if given is not None and load(given) != value:
-            raise SystemExit(f"{path.parent} holds a run started with another {option} ({path.name}): rerun it with the same one "
-                             f"or without {option}, or use a new --out")
+            raise SystemExit(
+                f"{path.parent} holds a run started with another {option} ({path.name}): rerun it with the same one "
+                f"or without {option}, or use a new --out"
+            )
         return value
     value = load(given or {})
     if ctx.main:
@@ -145,7 +159,11 @@ def settled(path: Path, given: dict | None, load: Callable[[dict], object], dump
 
 
 def device_name(ctx: Dist, device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    )
     return f"{ctx.world} processes (torchrun, DDP), each on {name}" if ctx.world > 1 else name
 
 
@@ -171,12 +189,18 @@ def parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="pqmim train", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(ap)
-    ap.add_argument("--config", default="{}", help="ModelConfig fields as JSON, e.g. '{\"m\": 8, \"k\": 256}'")
-    ap.add_argument("--stage1-plan", default="{}", help="Stage1Plan fields as JSON (iterations, crop, batch, lr, minutes, ...); batches are global")
+    ap.add_argument("--config", default="{}", help='ModelConfig fields as JSON, e.g. \'{"m": 8, "k": 256}\'')
+    ap.add_argument(
+        "--stage1-plan", default="{}", help="Stage1Plan fields as JSON (iterations, crop, batch, lr, minutes, ...); batches are global"
+    )
     ap.add_argument("--stage2-plan", default="{}", help="Stage2Plan fields as JSON")
     ap.add_argument("--stages", default="1,2,export", help="which of 1, 2, export to run")
-    ap.add_argument("--base", default="", help="export only the entropy model, as a variant of this model in --export-dir (same autoencoder; "
-                    "e.g. a block-causal entropy model trained with --stages 2 on a shipped model's codes)")
+    ap.add_argument(
+        "--base",
+        default="",
+        help="export only the entropy model, as a variant of this model in --export-dir (same autoencoder; "
+        "e.g. a block-causal entropy model trained with --stages 2 on a shipped model's codes)",
+    )
     return ap
 
 
@@ -186,8 +210,14 @@ def main(argv: list[str] | None = None) -> PQMIM:
     stages = frozenset(ns.stages.split(","))
     if unknown := stages - {"1", "2", "export"}:
         raise SystemExit(f"--stages: unknown {sorted(unknown)} (1, 2, export)")
-    run = PQMIMRun.from_args(ns, name=export_name(ns), config=json_option(ns.config, "--config"), stages=stages,
-                             stage1_plan=json_option(ns.stage1_plan, "--stage1-plan"), stage2_plan=json_option(ns.stage2_plan, "--stage2-plan"))
+    run = PQMIMRun.from_args(
+        ns,
+        name=export_name(ns),
+        config=json_option(ns.config, "--config"),
+        stages=stages,
+        stage1_plan=json_option(ns.stage1_plan, "--stage1-plan"),
+        stage2_plan=json_option(ns.stage2_plan, "--stage2-plan"),
+    )
     ctx, device = start(run, [run.stage1_plan, run.stage2_plan])
     try:
         return train(run, ctx, device)
@@ -201,14 +231,24 @@ def train(run: PQMIMRun, ctx: Dist, device: torch.device) -> PQMIM:
     plans = {}
     for stage, cls, given in (("1", Stage1Plan, run.stage1_plan), ("2", Stage2Plan, run.stage2_plan)):
         if stage in run.stages:
-            plans[stage] = settled(out / f"stage{stage}_plan.json", given, lambda d, c=cls: plan_from_dict(c, d), dataclasses.asdict, ctx, f"--stage{stage}-plan")
+            plans[stage] = settled(
+                out / f"stage{stage}_plan.json",
+                given,
+                lambda d, c=cls: plan_from_dict(c, d),
+                dataclasses.asdict,
+                ctx,
+                f"--stage{stage}-plan",
+            )
     model = PQMIM(cfg)
     if run.init_from and not (out / "stage1.pt").exists():
         source = PQMIM.load(run.init_from)
         copied = warm_start(model, source)
         log(out, f"warm start from {run.init_from}: copied {len(copied)} modules: {', '.join(copied)}", ctx)
         if ctx.main:
-            atomic_write_json(out / "warm_start.json", {"model": Path(run.init_from).stem, "model_id": source.model_id().hex(), "modules_copied": len(copied)})
+            atomic_write_json(
+                out / "warm_start.json",
+                {"model": Path(run.init_from).stem, "model_id": source.model_id().hex(), "modules_copied": len(copied)},
+            )
     model = model.to(device)
     if device.type == "cuda":  # tensor-core friendly layout for the convolutions
         model = model.to(memory_format=torch.channels_last)

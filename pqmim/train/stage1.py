@@ -98,8 +98,12 @@ class Stage1(Stage):
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         loss, mse, stats = self.net(x, quantize=iteration >= plan.warmup_ae_iterations)
-        return loss, {"mse": mse.item(), "psnr": psnr_of(mse.item()), "commit": stats["commit"].item(),
-                      "perplexity": stats["perplexity"].item()}
+        return loss, {
+            "mse": mse.item(),
+            "psnr": psnr_of(mse.item()),
+            "commit": stats["commit"].item(),
+            "perplexity": stats["perplexity"].item(),
+        }
 
     def validate(self) -> tuple[str, dict]:
         if not self.model.quantizer.initialised:

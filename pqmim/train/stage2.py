@@ -185,5 +185,7 @@ class Stage2(Stage):
         bits = float(np.mean([self.loss_fn(c.to(d), h.to(d), v.to(d)).item() for c, h, v in self.val_batches]))
         cfg = self.model.cfg
         which = "all" if cfg.causal else "masked"
-        return (f"{bits:.3f} bits/code on {which} val codes (uniform {math.log2(cfg.k):.2f})",
-                {"bits_per_code": bits, "bpp": bits * cfg.m / cfg.f**2})
+        return (
+            f"{bits:.3f} bits/code on {which} val codes (uniform {math.log2(cfg.k):.2f})",
+            {"bits_per_code": bits, "bpp": bits * cfg.m / cfg.f**2},
+        )

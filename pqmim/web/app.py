@@ -71,17 +71,34 @@ def create_app(settings: Settings = Settings(), run=None) -> Starlette:
         from .. import __version__
 
         cards = {c["name"]: c for c in zoo.list_models()}
-        levels = [{"quality": q, "name": name, "default": name == zoo.DEFAULT_MODEL,
-                   "kodak_bpp": (cards.get(name, {}).get("kodak") or {}).get("bpp")} for q, name in zoo.quality_levels().items()]
+        levels = [
+            {
+                "quality": q,
+                "name": name,
+                "default": name == zoo.DEFAULT_MODEL,
+                "kodak_bpp": (cards.get(name, {}).get("kodak") or {}).get("bpp"),
+            }
+            for q, name in zoo.quality_levels().items()
+        ]
         codecs = [{"id": c, "label": classical.LABELS[c]} for c in ("jpeg420", "webp", "avif") if classical.available(c)]
         lpips = getattr(comparison, "lpips_missing", None)
-        return JSONResponse({"version": __version__, "levels": levels, "codecs": codecs, "max_upload_bytes": settings.max_upload_bytes,
-                             "max_pixels": settings.max_pixels, "lpips_note": lpips})
+        return JSONResponse(
+            {
+                "version": __version__,
+                "levels": levels,
+                "codecs": codecs,
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_pixels": settings.max_pixels,
+                "lpips_note": lpips,
+            }
+        )
 
     async def submit(request: Request) -> Response:
         q = request.query_params
         try:
-            job_request = parse_request(q.get("codec"), q.get("quality"), q.get("max_bytes"), unquote(request.headers.get("x-filename", "image")))
+            job_request = parse_request(
+                q.get("codec"), q.get("quality"), q.get("max_bytes"), unquote(request.headers.get("x-filename", "image"))
+            )
         except UploadError as e:
             return error(400, str(e))
         declared = request.headers.get("content-length")
@@ -115,12 +132,27 @@ def create_app(settings: Settings = Settings(), run=None) -> Starlette:
         if path is None or not path.is_file():
             return error(404, "no such file")
         download = request.query_params.get("download")
-        media = {".png": "image/png", ".pqm": "application/octet-stream", ".jpg": "image/jpeg", ".webp": "image/webp", ".avif": "image/avif"}
-        return FileResponse(path, media_type=media.get(path.suffix, "application/octet-stream"),
-                            filename=safe_download(download) if download else None, headers={"Cache-Control": "no-store"})
+        media = {
+            ".png": "image/png",
+            ".pqm": "application/octet-stream",
+            ".jpg": "image/jpeg",
+            ".webp": "image/webp",
+            ".avif": "image/avif",
+        }
+        return FileResponse(
+            path,
+            media_type=media.get(path.suffix, "application/octet-stream"),
+            filename=safe_download(download) if download else None,
+            headers={"Cache-Control": "no-store"},
+        )
 
-    routes = [Route("/", page), Route("/api/info", info), Route("/api/jobs", submit, methods=["POST"]),
-              Route("/api/jobs/{id}", state), Route("/api/jobs/{id}/files/{name}", file)]
+    routes = [
+        Route("/", page),
+        Route("/api/info", info),
+        Route("/api/jobs", submit, methods=["POST"]),
+        Route("/api/jobs/{id}", state),
+        Route("/api/jobs/{id}/files/{name}", file),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)
 
 

@@ -69,12 +69,19 @@ class Job:
     files: dict[str, str] = field(default_factory=dict)  # served name -> file in `folder`
 
     def state(self) -> dict:
-        return {"id": self.id, "status": self.status, "stage": self.stage, "fraction": self.fraction,
-                "error": self.error, "result": self.result}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "stage": self.stage,
+            "fraction": self.fraction,
+            "error": self.error,
+            "result": self.result,
+        }
 
     def progress(self, stage: str) -> Callable[[int, int], None]:
         def report(done: int, total: int) -> None:
             self.stage, self.fraction = stage, done / total if total else 1.0
+
         return report
 
 
@@ -102,7 +109,9 @@ def read_upload(data: bytes, max_pixels: int | None, filename: str = "upload") -
             im.load()
             return load_image(im)  # the codec's policy; refuses transparency (the comparison is of colour)
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated data, odd modes, alpha
-            raise UploadError(f"{filename}: {e}" if isinstance(e, UnsupportedImageError) else f"{filename} cannot be read as an image: {e}") from None
+            raise UploadError(
+                f"{filename}: {e}" if isinstance(e, UnsupportedImageError) else f"{filename} cannot be read as an image: {e}"
+            ) from None
 
 
 def finite(psnr: float) -> float | None:
@@ -174,7 +183,9 @@ class Comparison:
         self.device = device
         self.lpips_weights = lpips_weights
         self._lpips = None
-        self.lpips_missing = None if lpips_weights else "LPIPS needs the AlexNet backbone weights: start the server with --lpips-weights PATH"
+        self.lpips_missing = (
+            None if lpips_weights else "LPIPS needs the AlexNet backbone weights: start the server with --lpips-weights PATH"
+        )
 
     def lpips(self):
         if self._lpips is None and self.lpips_missing is None:
@@ -200,6 +211,7 @@ class Comparison:
             name = setting = model_for_quality(req.quality)
             data = shipped_codec(name, self.device).compress(rgb, progress=job.progress(f"encoding with {name}"))
         else:
+
             def trying(level: str, done: int, total: int) -> None:
                 job.progress(f"encoding with {level}, looking for the best file within {req.max_bytes:,} bytes")(done, total)
 
@@ -215,22 +227,51 @@ class Comparison:
         lpips = self.lpips() if w * h <= LPIPS_MAX_PIXELS else None
         note = self.lpips_missing if w * h <= LPIPS_MAX_PIXELS else f"LPIPS is skipped above {LPIPS_MAX_PIXELS:,} pixels"
         stem, ext = safe_stem(req.name), EXTENSIONS[req.codec]
-        files = {"original.png": png(rgb), "pqmim.png": png(decoded), "pqmim.pqm": data,
-                 f"{req.codec}.png": png(classical), f"{req.codec}.{ext}": row["file"]}
+        files = {
+            "original.png": png(rgb),
+            "pqmim.png": png(decoded),
+            "pqmim.pqm": data,
+            f"{req.codec}.png": png(classical),
+            f"{req.codec}.{ext}": row["file"],
+        }
         for served, content in files.items():
             (job.folder / served).write_bytes(content)
             job.files[served] = served
         bpp = lambda n: n * 8 / (w * h)  # noqa: E731
         job.result = {
-            "width": w, "height": h, "name": req.name, "lpips_note": None if lpips else note,
+            "width": w,
+            "height": h,
+            "name": req.name,
+            "lpips_note": None if lpips else note,
             "rows": [
-                {"codec": "pqmim", "label": "pqmim", "setting": setting, "bytes": len(data), "bpp": bpp(len(data)),
-                 "psnr": finite(psnr_uint8(rgb, decoded)), "lpips": lpips(rgb, decoded) if lpips else None, "over_budget": False,
-                 "image": "pqmim.png", "file": "pqmim.pqm", "download": f"{stem}.pqm", "download_png": f"{stem}.pqmim.png"},
-                {"codec": req.codec, "label": row["label"], "setting": row["setting"], "bytes": row["bytes"], "bpp": row["bpp"],
-                 "psnr": finite(row["psnr"]), "lpips": lpips(rgb, classical) if lpips else None, "over_budget": row["over_budget"],
-                 "image": f"{req.codec}.png", "file": f"{req.codec}.{ext}", "download": f"{stem}.{ext}",
-                 "download_png": f"{stem}.{req.codec}.png"},
+                {
+                    "codec": "pqmim",
+                    "label": "pqmim",
+                    "setting": setting,
+                    "bytes": len(data),
+                    "bpp": bpp(len(data)),
+                    "psnr": finite(psnr_uint8(rgb, decoded)),
+                    "lpips": lpips(rgb, decoded) if lpips else None,
+                    "over_budget": False,
+                    "image": "pqmim.png",
+                    "file": "pqmim.pqm",
+                    "download": f"{stem}.pqm",
+                    "download_png": f"{stem}.pqmim.png",
+                },
+                {
+                    "codec": req.codec,
+                    "label": row["label"],
+                    "setting": row["setting"],
+                    "bytes": row["bytes"],
+                    "bpp": row["bpp"],
+                    "psnr": finite(row["psnr"]),
+                    "lpips": lpips(rgb, classical) if lpips else None,
+                    "over_budget": row["over_budget"],
+                    "image": f"{req.codec}.png",
+                    "file": f"{req.codec}.{ext}",
+                    "download": f"{stem}.{ext}",
+                    "download_png": f"{stem}.{req.codec}.png",
+                },
             ],
         }
         job.stage, job.fraction = "done", 1.0
