@@ -58,19 +58,13 @@ def file_bytes(codec, pic: Picture, keep_metadata: bool, sent: int | None, paylo
     return len(fmt.pack(header, b"")) + payload_bytes
 
 
-def compress_to_size(
-    image: ImageLike,
-    max_bytes: int,
-    keep_metadata: bool = False,
-    device: str = "cpu",
-    progress: Callable[[str, int, int], None] | None = None,
-    partial: bool = True,
-) -> tuple[bytes, str]:
+def compress_to_size(image: ImageLike, max_bytes: int, **options) -> tuple[bytes, str]:
     """(the .pqm bytes, the model's name) of the best file of `image` (ICC profile, alpha and,
     with keep_metadata, EXIF included) within max_bytes. With partial=False only whole files
     (every step sent) are considered, as before 0.4. `progress(model name, done, total)`
-    follows the entropy coder through each rung tried."""
-    best = best_within(image, max_bytes, keep_metadata, device, progress, partial)
+    follows the entropy coder through each rung tried. `options`: best_within's keywords
+    (keep_metadata, device, progress, partial)."""
+    best = best_within(image, max_bytes, **options)
     return best.data, best.name
 
 

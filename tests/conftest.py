@@ -107,3 +107,51 @@ def tiny_ladder(tmp_path_factory, monkeypatch):
     codec._shipped.cache_clear()
     yield folder, ids
     codec._shipped.cache_clear()
+
+
+def flags(**options) -> list[str]:
+    """Command-line flags from keyword arguments: init_from="x" -> ["--init-from", "x"]; dicts
+    and lists as JSON, everything else as str (so one call builds a training command line)."""
+    out = []
+    for name, value in options.items():
+        out += [f"--{name.replace('_', '-')}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return out
+
+
+def write_photos(root: Path, folders: dict[str, list[np.ndarray]]) -> None:
+    """root/<folder>/<i>.png for each folder's images (training, validation, Kodak stand-ins)."""
+    from PIL import Image
+
+    for name, images in folders.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, rgb in enumerate(images):
+            Image.fromarray(rgb).save(root / name / f"{i}.png")
+
+
+_LAUNCH = """
+import importlib, os, sys, torch
+net = importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+torch.save(net.state_dict(), os.path.join(sys.argv[sys.argv.index("--out") + 1], f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def torchrun(module: str, args: list[str], out: Path) -> list[dict]:
+    """Run `module`'s main(args) as 2 CPU processes under torchrun (gloo, one thread each);
+    returns each rank's final weights (state dicts, rank 0 then 1)."""
+    import os
+    import subprocess
+    import sys
+
+    script = out.parent / f"launch-{out.name}.py"
+    script.write_text(_LAUNCH)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), module, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # ROOT: the bench is importable
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import photo_crop
+from conftest import assert_same_weights, flags, photo_crop, torchrun, write_photos
 from pqmim import ModelFileError
 
 pytest.importorskip("compressai")
@@ -16,45 +15,25 @@ from bench.train_baselines import main  # noqa: E402
 
 
 def test_train_export_and_code_a_tiny_hyperprior(tmp_path):
-    folders = {
-        "train": [photo_crop(0, 0, 256, 256, variant=v) for v in range(3)],
-        "val": [photo_crop(256, 128, 256, 256)],
-        "kodak": [photo_crop(350, 200, 100, 70)],
-    }
-    for name, images in folders.items():
-        (tmp_path / name).mkdir()
-        for i, rgb in enumerate(images):
-            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
-    args = [
-        "--arch",
-        "bmshj2018-hyperprior",
-        "--channels",
-        "8",
-        "--latent-channels",
-        "12",
-        "--lmbda",
-        "0.01",
-        "--out",
-        str(tmp_path / "run"),
-        "--train",
-        str(tmp_path / "train"),
-        "--val",
-        str(tmp_path / "val"),
-        "--kodak",
-        str(tmp_path / "kodak"),
-        "--plan",
-        json.dumps({"iterations": 4, "crop": 64, "batch": 2}),
-        "--ckpt-every",
-        "2",
-        "--log-every",
-        "1",
-        "--name",
-        "hp-tiny",
-        "--export-dir",
-        str(tmp_path / "models"),
-    ]
+    folders = {"train": [photo_crop(0, 0, 256, 256, variant=v) for v in range(3)], "val": [photo_crop(256, 128, 256, 256)]}
+    write_photos(tmp_path, {**folders, "kodak": [photo_crop(350, 200, 100, 70)]})
+    args = flags(
+        arch="bmshj2018-hyperprior",
+        channels=8,
+        latent_channels=12,
+        lmbda=0.01,
+        out=tmp_path / "run",
+        train=tmp_path / "train",
+        val=tmp_path / "val",
+        kodak=tmp_path / "kodak",
+        plan={"iterations": 4, "crop": 64, "batch": 2},
+        ckpt_every=2,
+        log_every=1,
+        name="hp-tiny",
+        export_dir=tmp_path / "models",
+    )
     main(args + ["--stop-at", "2"])
-    main(args)  # resumes at step 2, finishes and exports
+    main(args)  # resumes at iteration 2, finishes and exports
     log = (tmp_path / "run" / "train.log").read_text()
     assert "baseline: resumed at iteration 2" in log and "baseline val iteration 4" in log and "bpp" in log
     card = json.loads((tmp_path / "models" / "hp-tiny.json").read_text())
@@ -93,68 +72,16 @@ def test_mbt2018_mean_saves_loads_and_codes(tmp_path):
     assert loaded.decompress(loaded.compress(rgb)).shape == rgb.shape
 
 
-LAUNCH = """
-import os, sys, torch
-from bench.train_baselines import main
-net = main(sys.argv[1:])
-torch.save(net.state_dict(), os.path.join(sys.argv[sys.argv.index("--out") + 1], f"rank{os.environ['RANK']}.pt"))
-"""
-
-
 def test_two_ranks_stay_identical(tmp_path):
     """Under torchrun the rate-distortion and aux losses go through one backward pass, so DDP has
     reduced every gradient before either optimiser steps: the ranks end with the same weights
     (with the aux loss's backward after the RD step, as before, they drifted apart)."""
-    import os
-    import subprocess
-    import sys
-
-    import torch
-
-    from pqmim.checkout import ROOT
-
-    for name, variants in (("train", range(4)), ("val", [5])):
-        (tmp_path / name).mkdir()
-        for v in variants:
-            Image.fromarray(photo_crop(0, 0, 288, 256, variant=v)).save(tmp_path / name / f"{v}.png")  # val: 256x256 crops
-    script = tmp_path / "launch.py"
-    script.write_text(LAUNCH)
+    val = [photo_crop(0, 0, 288, 256, variant=5)]  # 256x256 validation crops
+    write_photos(tmp_path, {"train": [photo_crop(0, 0, 288, 256, variant=v) for v in range(4)], "val": val})
     out = tmp_path / "run"
-    args = [
-        "--arch",
-        "bmshj2018-hyperprior",
-        "--channels",
-        "8",
-        "--latent-channels",
-        "8",
-        "--out",
-        str(out),
-        "--name",
-        "hp-ddp",
-        "--train",
-        str(tmp_path / "train"),
-        "--val",
-        str(tmp_path / "val"),
-        "--kodak",
-        "",
-        "--stages",
-        "train",
-        "--plan",
-        json.dumps({"iterations": 5, "crop": 64, "batch": 4}),
-        "--threads",
-        "1",
-        "--log-every",
-        "1",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
+    arch = flags(arch="bmshj2018-hyperprior", channels=8, latent_channels=8, name="hp-ddp", stages="train", threads=1, log_every=1)
+    data = flags(out=out, train=tmp_path / "train", val=tmp_path / "val", kodak="", plan={"iterations": 5, "crop": 64, "batch": 4})
+    a, b = torchrun("bench.train_baselines", arch + data, out)
     assert "2 processes (torchrun, DDP)" in (out / "train.log").read_text()
-    a, b = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert a.keys() == b.keys()
-    quantiles = 0
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-        quantiles += name.endswith(".quantiles")
-    assert quantiles  # the quantiles are among the weights compared
+    assert_same_weights(a, b)
+    assert any(name.endswith(".quantiles") for name in a)  # the quantiles are among the weights compared

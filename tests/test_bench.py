@@ -13,15 +13,14 @@ sys.path.insert(0, str(ROOT))
 pytest.importorskip("compressai")
 
 
+def run_module(*argv: str) -> subprocess.CompletedProcess:
+    """`python -m argv...` from the checkout's root, as a user runs the bench."""
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
 @needs_shared  # Kodak, the val photos and both sets of weights
 def test_bench_quick_end_to_end(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=900,
-    )
+    r = run_module("bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     kod = json.loads((tmp_path / "kodak.json").read_text())
     assert kod["images"] == 2 and kod["git_commit"] and kod["versions"]["torch"]
@@ -45,26 +44,14 @@ def test_bench_quick_end_to_end(tmp_path):
     (tmp_path / "kodak_psnr.png").unlink()
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:begin (python -m bench run writes this section) -->\nold\n<!-- bench:end -->\ntail\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "pqmim", "bench", "report", "--results", str(tmp_path), "--readme", str(readme)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    r = run_module("pqmim", "bench", "report", "--results", str(tmp_path), "--readme", str(readme))
     assert r.returncode == 0, r.stderr[-3000:]
     text = readme.read_text()
     assert (tmp_path / "kodak_psnr.png").exists() and "old" not in text and "BD-rate" in text and text.endswith("tail\n")
 
     # a second run takes every point from the cache: nothing is measured again
     cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")}
-    r = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=900,
-    )
+    r = run_module("bench", "run", "--quick", "--results", str(tmp_path), "--no-progress", "--threads", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")} == cached
 

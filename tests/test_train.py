@@ -2,49 +2,35 @@
 
 import json
 
-from PIL import Image
 
-from conftest import TINY, photo_crop
+from conftest import TINY, flags, photo_crop, write_photos
 from pqmim import Codec
 from pqmim.train import main
 
 
 def test_train_resume_export(tmp_path):
-    folders = {
-        "train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(4)],  # the photo's 4 corners
-        "val": [photo_crop(240, 120, 288, 272, variant=v) for v in (0, 3)],
-        "kodak": [photo_crop(350, 200, 64, 48)],
-    }
-    for name, images in folders.items():
-        (tmp_path / name).mkdir()
-        for i, rgb in enumerate(images):
-            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
-    args = [
-        "--out",
-        str(tmp_path / "run"),
-        "--train",
-        str(tmp_path / "train"),
-        "--val",
-        str(tmp_path / "val"),
-        "--kodak",
-        str(tmp_path / "kodak"),
-        "--config",
-        json.dumps(TINY.to_dict()),
-        "--stage1-plan",
-        json.dumps(
-            {"iterations": 6, "warmup_ae_iterations": 2, "small_crop_until": 3, "small_crop": 32, "small_batch": 2, "crop": 64, "batch": 2}
-        ),
-        "--stage2-plan",
-        json.dumps({"iterations": 4, "batch": 4}),
-        "--ckpt-every",
-        "3",
-        "--log-every",
-        "1",
-        "--name",
-        "tiny-trained",
-        "--export-dir",
-        str(tmp_path / "models"),
-    ]
+    write_photos(
+        tmp_path,
+        {
+            "train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(4)],  # the photo's 4 corners
+            "val": [photo_crop(240, 120, 288, 272, variant=v) for v in (0, 3)],
+            "kodak": [photo_crop(350, 200, 64, 48)],
+        },
+    )
+    plan1 = {"iterations": 6, "warmup_ae_iterations": 2, "small_crop_until": 3, "small_crop": 32, "small_batch": 2, "crop": 64, "batch": 2}
+    args = flags(
+        out=tmp_path / "run",
+        train=tmp_path / "train",
+        val=tmp_path / "val",
+        kodak=tmp_path / "kodak",
+        config=TINY.to_dict(),
+        stage1_plan=plan1,
+        stage2_plan={"iterations": 4, "batch": 4},
+        ckpt_every=3,
+        log_every=1,
+        name="tiny-trained",
+        export_dir=tmp_path / "models",
+    )
     main(args + ["--stages", "1"])
     log = (tmp_path / "run" / "train.log").read_text()
     assert "k-means initialised" in log and "perplexity" in log and "stage1 val iteration 6" in log
@@ -70,40 +56,26 @@ def test_block_causal_entropy_variant_of_a_trained_model(tmp_path):
 
     from conftest import make_tiny_model
 
-    (tmp_path / "train").mkdir()
-    for i, v in enumerate(range(3)):
-        Image.fromarray(photo_crop(0, 0, 256, 192, variant=v)).save(tmp_path / "train" / f"{i}.png")
+    write_photos(tmp_path, {"train": [photo_crop(0, 0, 256, 192, variant=v) for v in range(3)]})
     (tmp_path / "models").mkdir()
     base = make_tiny_model(seed=7)
     base.save(tmp_path / "models" / "tiny-full.safetensors", storage="int8")
     causal = dataclasses.replace(TINY, causal=True)
     main(
-        [
-            "--out",
-            str(tmp_path / "run"),
-            "--train",
-            str(tmp_path / "train"),
-            "--val",
-            str(tmp_path / "train"),
-            "--kodak",
-            "",
-            "--config",
-            json.dumps(causal.to_dict()),
-            "--init-from",
-            str(tmp_path / "models" / "tiny-full.safetensors"),
-            "--stages",
-            "2,export",
-            "--stage2-plan",
-            json.dumps({"iterations": 3, "batch": 4}),
-            "--ckpt-every",
-            "3",
-            "--name",
-            "tiny-causal",
-            "--base",
-            "tiny-full",
-            "--export-dir",
-            str(tmp_path / "models"),
-        ]
+        flags(
+            out=tmp_path / "run",
+            train=tmp_path / "train",
+            val=tmp_path / "train",
+            kodak="",
+            config=causal.to_dict(),
+            init_from=tmp_path / "models" / "tiny-full.safetensors",
+            stages="2,export",
+            stage2_plan={"iterations": 3, "batch": 4},
+            ckpt_every=3,
+            name="tiny-causal",
+            base="tiny-full",
+            export_dir=tmp_path / "models",
+        )
     )
     log = (tmp_path / "run" / "train.log").read_text()
     assert "stage2 val iteration 3" in log and "on all val codes" in log
@@ -123,35 +95,12 @@ def test_one_resume_rule_names_and_metrics(tmp_path):
     unknown ones refused; --name may not be a zoo alias; every logged figure is a JSON line."""
     import pytest
 
-    (tmp_path / "train").mkdir()
-    for v in range(2):
-        Image.fromarray(photo_crop(0, 0, 288, 272, variant=v)).save(tmp_path / "train" / f"{v}.png")
+    write_photos(tmp_path, {"train": [photo_crop(0, 0, 288, 272, variant=v) for v in range(2)]})
     plan = {"iterations": 3, "warmup_ae_iterations": 1, "small_crop_until": 0, "crop": 64, "batch": 2}
 
     def run(out="run", config=TINY.to_dict(), stage1_plan=plan, *extra):
-        main(
-            [
-                "--out",
-                str(tmp_path / out),
-                "--train",
-                str(tmp_path / "train"),
-                "--val",
-                str(tmp_path / "train"),
-                "--kodak",
-                "",
-                "--config",
-                json.dumps(config),
-                "--stage1-plan",
-                json.dumps(stage1_plan),
-                "--stages",
-                "1",
-                "--log-every",
-                "1",
-                "--ckpt-every",
-                "2",
-                *extra,
-            ]
-        )
+        common = flags(train=tmp_path / "train", val=tmp_path / "train", kodak="", stages=1, log_every=1, ckpt_every=2)
+        main(flags(out=tmp_path / out, config=config, stage1_plan=stage1_plan) + common + list(extra))
 
     run("run", TINY.to_dict(), plan, "--stop-at", "2")
     with pytest.raises(SystemExit, match="another --stage1-plan"):

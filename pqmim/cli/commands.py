@@ -37,7 +37,7 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
     with t("encode"):
         if codec is None:
             budget = args.max_bytes if args.max_bytes is not None else bytes_for_bpp(args.max_bpp, w, h)
-            data, name = compress_to_size(pic, budget, args.keep_metadata, args.device)
+            data, name = compress_to_size(pic, budget, keep_metadata=args.keep_metadata, device=args.device)
         else:
             with coding_bar(args, w * h, Path(src).name) as progress:
                 data = codec.compress(

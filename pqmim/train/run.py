@@ -65,13 +65,8 @@ class RunConfig:
         return cls(**{**values, **parsed, "out": Path(ns.out)})
 
     def fit_options(self) -> dict:
-        return {
-            "seed": self.seed,
-            "stop_at": self.stop_at,
-            "ckpt_every": self.ckpt_every,
-            "ckpt_minutes": self.ckpt_minutes,
-            "log_every": self.log_every,
-        }
+        """The keywords of loop.fit this run sets."""
+        return {k: getattr(self, k) for k in ("seed", "stop_at", "ckpt_every", "ckpt_minutes", "log_every")}
 
     def stage_env(self, ctx: Dist, device: torch.device) -> StageEnv:
         """What this run's stages run in; their loss modules get DDP (under torchrun) and
