@@ -42,6 +42,8 @@ from .suite import RESULTS, environment
 class _Observe(CodingPass):
     """Replays the encoder's codes, as the encoder does, keeping the coder's own float64 logits."""
 
+    wants_logits = True
+
     def __init__(self, padded: torch.Tensor) -> None:
         self.padded, self.calls = padded, []
 

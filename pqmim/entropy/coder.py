@@ -77,11 +77,12 @@ class _Encode(CodingPass):
     """Range-codes the known codes; with `progressive`, keeps each call's tables and the size of
     the sealed coder after each step (for the prefix lengths)."""
 
-    def __init__(self, padded: torch.Tensor, sent: int, progressive: bool, limit: float | None = None) -> None:
+    def __init__(self, padded: torch.Tensor, sent: int, progressive: bool = False, sizes: bool = False, limit: int | None = None) -> None:
         self.padded, self.sent, self.progressive, self.limit = padded, sent, progressive, limit
+        self.sizes = sizes or progressive  # record the sealed size after each step
         self.enc = constriction.stream.queue.RangeEncoder()
         self.calls: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(sent)]  # per step: (compact tables, codes)
-        self.sealed: list[int] = []  # payload bytes after each step sent (progressive, or with a limit)
+        self.sealed: list[int] = []  # payload bytes after each step sent (when `sizes`)
 
     def symbols(self, step: int, tables: np.ndarray, where: Where) -> np.ndarray:
         symbols = Layout.symbols(self.padded, where)
@@ -91,7 +92,7 @@ class _Encode(CodingPass):
         return symbols
 
     def step_done(self, step: int) -> None:
-        if (self.progressive or self.limit is not None) and step < self.sent:
+        if self.sizes and step < self.sent:
             self.sealed.append(sealed_size(self.enc))
             if self.limit is not None and self.sealed[-1] > self.limit:
                 raise StopReplay
@@ -203,7 +204,7 @@ class MIMCoder:
         """Payload bytes of a file that sends the first s steps, for s = 1, 2, ...: the range
         coder sealed after each step (grid shift 0). Stops after the first size over `limit`."""
         layout = self.layout(codes.shape[1], codes.shape[2])
-        coding = _Encode(layout.pad(codes), self.cfg.steps, progressive=False, limit=limit if limit is not None else float("inf"))
+        coding = _Encode(layout.pad(codes), self.cfg.steps, sizes=True, limit=limit)
         self.replayer.run(layout, coding)
         return coding.sealed
 

@@ -51,6 +51,8 @@ class StopReplay(Exception):
 class CodingPass:
     """What one replay does with the tables of each step (a subclass per use)."""
 
+    wants_logits = False  # True: `logits` is called with each call's float64 logits
+
     def symbols(self, step: int, tables: np.ndarray, where: Where) -> np.ndarray:
         """The codes of one call (rows of `tables`: window, position, sub-vector; `tables` are
         integer weights stored as exact float32, (rows, k)), in the same order."""
@@ -60,7 +62,7 @@ class CodingPass:
         """After every call of `step` (may raise StopReplay)."""
 
     def logits(self, step: int, logits: torch.Tensor, where: Where) -> None:
-        """The float64 logits (rows, k) a call's tables were built from (the bench looks)."""
+        """The float64 logits (rows, k) a call's tables were built from, if `wants_logits`."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,8 @@ class Replayer:
 
         results = list(pool.map(piece, chunk))
         where = [(t, p.groups[s]) for p in chunk for t in p.windows]
-        coding.logits(s, torch.cat([r[0] for r in results]), where)
+        if coding.wants_logits:  # only the bench looks: no copy on the coding path
+            coding.logits(s, torch.cat([r[0] for r in results]), where)
         tables = torch.cat([r[1] for r in results]).numpy()
         symbols = torch.from_numpy(np.asarray(coding.symbols(s, tables, where)).astype(np.int64))
         o = 0
