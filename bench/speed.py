@@ -29,14 +29,14 @@ from pqmim.fileio import atomic_write_json
 DEFAULT_IMAGE = KODAK / "kodim01.png"
 
 
-def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str, device: str = "cpu") -> dict:
+def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str, device: str = "cpu", transforms: str = "auto") -> dict:
     """One process, one job: encode `image` into `pqm`, or decode `pqm` (made by an encode run)."""
     import torch
 
     from pqmim import Codec
 
     torch.set_num_threads(threads)
-    codec = Codec.from_pretrained(model, device=device)
+    codec = Codec.from_pretrained(model, device=device, transforms=transforms)
     times = []
     for i in range(repeat + (1 if repeat > 1 else 0)):  # one warm-up when the median is of several
         t = time.perf_counter()
@@ -56,10 +56,11 @@ def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: st
         "peak_rss_mb": peak_mb,
         "bytes": Path(pqm).stat().st_size,
         "threads": threads,
+        "transforms": str(codec.transform_dtype).removeprefix("torch."),
     }
 
 
-def measure(model: str, image: str, repeat: int, threads: int, device: str = "cpu") -> list[dict]:
+def measure(model: str, image: str, repeat: int, threads: int, device: str = "cpu", transforms: str = "auto") -> list[dict]:
     """Encode then decode `image`, each in a fresh process (so peak RSS is that job's alone)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,6 +79,8 @@ def measure(model: str, image: str, repeat: int, threads: int, device: str = "cp
                 str(repeat),
                 "--device",
                 device,
+                "--transforms",
+                transforms,
                 "--worker",
                 what,
                 str(threads),
@@ -109,7 +112,7 @@ def mosaic(width: int, height: int, path: Path) -> None:
     Image.fromarray(out).save(path)
 
 
-def large(model: str, megapixels: list[int], threads: int, repeat: int, device: str = "cpu") -> list[dict]:
+def large(model: str, megapixels: list[int], threads: int, repeat: int, device: str = "cpu", transforms: str = "auto") -> list[dict]:
     """Time and peak memory of square photo-like images of the given megapixels."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,10 +120,11 @@ def large(model: str, megapixels: list[int], threads: int, repeat: int, device: 
             side = int(round((mp * 2**20) ** 0.5))
             path = Path(tmp) / f"mosaic{mp}.png"
             mosaic(side, side, path)
-            enc, dec = measure(model, str(path), repeat, threads, device)
+            enc, dec = measure(model, str(path), repeat, threads, device, transforms)
             rows.append(
                 {
                     "megapixels": mp,
+                    "transforms": enc["transforms"],
                     "side": side,
                     "bytes": enc["bytes"],
                     "encode_s": enc["median_s"],
@@ -190,22 +194,35 @@ def main(argv: list[str] | None = None) -> int:
         "--megapixels", type=int, nargs="+", help="instead of --image: square Kodak mosaics of these sizes (e.g. 1 4 16), timed once each"
     )
     ap.add_argument("--device", default="cpu", help="where pqmim's networks run: cpu, or cuda (files decode on the CPU either way)")
+    ap.add_argument(
+        "--transforms",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "float32", "bfloat16"],
+        help="pqmim's transform precision(s) to time (auto: bfloat16 where the CPU has it natively)",
+    )
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--worker", nargs=3, metavar=("WHAT", "THREADS", "PQM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]), args.worker[2], args.device)))
+        job = worker(
+            args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]), args.worker[2], args.device, args.transforms[0]
+        )
+        print(json.dumps(job))
         return 0
     if args.megapixels:
-        rows = large(args.model, args.megapixels, args.threads[0], 1 if args.repeat == 5 else args.repeat, args.device)
+        repeat = 1 if args.repeat == 5 else args.repeat
+        rows = [r for t in args.transforms for r in large(args.model, args.megapixels, args.threads[0], repeat, args.device, t)]
         print(f"{args.model}, {rows[0]['threads']} threads, photo-like Kodak mosaics, each job in a fresh process")
         print(
-            "| megapixels | size | encode (s) | decode (s) | s per MP (enc + dec) | encode peak RSS (MB) | decode peak RSS (MB) |\n|---|---|---|---|---|---|---|"
+            "| megapixels | size | transforms | encode (s) | decode (s) | encode s per MP | decode s per MP | encode peak RSS (MB) | decode peak RSS (MB) |\n"
+            "|---|---|---|---|---|---|---|---|---|"
         )
         for r in rows:
-            per_mp = (r["encode_s"] + r["decode_s"]) * 2**20 / (r["side"] ** 2)
+            mp = r["side"] ** 2 / 2**20
             print(
-                f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | {per_mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |"
+                f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['transforms']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | "
+                f"{r['encode_s'] / mp:.2f} | {r['decode_s'] / mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |"
             )
     else:
         from PIL import Image
@@ -220,21 +237,22 @@ def main(argv: list[str] | None = None) -> int:
                 with Image.open(image) as im:
                     size = f"{im.width}x{im.height}"
                 pq = {}
-                for threads in args.threads:
-                    enc, dec = measure(args.model, image, args.repeat, threads, args.device)
-                    pq[threads] = enc["bytes"]
-                    rows.append(
-                        {
-                            "image": size,
-                            "codec": f"pqmim {args.model}" + ("" if args.device == "cpu" else f" ({args.device})"),
-                            "threads": threads,
-                            "bytes": enc["bytes"],
-                            "encode_s": enc["median_s"],
-                            "decode_s": dec["median_s"],
-                            "encode_peak_mb": enc["peak_rss_mb"],
-                            "decode_peak_mb": dec["peak_rss_mb"],
-                        }
-                    )
+                for transforms in args.transforms:
+                    for threads in args.threads:
+                        enc, dec = measure(args.model, image, args.repeat, threads, args.device, transforms)
+                        pq.setdefault(threads, enc["bytes"])
+                        rows.append(
+                            {
+                                "image": size,
+                                "codec": f"pqmim {args.model} {enc['transforms']}" + ("" if args.device == "cpu" else f" ({args.device})"),
+                                "threads": threads,
+                                "bytes": enc["bytes"],
+                                "encode_s": enc["median_s"],
+                                "decode_s": dec["median_s"],
+                                "encode_peak_mb": enc["peak_rss_mb"],
+                                "decode_peak_mb": dec["peak_rss_mb"],
+                            }
+                        )
                 for r in classical_rows(image, pq[args.threads[0]], args.repeat):
                     rows.append({"image": size, "threads": "-", **r})
         print(f"{Path(args.image).name}, median of {args.repeat} runs; WebP and AVIF at the largest file not above pqmim's")

@@ -20,7 +20,7 @@ from .entropy.coder import CorruptPayloadError, MIMCoder
 from .entropy.replay import Decoded, Progress
 from .extras import Extras
 from .image import ImageLike, Picture, picture_to_pil, read_picture, to_tensor
-from .models import PQMIM
+from .models import PQMIM, banded
 
 
 class Codec:
@@ -31,9 +31,10 @@ class Codec:
     >>> image = codec.decompress(data)           # PIL.Image, RGB, original size
     """
 
-    def __init__(self, model: PQMIM, name: str | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: PQMIM, name: str | None = None, device: torch.device | str = "cpu", transforms: str = "auto") -> None:
         self.model_id: bytes = model.model_id()
         self.device = torch.device(device)  # "cuda": transforms and entropy model on a GPU; files are the same format
+        self.transform_dtype = transform_dtype(transforms, self.device)
         self.model = model.eval().to(self.device)
         self.name = name
         self.cfg = model.cfg
@@ -41,20 +42,24 @@ class Codec:
         self.tile_pixels = tiling.TILE_PIXELS  # larger images are transformed tile by tile
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, quality: int | None = None, device: torch.device | str = "cpu") -> "Codec":
+    def from_pretrained(
+        cls, name: str | None = None, quality: int | None = None, device: torch.device | str = "cpu", transforms: str = "auto"
+    ) -> "Codec":
         """Load a shipped model by name ("pqmim-q2") or by quality level (1 = smallest files);
-        with neither, the default model. `pqmim models` lists them with their Kodak figures."""
+        with neither, the default model. `pqmim models` lists them with their Kodak figures.
+        transforms: "auto" (bfloat16 convolutions where the CPU multiplies bfloat16 natively,
+        else float32), "float32" or "bfloat16" (see pqmim/models/banded.py)."""
         if name is not None and quality is not None:
             raise ValueError("give a model name or a quality, not both")
         if quality is not None:
             name = zoo.model_for_quality(quality)
         name = zoo.resolve(name)
-        return cls(PQMIM.load(zoo.model_path(name)), name=name, device=device)
+        return cls(PQMIM.load(zoo.model_path(name)), name=name, device=device, transforms=transforms)
 
     @classmethod
-    def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> "Codec":
+    def from_file(cls, path: str | Path, device: torch.device | str = "cpu", transforms: str = "auto") -> "Codec":
         """Load a model from a .safetensors file written by `pqmim train`."""
-        return cls(PQMIM.load(path), name=Path(path).stem, device=device)
+        return cls(PQMIM.load(path), name=Path(path).stem, device=device, transforms=transforms)
 
     # -- codes
     @property
@@ -75,18 +80,19 @@ class Codec:
         for i, im in enumerate(images):
             padded = self._padded(im)
             if max(padded.shape[:2]) > self._tile * self.cfg.f:
-                out[i] = tiling.encode_tiled(self.model, padded, self._tile)
+                out[i] = tiling.encode_tiled(self.model, padded, self._tile, self.transform_dtype)
             else:
                 by_size.setdefault(im.shape[:2], []).append((i, padded))
         for group in by_size.values():
             x = to_tensor(np.stack([p for _, p in group])).to(self.device)
-            for (i, _), codes in zip(group, self.model.encode_codes(x).cpu()):
+            for (i, _), codes in zip(group, self.model.encode_codes(x, self.transform_dtype).cpu()):
                 out[i] = codes
         return out  # type: ignore[return-value]
 
     def decode_image(self, codes: torch.Tensor, width: int, height: int) -> Image.Image:
         """Code grid (m, h, w) -> RGB image of width x height."""
-        return Image.fromarray(tiling.decode_tiled(self.model, self.latents(Decoded(codes)), self._tile, width, height), "RGB")
+        rgb = tiling.decode_tiled(self.model, self.latents(Decoded(codes)), self._tile, width, height, self.transform_dtype)
+        return Image.fromarray(rgb, "RGB")
 
     # -- bitstreams
     def compress(
@@ -198,8 +204,25 @@ class Codec:
         partial: `data` may be a progressive file cut short (see `read_codes`)."""
         header, decoded = self._decode(data, progress, partial, seed)
         extras = Extras.from_chunks(header.chunks, header.width, header.height)
-        rgb = tiling.decode_tiled(self.model, self.latents(decoded), self._tile, header.width, header.height)
+        rgb = tiling.decode_tiled(self.model, self.latents(decoded), self._tile, header.width, header.height, self.transform_dtype)
         return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
+
+
+TRANSFORMS = ("auto", "float32", "bfloat16")
+
+
+def transform_dtype(transforms: str, device: torch.device) -> torch.dtype:
+    """The dtype of the CPU transforms' convolutions for a `transforms` setting (TRANSFORMS).
+    On a GPU the transforms run unbanded in float32, so only auto and float32 apply there."""
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"transforms must be one of {', '.join(TRANSFORMS)}, got {transforms!r}")
+    if device.type != "cpu":
+        if transforms == "bfloat16":
+            raise ValueError("transforms='bfloat16' is for the CPU: on a GPU the transforms run in float32")
+        return torch.float32
+    if transforms == "auto":
+        return torch.bfloat16 if banded.native_bfloat16() else torch.float32
+    return getattr(torch, transforms)
 
 
 def fill_of(seed: int | None) -> int:

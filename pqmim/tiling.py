@@ -42,8 +42,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
-    """Codes (m, h, w) of an HxWx3 uint8 image whose sides are multiples of f."""
+def encode_tiled(model, padded: np.ndarray, tile: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Codes (m, h, w) of an HxWx3 uint8 image whose sides are multiples of f (the analysis in
+    `dtype`: see PQMIM.encode_codes)."""
     f, m = model.cfg.f, model.cfg.m
     h, w = padded.shape[0] // f, padded.shape[1] // f
     halo = math.ceil(context_radius(model.encoder) / f)  # in latent positions
@@ -53,13 +54,14 @@ def encode_tiled(model, padded: np.ndarray, tile: int) -> torch.Tensor:
             a, b = max(0, y0 - halo), min(h, y1 + halo)
             c, d = max(0, x0 - halo), min(w, x1 + halo)
             x = to_tensor(padded[a * f : b * f, c * f : d * f]).to(model_device(model))
-            codes[:, y0:y1, x0:x1] = model.encode_codes(x)[0, :, y0 - a : y1 - a, x0 - c : x1 - c].cpu()
+            codes[:, y0:y1, x0:x1] = model.encode_codes(x, dtype)[0, :, y0 - a : y1 - a, x0 - c : x1 - c].cpu()
     return codes
 
 
 @torch.no_grad()
-def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int) -> np.ndarray:
-    """HxWx3 uint8 image of a latent grid (m*sub_dim, h, w), cropped to width x height."""
+def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """HxWx3 uint8 image of a latent grid (m*sub_dim, h, w), cropped to width x height (the
+    synthesis in `dtype`: see PQMIM.decode_latents)."""
     f = model.cfg.f
     _, h, w = z.shape
     halo = math.ceil(context_radius(model.decoder))  # the decoder's input is the latent grid
@@ -68,7 +70,7 @@ def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int) -> 
         for x0, x1 in spans(w, tile):
             a, b = max(0, y0 - halo), min(h, y1 + halo)
             c, d = max(0, x0 - halo), min(w, x1 + halo)
-            x = model.decode_latents(z[None, :, a:b, c:d].to(model_device(model)))[0].cpu()
+            x = model.decode_latents(z[None, :, a:b, c:d].to(model_device(model)), dtype)[0].cpu()
             x = x[:, (y0 - a) * f : (y1 - a) * f, (x0 - c) * f : (x1 - c) * f]
             py0, px0 = y0 * f, x0 * f
             py1, px1 = min(y1 * f, height), min(x1 * f, width)

@@ -28,8 +28,16 @@ Manifest (tests/golden/manifest.json):
           "codes_sha256": "...",              # of the codes read_codes gives, uint16 LE, C order (m, h, w)
           "prefixes": [                       # progressive files only: decompress(file[:n], partial=True)
             {"bytes": n, "pixels_sha256": "..."}
-          ]
+          ],
+          "bfloat16": {                       # the same with transforms="bfloat16" (CPUs with native bfloat16):
+            "encoded_sha256": "...",          #   of compress(crop) (its analysis may pick other codes)
+            "pixels_sha256": "...",           #   of decompress(file)
+            "prefixes": [...]
+          }
         }, ...
+
+The files and the top-level hashes are those of transforms="float32", the transforms every
+release before 0.5.0 ran.
       ]
     }
 """
@@ -96,10 +104,11 @@ def main() -> int:
 
     GOLDEN.mkdir(exist_ok=True)
     rgb = photo_crop(*CROP)
-    codecs: dict[str, Codec] = {}
+    codecs: dict[tuple[str, str], Codec] = {}
     files = []
     for fname, model, options, prefixes in entries():
-        codec = codecs.setdefault(model, Codec.from_pretrained(model))
+        codec = codecs.setdefault((model, "float32"), Codec.from_pretrained(model, transforms="float32"))
+        low = codecs.setdefault((model, "bfloat16"), Codec.from_pretrained(model, transforms="bfloat16"))
         data = codec.compress(rgb, **options)
         (GOLDEN / fname).write_bytes(data)
         entry = {
@@ -114,9 +123,11 @@ def main() -> int:
             "pixels_sha256": pixels_sha256(codec.decompress(data)),
             "codes_sha256": codes_sha256(codec.read_codes(data)[1]),
         }
+        entry["bfloat16"] = {"encoded_sha256": sha256(low.compress(rgb, **options)), "pixels_sha256": pixels_sha256(low.decompress(data))}
         if prefixes == "half":  # a cut inside the payload: the steps it holds, the rest filled in
             n = len(data) // 2
-            entry["prefixes"] = [{"bytes": n, "pixels_sha256": pixels_sha256(codec.decompress(data[:n], partial=True))}]
+            for c, where in ((codec, entry), (low, entry["bfloat16"])):
+                where["prefixes"] = [{"bytes": n, "pixels_sha256": pixels_sha256(c.decompress(data[:n], partial=True))}]
         files.append(entry)
         print(f"{fname}: {len(data)} bytes", file=sys.stderr)
     manifest = {"source": SOURCE, "files": files}

@@ -15,10 +15,19 @@ work around a convolution (GELU before and after, the residual sum, the pixel sh
 in the same pass over the band. Activations are channels-last, which this CPU convolves faster.
 The layers are the few kinds defined in `autoencoder.py`; anything else is refused rather than
 computed in another way.
+
+Precision: a transform runs as stored (float32), or `lowered` to bfloat16 on CPUs that multiply
+bfloat16 natively (`native_bfloat16`: AVX512-BF16 or AMX-BF16), where its convolutions run about
+twice as fast. Lowered, every convolution but the first and the last takes bfloat16 inputs and
+weights (oneDNN accumulates in float32); the first and last stay float32, so the pixels read and
+written and the latents the quantizer snaps keep float32 resolution. Measured on the 24 Kodak
+images with the default model: the same codes decode to pixels at most one level apart (6% of
+sub-pixels), PSNR -0.0004 dB. Banding, hence thread and batch invariance, is unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 from concurrent.futures import Executor
 from typing import Callable
 
@@ -31,6 +40,24 @@ from .autoencoder import ResBlock, Upsample
 BAND_ROWS = 16  # rows of a layer's output per band: part of what fixes the decoded pixels
 
 Post = Callable[[torch.Tensor, int, int], torch.Tensor]  # (band output, y0, y1) -> band output
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 dot products (AVX512-BF16 or AMX-BF16). Elsewhere oneDNN
+    emulates them, slower than float32, so `lowered` transforms are for these CPUs only."""
+    get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.3 on x86
+    caps = get() if get is not None else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def lowered(net: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
+    """A copy of `net` whose convolutions, except the first and the last, hold their weights in
+    `dtype` (`_conv_stage` feeds each convolution its own dtype)."""
+    out = copy.deepcopy(net)
+    convs = [m for m in out.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs[1:-1]:
+        conv.to(dtype)
+    return out
 
 
 def bands(height: int) -> list[tuple[int, int]]:
@@ -54,6 +81,7 @@ def _conv_stage(pool: Executor, conv: nn.Conv2d, x: torch.Tensor, pre: Callable 
         inp = x[:, :, max(0, lo) : min(height, hi)]
         if lo < 0 or hi > height:
             inp = F.pad(inp, (0, 0, max(0, -lo), max(0, hi - height)))
+        inp = inp.to(conv.weight.dtype)
         if pre is not None:
             inp = pre(inp)
         y = F.conv2d(inp, conv.weight, conv.bias, stride=conv.stride, padding=(0, pw))

@@ -40,30 +40,44 @@ class PQMIM(nn.Module):
         self.entropy = MIMTransformer(cfg)
 
     @torch.no_grad()
-    def encode_codes(self, x01: torch.Tensor) -> torch.Tensor:
+    def encode_codes(self, x01: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1], H and W multiples of f -> codes (B, m, H/f, W/f). On
         the CPU, image by image in fixed row bands (`banded`): the same codes with any thread
-        count or batch."""
+        count or batch; `dtype` bfloat16 runs the transform `banded.lowered`."""
         if x01.device.type != "cpu":
             return self.quantizer.codes_for(self.encoder(x01 - 0.5))
+        net = self._banded_net(self.encoder, dtype)
         with fixed_pieces() as pool:
-            return torch.cat([self.quantizer.codes_for(banded.run(self.encoder.net, xi - 0.5, pool)) for xi in x01.split(1)])
+            return torch.cat([self.quantizer.codes_for(banded.run(net, xi - 0.5, pool)) for xi in x01.split(1)])
 
     @torch.no_grad()
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_codes(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Codes (B, m, h, w) -> images (B, 3, h*f, w*f) in [0, 1]. On the CPU the synthesis runs
         in fixed row bands (`banded`): the same pixels with any thread count or batch."""
-        return self.decode_latents(self.quantizer.latents_for(codes))
+        return self.decode_latents(self.quantizer.latents_for(codes), dtype)
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, z: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Latents (B, m*sub_dim, h, w) -> images (B, 3, h*f, w*f) in [0, 1]: the synthesis of
         `decode_codes`, also for latents that are not code words (codes filled in as expected
         code words: pqmim/entropy/coder.py)."""
         if z.device.type != "cpu":
             return (self.decoder(z) + 0.5).clamp(0, 1)
+        net = self._banded_net(self.decoder, dtype)
         with fixed_pieces() as pool:
-            return (banded.run(self.decoder.net, z, pool) + 0.5).clamp(0, 1)
+            return (banded.run(net, z, pool) + 0.5).clamp(0, 1)
+
+    def _banded_net(self, transform: nn.Module, dtype: torch.dtype) -> nn.Sequential:
+        """The transform's layers as stored (float32), or lowered to `dtype`: a copy made once
+        per state of the weights (keyed by the parameters' storage and in-place version, so an
+        optimiser step or load_state_dict makes a fresh one)."""
+        if dtype == torch.float32:
+            return transform.net
+        stamp = (dtype, tuple((p.data_ptr(), p._version) for p in transform.parameters()))
+        cache = self.__dict__.setdefault("_lowered", {})  # not a submodule: no weights in state_dict
+        if cache.get(id(transform), (None,))[0] != stamp:
+            cache[id(transform)] = (stamp, banded.lowered(transform.net, dtype))
+        return cache[id(transform)][1]
 
     # -- weights
     def model_id(self) -> bytes:
