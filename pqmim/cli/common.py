@@ -135,7 +135,8 @@ def load_codec(
     else:
         codec = shipped_codec(None, device)
     if verbose:
-        say(f"pqmim: model {codec.name} ready in {time.perf_counter() - t0:.2f} s")
+        transforms = str(codec.transform_dtype).removeprefix("torch.")
+        say(f"pqmim: model {codec.name} ready in {time.perf_counter() - t0:.2f} s ({codec.device.type}, {transforms} transforms)")
     return codec
 
 
