@@ -35,11 +35,11 @@ Manifest (tests/golden/manifest.json):
             "prefixes": [...]
           }
         }, ...
+      ]
+    }
 
 The files and the top-level hashes are those of transforms="float32", the transforms every
 release before 0.5.0 ran.
-      ]
-    }
 """
 
 from __future__ import annotations
