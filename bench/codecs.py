@@ -5,6 +5,8 @@ real compressed size, the decoded 8-bit image and the encode / decode seconds.
 - baselines: one point per CompressAI model we trained (models/baselines/, see bench/baselines.py);
 - classical: one point per Pillow quality setting of JPEG 4:2:0 / 4:4:4, WebP and AVIF.
 
+- pqmim-perceptual: the same files as pqmim's, decoded by the perceptual decoder (q1 to q3);
+
 A point's `key` names its cache files: it changes when the weights or the encoder library do.
 """
 
@@ -24,6 +26,9 @@ from pqmim import format as fmt
 from pqmim.evaluate import roundtrip
 
 from .classical import LABELS, QUALITIES, available, decode, encode
+
+
+PERCEPTUAL = "pqmim-perceptual"  # the family of the perceptual decoder's points
 
 
 @dataclass
@@ -81,6 +86,41 @@ def pqmim_points(names: list[str] | None = None) -> list[Point]:
                 f"pqmim-{name}-{codec.model_id.hex()}-v{fmt.VERSION}",
                 _checked(codec),
                 {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()},
+            )
+        )
+    return points
+
+
+class _Perceptual:
+    """A pqmim model decoded by its perceptual decoder: compress as usual, decompress with
+    perceptual=True (the file's codes are still checked against its checksum)."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec, self.name = codec, f"{codec.name} perceptual"
+
+    def compress(self, rgb: np.ndarray) -> bytes:
+        return self.codec.compress(rgb)
+
+    def decompress(self, data: bytes):
+        return self.codec.decompress(data, perceptual=True)
+
+
+def perceptual_points(names: list[str] | None = None) -> list[Point]:
+    """The shipped ladder (or the named models) through the perceptual decoder, where one ships."""
+    points = []
+    for name in names or list(zoo.quality_levels().values()):
+        codec = Codec.from_pretrained(name)
+        try:
+            path = zoo.perceptual_path(codec.model_id)
+        except FileNotFoundError:
+            continue
+        points.append(
+            Point(
+                PERCEPTUAL,
+                name.replace("pqmim-", ""),
+                f"pqmim-perceptual-{name}-{codec.model_id.hex()}-{_file_hash(path)}-v{fmt.VERSION}",
+                _checked(_Perceptual(codec)),
+                {"model": name, "model_id": codec.model_id.hex(), "perceptual": path.stem},
             )
         )
     return points

@@ -14,6 +14,7 @@ from pqmim.fileio import atomic_write
 
 from . import bdrate
 from .classical import LABELS
+from .codecs import PERCEPTUAL
 
 PUBLISHED_DIR = SHARED / "reference" / "kodak"
 # CompressAI's published Kodak curves (decoded to 8 bits, like ours) drawn as reference lines
@@ -28,9 +29,20 @@ README_BEGIN, README_END = "<!-- bench:begin (python -m bench run writes this se
 def family_label(codec: str) -> str:
     if codec == "pqmim":
         return "pqmim (ours)"
+    if codec == PERCEPTUAL:
+        return "pqmim, perceptual decoder (ours)"
     if codec in LABELS:
         return f"{LABELS[codec]} (Pillow)"
     return f"{codec} (ours, same data, short budget)"
+
+
+def style(codec: str, i: int, other: str) -> dict:
+    """Plot style of a family: pqmim's two decoders bold and annotated, the others thin."""
+    if codec == "pqmim":
+        return {"fmt": "o-", "lw": 2.2, "color": "black", "zorder": 5}
+    if codec == PERCEPTUAL:
+        return {"fmt": "D-", "lw": 2.2, "color": "firebrick", "zorder": 5}
+    return {"fmt": other, "lw": 1.2, "color": f"C{i}", "zorder": 3}
 
 
 def families(points: list[dict]) -> dict[str, list[dict]]:
@@ -58,7 +70,7 @@ DEFAULT = zoo.DEFAULT_MODEL.removeprefix("pqmim-")  # the default model's point 
 def bd_tables(points: list[dict], default: str = DEFAULT) -> dict[str, dict]:
     """BD-rate of the pqmim ladder against every other codec, for PSNR and MS-SSIM, and the
     default model's own rate difference against each codec at its quality."""
-    fams = families(points)
+    fams = {c: pts for c, pts in families(points).items() if c != PERCEPTUAL}  # a decoder for realism, not for these metrics
     out = {}
     for metric in ("psnr", "ms_ssim"):
         curves = {c: [(p["bpp"], p[metric]) for p in pts if p[metric] is not None] for c, pts in fams.items()}
@@ -95,17 +107,9 @@ def plot_metric(points: list[dict], key: str, path: Path, title: str, refs: dict
         pts = [p for p in pts if p.get(key) is not None]
         if not pts:
             continue
-        ours = codec == "pqmim"
-        ax.plot(
-            [p["bpp"] for p in pts],
-            [p[key] for p in pts],
-            "o-" if ours else ".--",
-            lw=2.2 if ours else 1.2,
-            color="black" if ours else f"C{i}",
-            label=family_label(codec),
-            zorder=5 if ours else 3,
-        )
-        if ours:
+        st = style(codec, i, ".--")
+        ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], st.pop("fmt"), **st, label=family_label(codec))
+        if codec in ("pqmim", PERCEPTUAL):
             for p in pts:
                 ax.annotate(p["label"], (p["bpp"], p[key]), textcoords="offset points", xytext=(4, -11), fontsize=8)
     for j, (name, r) in enumerate((refs or {}).items()):
@@ -133,15 +137,8 @@ def plot_fid(fid: dict, path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     for i, (codec, pts) in enumerate(families(list(fid["points"])).items()):
-        ours = codec == "pqmim"
-        ax.plot(
-            [p["bpp"] for p in pts],
-            [p["fid"] for p in pts],
-            "o-" if ours else "s--",
-            lw=2.2 if ours else 1.2,
-            color="black" if ours else f"C{i}",
-            label=family_label(codec),
-        )
+        st = style(codec, i, "s--")
+        ax.plot([p["bpp"] for p in pts], [p["fid"] for p in pts], st.pop("fmt"), **st, label=family_label(codec))
     rate_axes(ax, title, "FID (lower is better)")
     fig.tight_layout()
     fig.savefig(path)
@@ -254,13 +251,13 @@ def markdown(kodak: dict, fid: dict | None, bd: dict, command: str) -> str:
         for codec, pts in families(list(fid["points"])).items():
             for p in pts:
                 lines.append(f"| {family_label(codec)} | {p['label']} | {p['bpp']:.4f} | {p['fid']:.1f} | {1000 * p['kid']:.1f} |")
-    if (Path(__file__).parent / "results" / "visual.png").exists():
-        lines += [
-            "",
-            "**The same crop from each codec at about the default model's rate** (`bench/results/visual.png`):",
-            "",
-            "![visual comparison](bench/results/visual.png)",
-        ]
+    visuals = {
+        "visual.png": "The same crop from each codec at about the default model's rate",
+        "visual_low.png": "The same crop at about q1's rate (each codec at its point nearest that rate)",
+    }
+    for name, title in visuals.items():
+        if (Path(__file__).parent / "results" / name).exists():
+            lines += ["", f"**{title}** (`bench/results/{name}`):", "", f"![{title}](bench/results/{name})"]
     return "\n".join(lines)
 
 

@@ -74,7 +74,7 @@ def nearest(points: list[codecs.Point], results: dict[str, dict], bpp: float) ->
 def fid_points(
     pq: list[codecs.Point], base: list[codecs.Point], classical: list[codecs.Point], results: dict[str, dict]
 ) -> list[codecs.Point]:
-    """pqmim and the baselines at all their points; JPEG 4:2:0, WebP and AVIF at the settings
+    """pqmim and the others learned (`base`: the perceptual decoder, the baselines) at all their points; JPEG 4:2:0, WebP and AVIF at the settings
     nearest to pqmim's rates (within a factor 1.5: a codec that cannot go that low is left out)."""
     chosen = pq + base
     for c in ("jpeg420", "webp", "avif"):
@@ -112,9 +112,10 @@ def run(args) -> int:
     n_kodak, n_val, n_q = (2, 2, 3) if args.quick else (None, None, None)
     models = args.models or ([zoo.model_for_quality(1), zoo.DEFAULT_MODEL] if args.quick else None)
     pq = codecs.pqmim_points(models)
+    perceptual = codecs.perceptual_points(models)
     base = codecs.baseline_points(args.baselines)[: 1 if args.quick else None]
     classical = codecs.classical_points(args.codecs or (["jpeg420", "webp"] if args.quick else ["jpeg420", "jpeg444", "webp", "avif"]), n_q)
-    points = pq + base + classical
+    points = pq + perceptual + base + classical
     files = list_images(args.kodak)[:n_kodak]
 
     env = environment(args.threads)
@@ -127,7 +128,7 @@ def run(args) -> int:
     if not args.no_fid:
         from . import fid
 
-        chosen = fid_points(pq, base, classical, results)
+        chosen = fid_points(pq, perceptual + base, classical, results)
         n_val = n_val or args.fid_images or None
         measured = fid.measure(
             chosen, args.val, args.fid_weights, cache, limit=n_val, device=args.device, progress=not args.no_progress, fresh=args.fresh_fid
@@ -145,8 +146,10 @@ def run(args) -> int:
     bd = report.bd_tables(rows)
     atomic_write_json(out / "bdrate.json", bd)
     report.write_plots(kod, fid_res, out)
+    image = files[-1] if args.quick else Path(args.kodak) / "kodim23.png"
     target = next((p.key for p in pq if p.meta["model"] == zoo.DEFAULT_MODEL), pq[0].key)
-    visual(points, results, files[-1] if args.quick else Path(args.kodak) / "kodim23.png", target, out / "visual.png")
+    visual(points, results, image, target, out / "visual.png")
+    visual(points, results, image, pq[0].key, out / "visual_low.png")  # the lowest rate: where realism matters most
     command = "python -m bench run" + (" --quick" if args.quick else "")
     if args.readme:
         report.update_readme(Path(args.readme), report.markdown(kod, fid_res, bd, command))

@@ -21,6 +21,7 @@ from .entropy.replay import Decoded, Progress
 from .extras import Extras
 from .image import ImageLike, Picture, picture_to_pil, read_picture, to_tensor
 from .models import PQMIM, banded
+from .models.perceptual import Refiner
 
 
 class Codec:
@@ -40,6 +41,7 @@ class Codec:
         self.cfg = model.cfg
         self.coder = MIMCoder(model, self.device)
         self.tile_pixels = tiling.TILE_PIXELS  # larger images are transformed tile by tile
+        self.perceptual: Refiner | None = None  # loaded by perceptual_decoder() on first use
 
     @classmethod
     def from_pretrained(
@@ -198,14 +200,30 @@ class Codec:
             z[:, decoded.filled] = decoded.expected[decoded.filled].T
         return z
 
-    def decompress(self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None) -> Image.Image:
+    def decompress(
+        self, data: bytes, progress: Progress | None = None, *, partial: bool = False, seed: int | None = None, perceptual: bool = False
+    ) -> Image.Image:
         """Decode .pqm bytes into a PIL.Image of the original size: RGB, or RGBA when the file
         has an alpha plane; `info` holds the ICC profile and EXIF block the file carries.
-        partial: `data` may be a progressive file cut short (see `read_codes`)."""
+        partial: `data` may be a progressive file cut short (see `read_codes`). perceptual: the
+        same codes through the perceptual decoder (sharper, realistic texture, lower PSNR; see
+        `perceptual_decoder`)."""
         header, decoded = self._decode(data, progress, partial, seed)
         extras = Extras.from_chunks(header.chunks, header.width, header.height)
         rgb = tiling.decode_tiled(self.model, self.latents(decoded), self._tile, header.width, header.height, self.transform_dtype)
+        if perceptual:
+            rgb = tiling.refine_tiled(self.perceptual_decoder(), rgb, self.tile_pixels, self.transform_dtype)
         return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
+
+    def perceptual_decoder(self) -> Refiner:
+        """The shipped perceptual decoder for this model (pqmim/models/perceptual.py), loaded on
+        first use; FileNotFoundError naming the models that have one. Set the attribute
+        `perceptual` to a `Refiner` to use another (it must list this model's id)."""
+        if self.perceptual is None:
+            self.perceptual = Refiner.load(zoo.perceptual_path(self.model_id)).to(self.device)
+        if self.model_id.hex() not in self.perceptual.serves:
+            raise ValueError(f"this perceptual decoder was not trained for {self.name or 'this model'} (id {self.model_id.hex()})")
+        return self.perceptual
 
 
 TRANSFORMS = ("auto", "float32", "bfloat16")

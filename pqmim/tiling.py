@@ -76,3 +76,25 @@ def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int, dty
             py1, px1 = min(y1 * f, height), min(x1 * f, width)
             out[py0:py1, px0:px1] = to_uint8(x[:, : py1 - py0, : px1 - px0])
     return out
+
+
+@torch.no_grad()
+def refine_tiled(refiner, rgb: np.ndarray, tile: int, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """The perceptual decoder's HxWx3 uint8 image of the default decoder's (pqmim/models/
+    perceptual.py): edge-padded to multiples of the refiner's stride, tiles of `tile` pixels
+    with a halo wider than its reach (both multiples of the stride, so every tile sees the
+    stride grid the whole image has)."""
+    f = refiner.f
+    height, width = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, -height % f), (0, -width % f), (0, 0)), mode="edge")
+    h, w = padded.shape[:2]
+    tile = max(f, tile - tile % f)
+    halo = f * math.ceil(context_radius(refiner.net) / f)
+    out = np.empty_like(rgb)
+    for y0, y1 in spans(h, tile):
+        for x0, x1 in spans(w, tile):
+            a, b, c, d = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+            x = to_tensor(padded[a:b, c:d]).to(model_device(refiner))
+            core = to_uint8(refiner.refine(x, dtype)[0, :, y0 - a : y1 - a, x0 - c : x1 - c])
+            out[y0 : min(y1, height), x0 : min(x1, width)] = core[: min(y1, height) - y0, : min(x1, width) - x0]
+    return out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 DEFAULT_MODEL = "pqmim-q3"
 ALIASES = {"default": DEFAULT_MODEL, "pqmim-default": DEFAULT_MODEL}  # the default model's earlier name
+PERCEPTUAL = "perceptual decoder"  # a card's "kind" (absent: a model)
 _QUALITY_NAME = re.compile(r"pqmim-q(\d+)")
 
 
@@ -61,18 +62,40 @@ def model_path(name: str) -> Path:
     raise FileNotFoundError(f"unknown model {name!r} (shipped models: {known})")
 
 
-def list_models() -> list[dict]:
-    """Cards of every model found, first occurrence of a name wins."""
+def _cards() -> list[dict]:
+    """Every card with its weights beside it, first occurrence of a name wins."""
     cards: dict[str, dict] = {}
     for d in model_dirs():
         for card in sorted(d.glob("*.json")):
             if not (d / f"{card.stem}.safetensors").is_file() or card.stem in cards:
                 continue
             try:
-                cards[card.stem] = {"name": card.stem, **json.loads(card.read_text())}
+                cards[card.stem] = {"name": card.stem, **json.loads(card.read_text()), "path": d / f"{card.stem}.safetensors"}
             except (OSError, ValueError):
                 continue
     return list(cards.values())
+
+
+def list_models() -> list[dict]:
+    """Cards of every model found (codecs; not the perceptual decoders), first occurrence of a name wins."""
+    return [c for c in _cards() if c.get("kind", "model") == "model"]
+
+
+def perceptual_decoders() -> list[dict]:
+    """Cards of the perceptual decoders found (pqmim/models/perceptual.py): `serves` lists the
+    models, by name and id, each refines the output of."""
+    return [c for c in _cards() if c.get("kind") == PERCEPTUAL]
+
+
+def perceptual_path(model_id: bytes) -> Path:
+    """The perceptual decoder for a model's output; FileNotFoundError naming the models that have one."""
+    for c in perceptual_decoders():
+        if model_id.hex() in [s.get("model_id") for s in c.get("serves", [])]:
+            return c["path"]
+    served = sorted({s["name"] for c in perceptual_decoders() for s in c.get("serves", [])})
+    raise FileNotFoundError(
+        f"no perceptual decoder ships for {describe_id(model_id)} (perceptual decoders ship for: {', '.join(served) or 'none'})"
+    )
 
 
 def name_for_id(model_id: bytes) -> str | None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, needs_shared, photo_crop
+from pqmim import zoo
 
 sys.path.insert(0, str(ROOT))
 pytest.importorskip("compressai")
@@ -30,13 +31,18 @@ def test_bench_quick_end_to_end(tmp_path):
         assert p["images"] == 2 and p["bpp"] > 0 and 0 < p["ms_ssim"] < 1 and 0 < p["lpips"] < 1 and p["encode_s"] > 0
         assert p["bpp"] == pytest.approx(np.mean([row["bytes"] * 8 / (512 * 768) for row in p["rows"]]))
     assert [p["label"] for p in by_codec["pqmim"]] == ["q1", "q3"]
+    if zoo.perceptual_decoders():  # the same files through the perceptual decoder: same rates, other pixels
+        perceptual = by_codec["pqmim-perceptual"]
+        assert [p["label"] for p in perceptual] == ["q1", "q3"]
+        assert [p["bpp"] for p in perceptual] == [p["bpp"] for p in by_codec["pqmim"]]
+        assert [p["psnr"] for p in perceptual] != [p["psnr"] for p in by_codec["pqmim"]]
     assert len(by_codec["bmshj2018-hyperprior"]) == 1
     assert len(by_codec["jpeg420"]) == 3 and len(by_codec["webp"]) == 3
     fid = json.loads((tmp_path / "fid.json").read_text())
     assert fid["images"] == 2 and fid["patches"] > 10 and all(p["fid"] > 0 for p in fid["points"])
     bd = json.loads((tmp_path / "bdrate.json").read_text())
     assert set(bd) == {"psnr", "ms_ssim"} and "jpeg420" in bd["psnr"]
-    for name in ("kodak_psnr.png", "kodak_msssim.png", "kodak_lpips.png", "fid.png", "visual.png"):
+    for name in ("kodak_psnr.png", "kodak_msssim.png", "kodak_lpips.png", "fid.png", "visual.png", "visual_low.png"):
         assert (tmp_path / name).stat().st_size > 5_000, name
     assert "BD-rate" in r.stdout and "FID" in r.stdout
 

@@ -77,6 +77,14 @@ def test_ladder_cards_are_measured_and_ordered():
     assert sum(zoo.model_path(n).stat().st_size for n in levels.values()) < 100e6
 
 
+def test_models_folder_within_its_budget():
+    """Every clone carries models/: weights, cards, the baselines and the perceptual decoder
+    together stay within 64 MB (README, "The shipped models")."""
+    from conftest import ROOT
+
+    assert sum(p.stat().st_size for p in (ROOT / "models").rglob("*") if p.is_file()) <= 64e6
+
+
 @pytest.mark.parametrize("quality", [1, 2, 4, 5])
 def test_shipped_ladder_model_round_trip(quality):
     codec = Codec.from_pretrained(quality=quality)

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="with --partial: fill in the codes not received by drawing them with this seed (default: the code words the transformer expects)",
     )
+    p.add_argument(
+        "--perceptual",
+        action="store_true",
+        help="decode for realism: the same codes through the perceptual decoder (sharper texture, lower PSNR; q1 to q3)",
+    )
     talk_opts(p)
     model_opts(p)
     p.set_defaults(func=cmd_decode)

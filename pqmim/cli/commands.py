@@ -68,9 +68,14 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
     if key not in codecs:
         codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose, device=args.device)
     codec = codecs[key]
+    if args.perceptual:
+        try:
+            codec.perceptual_decoder()  # before decoding: a model without one fails at once
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(f"{src}: {e}") from None
     with t("decode"):
         with coding_bar(args, header.width * header.height, Path(src).name) as progress:
-            image = codec.decompress(data, progress, partial=args.partial, seed=args.seed)
+            image = codec.decompress(data, progress, partial=args.partial, seed=args.seed, perceptual=args.perceptual)
     if not complete and not args.quiet:
         say(
             f"{src}: cut short: {len(data)} bytes hold {header.steps_in(len(payload))} of {header.steps} coding steps; the rest is filled in"
@@ -175,6 +180,9 @@ def cmd_models(args: argparse.Namespace) -> None:
             f"{c['name']:<16} {quality.get(c['name'], '-'):>2} {cfg.get('m', '-'):>3} {cfg.get('k', '-'):>5} {f:>3} {size:>5.1f}  "
             f"{num(kodak, 'bpp', '.4f'):>6} {num(kodak, 'psnr', '.2f'):>6} {num(kodak, 'ms_ssim', '.4f'):>7}  {c.get('description', '')}{default}"
         )
+    for c in zoo.perceptual_decoders():
+        served = ", ".join(s.get("name", "?") for s in c.get("serves", []))
+        print(f"\nperceptual decoder {c['name']} ({c['path'].stat().st_size / 1e6:.1f} MB): decode --perceptual, for {served}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

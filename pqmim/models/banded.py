@@ -60,6 +60,19 @@ def lowered(net: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
     return out
 
 
+def net_in(owner: nn.Module, net: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
+    """`net` as stored (float32), or `lowered` to `dtype`: a copy made once per state of the
+    weights and kept on `owner` (keyed by the parameters' storage and in-place version, so an
+    optimiser step or load_state_dict makes a fresh one)."""
+    if dtype == torch.float32:
+        return net
+    stamp = (dtype, tuple((p.data_ptr(), p._version) for p in net.parameters()))
+    cache = owner.__dict__.setdefault("_lowered", {})  # not a submodule: no weights in state_dict
+    if cache.get(id(net), (None,))[0] != stamp:
+        cache[id(net)] = (stamp, lowered(net, dtype))
+    return cache[id(net)][1]
+
+
 def bands(height: int) -> list[tuple[int, int]]:
     """[start, stop) row ranges of one layer's output: fixed by its height alone."""
     return [(a, min(a + BAND_ROWS, height)) for a in range(0, height, BAND_ROWS)]

@@ -23,7 +23,7 @@ from . import banded
 from .autoencoder import Decoder, Encoder
 from .quantizer import ProductQuantizer
 from .transformer import MIMTransformer
-from .weights import ModelFileError, read_tensors, save_tensors
+from .weights import ModelFileError, check_state, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-model-1"
 ENTROPY = "entropy."  # the entropy model's tensors: all that an entropy variant file holds
@@ -46,7 +46,7 @@ class PQMIM(nn.Module):
         count or batch; `dtype` bfloat16 runs the transform `banded.lowered`."""
         if x01.device.type != "cpu":
             return self.quantizer.codes_for(self.encoder(x01 - 0.5))
-        net = self._banded_net(self.encoder, dtype)
+        net = banded.net_in(self, self.encoder.net, dtype)
         with fixed_pieces() as pool:
             return torch.cat([self.quantizer.codes_for(banded.run(net, xi - 0.5, pool)) for xi in x01.split(1)])
 
@@ -63,21 +63,9 @@ class PQMIM(nn.Module):
         code words: pqmim/entropy/coder.py)."""
         if z.device.type != "cpu":
             return (self.decoder(z) + 0.5).clamp(0, 1)
-        net = self._banded_net(self.decoder, dtype)
+        net = banded.net_in(self, self.decoder.net, dtype)
         with fixed_pieces() as pool:
             return (banded.run(net, z, pool) + 0.5).clamp(0, 1)
-
-    def _banded_net(self, transform: nn.Module, dtype: torch.dtype) -> nn.Sequential:
-        """The transform's layers as stored (float32), or lowered to `dtype`: a copy made once
-        per state of the weights (keyed by the parameters' storage and in-place version, so an
-        optimiser step or load_state_dict makes a fresh one)."""
-        if dtype == torch.float32:
-            return transform.net
-        stamp = (dtype, tuple((p.data_ptr(), p._version) for p in transform.parameters()))
-        cache = self.__dict__.setdefault("_lowered", {})  # not a submodule: no weights in state_dict
-        if cache.get(id(transform), (None,))[0] != stamp:
-            cache[id(transform)] = (stamp, banded.lowered(transform.net, dtype))
-        return cache[id(transform)][1]
 
     # -- weights
     def model_id(self) -> bytes:
@@ -133,15 +121,7 @@ class PQMIM(nn.Module):
             tensors = {**{k: v for k, v in base.state_dict().items() if not k.startswith(ENTROPY)}, **tensors}
         with torch.device("meta"):  # shapes first, without allocating anything
             expected = cls(cfg).state_dict()
-        if set(tensors) != set(expected):
-            missing = sorted(set(expected) - set(tensors))[:3]
-            extra = sorted(set(tensors) - set(expected))[:3]
-            raise ModelFileError(f"{path}: weights do not match the config (missing {missing}, unexpected {extra})")
-        for name, t in tensors.items():
-            if t.shape != expected[name].shape:
-                raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}")
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ModelFileError(f"{path}: tensor {name} holds non-finite values")
+        check_state(path, tensors, expected)
         model = cls(cfg)
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         return model.eval()

@@ -105,3 +105,17 @@ def read_tensors(path: str | Path, format_tag: str, what: str) -> tuple[dict[str
     elif any(k.startswith(SCALE_PREFIX) for k in tensors):
         raise ModelFileError(f"{path}: int8 scales in a {storage} file")
     return meta, tensors
+
+
+def check_state(path: str | Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """ModelFileError unless `tensors` has exactly the names and shapes of `expected` (a state
+    dict built on the meta device from the file's config) and only finite float values."""
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))[:3]
+        extra = sorted(set(tensors) - set(expected))[:3]
+        raise ModelFileError(f"{path}: weights do not match the config (missing {missing}, unexpected {extra})")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelFileError(f"{path}: tensor {name} holds non-finite values")

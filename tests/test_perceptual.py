@@ -1,0 +1,158 @@
+"""The perceptual decoder: same files, a second way to decode them, deterministic pixels.
+
+Random refiners stand in for the trained one where the machinery is what is tested (fast); the
+shipped one is checked on the shipped models' files where it is present."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pqmim import Codec, tiling, zoo
+from pqmim.image import to_tensor
+from pqmim.models import ModelFileError
+from pqmim.models.perceptual import Refiner, RefinerConfig
+
+from conftest import PHOTO, ROOT, flags, needs_shared, photo_crop, write_photos
+
+SMALL = RefinerConfig(width=8, channels=16, blocks=1)
+
+
+def random_refiner(seed: int = 0, cfg: RefinerConfig = SMALL) -> Refiner:
+    torch.manual_seed(seed)
+    r = Refiner(cfg)
+    with torch.no_grad():
+        r.net[-1].conv.weight.normal_(0, 0.05)  # a trained refiner changes its input
+    return r.eval()
+
+
+def test_untrained_refiner_is_the_identity():
+    x = to_tensor(photo_crop(0, 0, 96, 64))
+    assert torch.equal(Refiner(SMALL).refine(x), x)
+
+
+def test_refiner_file_roundtrip_and_validation(tmp_path):
+    r = random_refiner()
+    path = tmp_path / "p.safetensors"
+    r.save(path, [{"name": "m", "model_id": "01234567"}], storage="float32")
+    back = Refiner.load(path)
+    assert back.serves == ["01234567"] and back.cfg == SMALL
+    x = to_tensor(photo_crop(0, 0, 64, 64))
+    assert torch.equal(back.refine(x), r.refine(x))
+    Refiner(RefinerConfig(width=8, channels=24, blocks=1)).save(tmp_path / "shape.safetensors", [])
+    data = bytearray((tmp_path / "shape.safetensors").read_bytes())
+    bad_cfg = data.replace(b'\\"channels\\": 24', b'\\"channels\\": 16')  # the config says 16, the tensors hold 24
+    (tmp_path / "bad.safetensors").write_bytes(bytes(bad_cfg))
+    with pytest.raises(ModelFileError, match="shape|do not match"):
+        Refiner.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFileError, match="not a pqmim perceptual decoder"):
+        Refiner.load(ROOT / "models" / f"{zoo.DEFAULT_MODEL}.safetensors")
+    with pytest.raises(ModelFileError, match="not found"):
+        Refiner.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_refined_pixels_do_not_depend_on_threads_or_batch(dtype):
+    r = random_refiner()
+    a, b = to_tensor(photo_crop(0, 0, 200, 124)), to_tensor(photo_crop(0, 0, 200, 124, variant=3))
+    torch.set_num_threads(1)
+    one = r.refine(a, dtype)
+    torch.set_num_threads(2)
+    assert torch.equal(r.refine(a, dtype), one)
+    assert torch.equal(r.refine(torch.cat([b, a]), dtype)[1:], one)
+
+
+def test_tiles_match_the_whole_image():
+    r = random_refiner()
+    rgb = photo_crop(0, 0, 301, 203)  # sides not multiples of the stride: edge-padded, cropped back
+    whole = tiling.refine_tiled(r, rgb, 4096)
+    tiled = tiling.refine_tiled(r, rgb, 96)
+    assert whole.shape == rgb.shape
+    assert np.abs(whole.astype(int) - tiled).max() <= 1  # float rounding only: the halo covers the reach
+
+
+def test_both_decoders_on_the_same_file(tiny_ladder, tmp_path):
+    folder, ids = tiny_ladder
+    random_refiner().save(folder / "pqmim-perceptual.safetensors", [{"name": "pqmim-q1", "model_id": ids["pqmim-q1"]}])
+    (folder / "pqmim-perceptual.json").write_text(
+        '{"kind": "perceptual decoder", "serves": [{"name": "pqmim-q1", "model_id": "%s"}]}' % ids["pqmim-q1"]
+    )
+    assert [c["name"] for c in zoo.perceptual_decoders()] == ["pqmim-perceptual"]
+    assert "pqmim-perceptual" not in [c["name"] for c in zoo.list_models()]  # not a codec: not in the ladder
+    codec = Codec.from_pretrained("pqmim-q1")
+    rgb = photo_crop(0, 0, 128, 96)
+    data = codec.compress(rgb)
+    plain = np.asarray(codec.decompress(data))
+    fresh = Codec.from_pretrained("pqmim-q1")
+    assert np.array_equal(np.asarray(fresh.decompress(data)), plain)  # the default decoder is untouched by the other
+    sharp = np.asarray(codec.decompress(data, perceptual=True))
+    assert sharp.shape == plain.shape and not np.array_equal(sharp, plain)
+    assert np.array_equal(np.asarray(fresh.decompress(data, perceptual=True)), sharp)  # deterministic
+    assert np.array_equal(sharp, tiling.refine_tiled(codec.perceptual_decoder(), plain, codec.tile_pixels, codec.transform_dtype))
+
+    other = Codec.from_pretrained("pqmim-q2")
+    with pytest.raises(FileNotFoundError, match="perceptual decoders ship for: pqmim-q1"):
+        other.decompress(other.compress(rgb), perceptual=True)
+    other.perceptual = codec.perceptual_decoder()
+    with pytest.raises(ValueError, match="not trained for pqmim-q2"):
+        other.perceptual_decoder()
+
+    src = tmp_path / "q2.pqm"
+    src.write_bytes(Codec.from_pretrained("pqmim-q2").compress(rgb))
+    cli = [sys.executable, "-m", "pqmim", "decode", "--perceptual", str(src), "-o", str(tmp_path / "out.png")]
+    r = subprocess.run(cli, capture_output=True, text=True)
+    assert r.returncode == 1 and "no perceptual decoder ships" in r.stderr and not (tmp_path / "out.png").exists()
+    src.write_bytes(data)
+    r = subprocess.run(cli, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "out.png") as im:
+        assert np.array_equal(np.asarray(im), sharp)
+
+
+@needs_shared
+def test_training_exports_a_refiner_the_codec_uses(tiny_ladder, tmp_path):
+    from pqmim.train import perceptual
+
+    folder, ids = tiny_ladder
+    write_photos(tmp_path / "data", {"train": [photo_crop(0, 0, 320, 256, v) for v in range(3)], "val": [photo_crop(0, 0, 256, 256, 5)]})
+    plan = {"iterations": 4, "batch": 2, "crop": 64, "gan_from": 2}
+    perceptual.main(
+        flags(
+            out=tmp_path / "run",
+            models="pqmim-q1",
+            train=tmp_path / "data" / "train",
+            val=tmp_path / "data" / "val",
+            plan=plan,
+            export=folder,
+        )
+    )
+    card = next(c for c in zoo.perceptual_decoders())
+    assert card["serves"] == [{"name": "pqmim-q1", "model_id": ids["pqmim-q1"]}] and card["training"]["iterations_done"] == 4
+    codec = Codec.from_pretrained("pqmim-q1")
+    assert np.asarray(codec.decompress(codec.compress(photo_crop(0, 0, 64, 64)), perceptual=True)).shape == (64, 64, 3)
+    with pytest.raises(SystemExit, match="another plan"):  # a run keeps the plan it started with
+        perceptual.main(flags(out=tmp_path / "run", models="pqmim-q1", plan={**plan, "batch": 4}))
+
+
+SHIPPED = sorted(ROOT.glob("models/pqmim-perceptual*.safetensors"))
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no perceptual decoder in models/")
+def test_shipped_perceptual_decoder_on_a_real_photo():
+    from PIL import Image
+
+    with Image.open(PHOTO) as im:
+        rgb = np.asarray(im.convert("RGB"))[:256, :384]
+    for name in ("pqmim-q1", "pqmim-q3"):
+        codec = Codec.from_pretrained(name)
+        data = codec.compress(rgb)
+        plain = np.asarray(codec.decompress(data))
+        torch.set_num_threads(1)
+        sharp = np.asarray(codec.decompress(data, perceptual=True))
+        torch.set_num_threads(2)
+        assert np.array_equal(np.asarray(codec.decompress(data, perceptual=True)), sharp)
+        assert not np.array_equal(sharp, plain)
