@@ -2,10 +2,9 @@
 real compressed size, the decoded 8-bit image and the encode / decode seconds.
 
 - pqmim: one point per shipped model (the quality ladder);
+- pqmim-perceptual: the same models' files decoded by the perceptual decoder, where one ships;
 - baselines: one point per CompressAI model we trained (models/baselines/, see bench/baselines.py);
 - classical: one point per Pillow quality setting of JPEG 4:2:0 / 4:4:4, WebP and AVIF.
-
-- pqmim-perceptual: the same files as pqmim's, decoded by the perceptual decoder (q1 to q3);
 
 A point's `key` names its cache files: it changes when the weights or the encoder library do.
 """

@@ -74,8 +74,8 @@ def nearest(points: list[codecs.Point], results: dict[str, dict], bpp: float) ->
 def fid_points(
     pq: list[codecs.Point], base: list[codecs.Point], classical: list[codecs.Point], results: dict[str, dict]
 ) -> list[codecs.Point]:
-    """pqmim and the others learned (`base`: the perceptual decoder, the baselines) at all their points; JPEG 4:2:0, WebP and AVIF at the settings
-    nearest to pqmim's rates (within a factor 1.5: a codec that cannot go that low is left out)."""
+    """pqmim and the other learned points (`base`: the perceptual decoder's, the baselines') all;
+    JPEG 4:2:0, WebP and AVIF at the settings nearest to pqmim's rates (within a factor 1.5: a codec that cannot go that low is left out)."""
     chosen = pq + base
     for c in ("jpeg420", "webp", "avif"):
         same = [p for p in classical if p.codec == c]

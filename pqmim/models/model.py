@@ -89,12 +89,22 @@ class PQMIM(nn.Module):
             if base_path.parent.resolve() != Path(path).parent.resolve():
                 raise ValueError("an entropy variant must be saved beside its base model file")
             shared = PQMIM.load(base_path)
-            for name, t in shared.state_dict().items():
-                if not name.startswith(ENTROPY) and not torch.equal(t, state[name]):
-                    raise ValueError(f"{base_path}: tensor {name} differs: not the base of this model")
+            differs = self.autoencoder_mismatch(shared)
+            if differs is not None:
+                raise ValueError(f"{base_path}: tensor {differs} differs: not the base of this model")
             state = {k: v for k, v in state.items() if k.startswith(ENTROPY)}
             meta.update(base=base_path.stem, base_id=shared.model_id().hex())
         save_tensors(path, state, meta, storage)
+
+    def autoencoder_mismatch(self, other: "PQMIM") -> str | None:
+        """The first tensor outside the entropy model that differs from `other`'s (None: the
+        same encoder, quantizer and decoder, so the same codes decode to the same pixels)."""
+        mine, theirs = self.state_dict(), other.state_dict()
+        for name in sorted({k for k in (*mine, *theirs) if not k.startswith(ENTROPY)}):
+            a, b = mine.get(name), theirs.get(name)
+            if a is None or b is None or a.shape != b.shape or not torch.equal(a, b):
+                return name
+        return None
 
     @classmethod
     def load(cls, path: str | Path, variant_ok: bool = True) -> "PQMIM":

@@ -42,7 +42,6 @@ from ..evaluate import LPIPSAlex, psnr_uint8
 from ..fileio import atomic_write_json
 from ..image import to_tensor, to_uint8
 from ..models import PQMIM
-from ..models.model import ENTROPY
 from ..models.perceptual import Refiner, RefinerConfig
 from .loop import Stage, fit, load_ckpt, log, plan_from_dict, progress, read_json
 
@@ -200,15 +199,6 @@ class PerceptualStage(Stage):
         return line, figures
 
 
-def _same_autoencoder(a: PQMIM, b: PQMIM) -> bool:
-    """Whether two models decode codes to the same pixels: equal weights outside the entropy model."""
-    sa, sb = a.state_dict(), b.state_dict()
-    keys = [k for k in sa if not k.startswith(ENTROPY)]
-    return keys == [k for k in sb if not k.startswith(ENTROPY)] and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys
-    )
-
-
 def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, dest: Path, name: str, storage: str, data: dict) -> Path:
     """The refiner as shipped (safetensors + card), serving each trained-on model and every
     shipped model with the same autoencoder (an entropy variant's base, say)."""
@@ -216,7 +206,7 @@ def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, d
     for card in zoo.list_models():
         if card["name"] not in names:
             other = PQMIM.load(zoo.model_path(card["name"]))
-            if any(_same_autoencoder(other, m) for m in models):
+            if any(other.autoencoder_mismatch(m) is None for m in models):
                 serves.append({"name": card["name"], "model_id": other.model_id().hex()})
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}.safetensors"
