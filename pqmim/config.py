@@ -18,6 +18,9 @@ class ModelConfig:
     # autoencoder
     widths: tuple[int, ...] = (48, 96, 160, 256)  # one stride-2 stage each: f = 2 ** len(widths)
     res_blocks: int = 2  # residual blocks at the latent resolution (encoder and decoder)
+    # GDN after each stride-2 convolution of the encoder, IGDN after each upsampling of the
+    # decoder, instead of GELU (Balle et al.; compressai's layers): a yardstick trial (TRAINING.md)
+    gdn: bool = False
     # product quantizer
     m: int = 8  # sub-vectors per latent vector
     k: int = 256  # code words per sub-codebook
@@ -51,8 +54,8 @@ class ModelConfig:
         ]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
             raise ValueError("invalid model config: sizes must be integers")
-        if not isinstance(self.causal, bool):
-            raise ValueError("invalid model config: causal must be true or false")
+        if not isinstance(self.causal, bool) or not isinstance(self.gdn, bool):
+            raise ValueError("invalid model config: causal and gdn must be true or false")
         # upper bounds keep a hostile model file from asking for terabytes before its weights are read
         checks = {
             "widths must hold 1 to 6 stages of 1 to 4096 channels": 1 <= len(self.widths) <= 6 and all(1 <= w <= 4096 for w in self.widths),
@@ -83,8 +86,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
-        if not self.causal:  # absent in models made before the field existed: their ids must not change
-            del d["causal"]
+        for flag in ("causal", "gdn"):  # absent in models made before the field existed: their ids must not change
+            if not d[flag]:
+                del d[flag]
         return d
 
     @classmethod

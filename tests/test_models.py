@@ -150,3 +150,25 @@ def test_hostile_model_files_are_refused_before_use(tmp_path):
     missing = {k: v for k, v in state.items() if k != "entropy.pos_emb"}
     with pytest.raises(ModelFileError, match="do not match"):
         PQMIM.load(write("missing.safetensors", missing, TINY.to_dict()))
+
+
+def test_gdn_model_files_and_banded_transforms(tmp_path):
+    """A GDN model (the yardstick's trial architecture) saves and loads, its id differs from the
+    GELU model's, and the banded transforms compute what its modules compute."""
+    import dataclasses
+
+    from pqmim.models import banded
+    from pqmim.threads import fixed_pieces
+
+    cfg = dataclasses.replace(TINY, gdn=True)
+    assert "gdn" not in TINY.to_dict() and cfg.to_dict()["gdn"] is True  # old models' ids unchanged
+    m = make_tiny_model(cfg=cfg)
+    m.save(tmp_path / "gdn.safetensors", storage="float32")
+    m2 = PQMIM.load(tmp_path / "gdn.safetensors")
+    assert m2.cfg == cfg and m2.model_id() == m.model_id() != make_tiny_model().model_id()
+    x = torch.from_numpy(photo_crop(0, 0, 80, 64)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad(), fixed_pieces() as pool:
+        z = m2.encoder(x - 0.5)
+        assert torch.allclose(banded.run(m2.encoder.net, x - 0.5, pool), z, atol=1e-5)
+        assert torch.allclose(banded.run(m2.decoder.net, z, pool), m2.decoder(z), atol=1e-5)
+    assert Codec(m2).decompress(Codec(m2).compress(photo_crop(0, 0, 40, 30))).size == (40, 30)
