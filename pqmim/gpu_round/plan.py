@@ -74,7 +74,7 @@ def default_plan(
         s1 = {
             "minutes": round(train * (1 - STAGE2_SHARE), 2),
             "iterations": 10**7,
-            "warmup_ae_iterations": 500,
+            "warmup_ae_iterations": 50,  # k-means while the learning rate warms up: the yardstick (TRAINING.md)
             "small_crop_until": 0,
             "crop": 256,
             "batch": 32,

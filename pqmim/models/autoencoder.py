@@ -52,7 +52,10 @@ def stage_activation(cfg: ModelConfig, channels: int, inverse: bool) -> nn.Modul
     imported only for such a model (compressai is the bench's dependency, not the codec's)."""
     if not cfg.gdn:
         return nn.GELU()
-    from compressai.layers import GDN
+    try:
+        from compressai.layers import GDN
+    except ImportError as e:
+        raise ImportError(f"a model with GDN transforms (config gdn) needs compressai: pip install 'pqmim[bench]' ({e})") from e
 
     with torch.device("cpu"):  # its reparametrisation computes on CPU tensors: not under a meta device
         return GDN(channels, inverse=inverse)

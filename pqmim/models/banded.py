@@ -125,8 +125,8 @@ def run(net: nn.Sequential, x: torch.Tensor, pool: Executor) -> torch.Tensor:
             x = _conv_stage(pool, layer, x, post=(lambda y, a, b: F.gelu(y)) if then_gelu else None)
         elif isinstance(layer, nn.GELU) and layer.approximate == "none":
             x = _elementwise(pool, F.gelu, x)
-        elif type(layer).__name__ == "GDN":  # compressai's (I)GDN: per pixel, across channels only
-            x = _elementwise(pool, layer, x)
+        elif type(layer).__name__ == "GDN":  # compressai's (I)GDN: per pixel, across channels only;
+            x = _elementwise(pool, lambda t, gdn=layer: gdn(t.float()), x)  # float32 even when lowered
         elif isinstance(layer, ResBlock):
             if not isinstance(layer.act, nn.GELU) or layer.act.approximate != "none":
                 raise NotImplementedError("banded transforms expect GELU residual blocks")
