@@ -9,6 +9,22 @@ from pqmim import Codec
 from pqmim.train import main
 
 
+def tiny_run(tmp_path, val, plan1: dict, plan2: dict, **extra) -> list[str]:
+    """`pqmim train` flags for a TINY model on the photos under tmp_path (train/, kodak/),
+    exporting to tmp_path/models."""
+    return flags(
+        out=tmp_path / "run",
+        train=tmp_path / "train",
+        val=val,
+        kodak=tmp_path / "kodak",
+        config=TINY.to_dict(),
+        stage1_plan=plan1,
+        stage2_plan=plan2,
+        export_dir=tmp_path / "models",
+        **extra,
+    )
+
+
 def test_train_resume_export(tmp_path):
     write_photos(
         tmp_path,
@@ -19,19 +35,7 @@ def test_train_resume_export(tmp_path):
         },
     )
     plan1 = {"iterations": 6, "warmup_ae_iterations": 2, "small_crop_until": 3, "small_crop": 32, "small_batch": 2, "crop": 64, "batch": 2}
-    args = flags(
-        out=tmp_path / "run",
-        train=tmp_path / "train",
-        val=tmp_path / "val",
-        kodak=tmp_path / "kodak",
-        config=TINY.to_dict(),
-        stage1_plan=plan1,
-        stage2_plan={"iterations": 4, "batch": 4},
-        ckpt_every=3,
-        log_every=1,
-        name="tiny-trained",
-        export_dir=tmp_path / "models",
-    )
+    args = tiny_run(tmp_path, tmp_path / "val", plan1, {"iterations": 4, "batch": 4}, ckpt_every=3, log_every=1, name="tiny-trained")
     main(args + ["--stages", "1"])
     log = (tmp_path / "run" / "train.log").read_text()
     assert "k-means initialised" in log and "perplexity" in log and "stage1 val iteration 6" in log
@@ -144,19 +148,7 @@ def test_yardstick_scores_what_the_codec_gives(tmp_path):
         },
     )
     plan1 = {"iterations": 4, "warmup_ae_iterations": 2, "small_crop_until": 0, "crop": 64, "batch": 2}
-    args = flags(
-        out=tmp_path / "run",
-        train=tmp_path / "train",
-        val=tmp_path / "train",
-        kodak=tmp_path / "kodak",
-        config=TINY.to_dict(),
-        stage1_plan=plan1,
-        stage2_plan={"iterations": 2, "batch": 4},
-        ckpt_every=4,
-        storage="float32",
-        name="tiny-yard",
-        export_dir=tmp_path / "models",
-    )
+    args = tiny_run(tmp_path, tmp_path / "train", plan1, {"iterations": 2, "batch": 4}, ckpt_every=4, storage="float32", name="tiny-yard")
     main(args)
     (row,) = yardstick.main([str(tmp_path / "run"), "--kodak", str(tmp_path / "kodak"), "--json", str(tmp_path / "yard.json")])
     assert row["iterations"] == 4 and row["val_psnr"] is not None
