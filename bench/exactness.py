@@ -1,10 +1,15 @@
-"""Does a file decode exactly elsewhere? Round trips across thread counts, and the margin analysis
-behind the deterministic probabilities (pqmim/entropy/pmf.py).
+"""Does a file decode exactly elsewhere? Round trips across thread counts, the integer
+arithmetic's checks (pqmim/entropy/exact.py), and the margin analysis behind the float64
+arithmetic's deterministic probabilities (pqmim/entropy/pmf.py).
 
     python -m bench exactness [--model default] [--enc-threads 2 --dec-threads 1]
 
-For every Kodak image: encode with --enc-threads, decode with --dec-threads, compare the codes.
-Then, with the encoder's codes as context, compute every logit the coder uses along two more
+For every Kodak image: encode with --enc-threads, decode with --dec-threads, compare the codes
+(files in integer arithmetic, the default). With the encoder's codes as context: the integer
+logits again with every exact product computed as a float64 matrix product (as on a GPU) and
+one thread (they must be the same bits), and the information (bits) of the codes under the
+integer and the float64 tables (what the integer arithmetic costs in rate).
+Then, for the float64 arithmetic of versions 2 and 3, compute every logit the coder uses along two more
 arithmetic paths and compare with the coder's own (read from its replay: pieces of windows,
 single-threaded ops, last layer on the coded rows only):
   - float64, all windows of the image in one batch with full rows and the process's threads:
@@ -29,7 +34,7 @@ from tqdm import tqdm
 
 from pqmim import Codec
 from pqmim.data import list_images
-from pqmim.entropy import pmf
+from pqmim.entropy import exact, pmf
 from pqmim.entropy.replay import CodingPass, Layout, Where
 from pqmim.entropy.schedule import reveal_groups
 
@@ -65,7 +70,7 @@ def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
     layout = coder.layout(codes.shape[1], codes.shape[2])
     padded = layout.pad(codes)
     seen = _Observe(padded)
-    coder.replayer.run(layout, seen)
+    coder.replayer.run(layout, seen, arithmetic="float64")
     padded, valid = padded.view(-1, m, W, W), layout.valid()
     step_of = torch.full((len(layout.boxes), W * W), cfg.steps)  # each position's coding step
     for t, (_, _, hh, ww) in enumerate(layout.boxes):
@@ -94,6 +99,34 @@ def logit_paths(codec: Codec, codes: torch.Tensor) -> dict[str, float]:
     return stats
 
 
+@torch.no_grad()
+def integer_checks(codec: Codec, codes: torch.Tensor, threads: int) -> dict[str, float]:
+    """Integer logits of the coder (its threads, int8 and float32 kernels) against the same with
+    float64 matrix products and one thread (differing logits: must be 0), and the codes'
+    information under the integer and the float64 tables."""
+    layout = codec.coder.layout(codes.shape[1], codes.shape[2])
+    runs = {}
+    for name, float64_products, n, arithmetic in (
+        ("int", False, threads, "integer"),
+        ("ref", True, 1, "integer"),
+        ("f64", False, threads, "float64"),
+    ):
+        seen = _Observe(layout.pad(codes))
+        torch.set_num_threads(n)
+        exact.FLOAT64_PRODUCTS = float64_products
+        try:
+            codec.coder.replayer.run(layout, seen, arithmetic=arithmetic)
+        finally:
+            exact.FLOAT64_PRODUCTS = False
+        runs[name] = (torch.cat([lg for _, lg, _ in seen.calls]), codec.coder.information_bits(codes, arithmetic=arithmetic))
+    torch.set_num_threads(threads)
+    return {
+        "integer_logits_differing": int((runs["int"][0] != runs["ref"][0]).sum()),
+        "bits_integer": runs["int"][1],
+        "bits_float64": runs["f64"][1],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench exactness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     codec = Codec.from_pretrained(args.model)
     images = list_images(args.kodak)[: args.images]
-    rows, totals = [], {"logits": 0, "snap_diff_f64": 0, "snap_diff_f32": 0}
+    rows, totals = (
+        [],
+        {"logits": 0, "snap_diff_f64": 0, "snap_diff_f32": 0, "integer_logits_differing": 0, "bits_integer": 0.0, "bits_float64": 0.0},
+    )
     for path in tqdm(images, desc=f"exactness {codec.name}"):
         rgb = np.asarray(Image.open(path).convert("RGB"))
         torch.set_num_threads(args.enc_threads)
@@ -123,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         exact = bool(torch.equal(decoded, chosen))
         torch.set_num_threads(args.enc_threads)
         st = logit_paths(codec, chosen)
+        st.update(integer_checks(codec, chosen, args.enc_threads))
         for k in totals:
             totals[k] += st[k]
         rows.append({"image": path.name, "bytes": len(data), "exact": exact, "grid_shift": header.shift, "encode_s": enc_s, **st})
@@ -138,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_logit_diff_f64_batched": max(r["max_diff_f64"] for r in rows),
         "max_logit_diff_f32_batched": max(r["max_diff_f32"] for r in rows),
         **totals,
+        "integer_rate_vs_float64": totals["bits_integer"] / totals["bits_float64"] - 1,
         **environment(args.enc_threads),
         "per_image": rows,
     }

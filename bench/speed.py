@@ -2,6 +2,7 @@
 
     python -m bench speed [--model pqmim-q3] [--image ../shared/data/kodak/kodim01.png]
     python -m bench speed --megapixels 1 4 16 --threads 2     # large images: the README table
+    python -m bench speed --arithmetic integer float64        # also files in float64 arithmetic (--compat)
 
 Default: the image at its size (Kodak, 768x512) and downscaled to 480x320 (Lanczos). For each,
 pqmim encodes and decodes in fresh processes (so peak RSS is that of one encode or one
@@ -14,6 +15,7 @@ process at the quality whose file is the largest not above pqmim's, median of --
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -29,7 +31,17 @@ from pqmim.fileio import atomic_write_json
 DEFAULT_IMAGE = KODAK / "kodim01.png"
 
 
-def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: str, device: str = "cpu", transforms: str = "auto") -> dict:
+def worker(
+    model: str,
+    image: str,
+    what: str,
+    repeat: int,
+    threads: int,
+    pqm: str,
+    device: str = "cpu",
+    transforms: str = "auto",
+    arithmetic: str = "integer",
+) -> dict:
     """One process, one job: encode `image` into `pqm`, or decode `pqm` (made by an encode run)."""
     import torch
 
@@ -41,7 +53,7 @@ def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: st
     for i in range(repeat + (1 if repeat > 1 else 0)):  # one warm-up when the median is of several
         t = time.perf_counter()
         if what == "encode":
-            data = codec.compress(image)
+            data = codec.compress(image, arithmetic=arithmetic)
         else:
             codec.decompress(Path(pqm).read_bytes())
         if repeat == 1 or i > 0:
@@ -57,10 +69,13 @@ def worker(model: str, image: str, what: str, repeat: int, threads: int, pqm: st
         "bytes": Path(pqm).stat().st_size,
         "threads": threads,
         "transforms": str(codec.transform_dtype).removeprefix("torch."),
+        "arithmetic": arithmetic,
     }
 
 
-def measure(model: str, image: str, repeat: int, threads: int, device: str = "cpu", transforms: str = "auto") -> list[dict]:
+def measure(
+    model: str, image: str, repeat: int, threads: int, device: str = "cpu", transforms: str = "auto", arithmetic: str = "integer"
+) -> list[dict]:
     """Encode then decode `image`, each in a fresh process (so peak RSS is that job's alone)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,6 +96,8 @@ def measure(model: str, image: str, repeat: int, threads: int, device: str = "cp
                 device,
                 "--transforms",
                 transforms,
+                "--arithmetic",
+                arithmetic,
                 "--worker",
                 what,
                 str(threads),
@@ -201,12 +218,27 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "float32", "bfloat16"],
         help="pqmim's transform precision(s) to time (auto: bfloat16 where the CPU has it natively)",
     )
+    ap.add_argument(
+        "--arithmetic",
+        nargs="+",
+        default=["integer"],
+        choices=["integer", "float64"],
+        help="the entropy model's arithmetic(s) to time: integer (files of version 4/5, the default) or float64 (version 2/3, --compat)",
+    )
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--worker", nargs=3, metavar=("WHAT", "THREADS", "PQM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         job = worker(
-            args.model, args.image, args.worker[0], args.repeat, int(args.worker[1]), args.worker[2], args.device, args.transforms[0]
+            args.model,
+            args.image,
+            args.worker[0],
+            args.repeat,
+            int(args.worker[1]),
+            args.worker[2],
+            args.device,
+            args.transforms[0],
+            args.arithmetic[0],
         )
         print(json.dumps(job))
         return 0
@@ -237,22 +269,24 @@ def main(argv: list[str] | None = None) -> int:
                 with Image.open(image) as im:
                     size = f"{im.width}x{im.height}"
                 pq = {}
-                for transforms in args.transforms:
-                    for threads in args.threads:
-                        enc, dec = measure(args.model, image, args.repeat, threads, args.device, transforms)
-                        pq.setdefault(threads, enc["bytes"])
-                        rows.append(
-                            {
-                                "image": size,
-                                "codec": f"pqmim {args.model} {enc['transforms']}" + ("" if args.device == "cpu" else f" ({args.device})"),
-                                "threads": threads,
-                                "bytes": enc["bytes"],
-                                "encode_s": enc["median_s"],
-                                "decode_s": dec["median_s"],
-                                "encode_peak_mb": enc["peak_rss_mb"],
-                                "decode_peak_mb": dec["peak_rss_mb"],
-                            }
-                        )
+                for arithmetic, transforms, threads in itertools.product(args.arithmetic, args.transforms, args.threads):
+                    enc, dec = measure(args.model, image, args.repeat, threads, args.device, transforms, arithmetic)
+                    pq.setdefault(threads, enc["bytes"])
+                    rows.append(
+                        {
+                            "image": size,
+                            "codec": f"pqmim {args.model} {enc['transforms']}"
+                            + ("" if arithmetic == "integer" else f", {arithmetic} entropy model")
+                            + ("" if args.device == "cpu" else f" ({args.device})"),
+                            "arithmetic": arithmetic,
+                            "threads": threads,
+                            "bytes": enc["bytes"],
+                            "encode_s": enc["median_s"],
+                            "decode_s": dec["median_s"],
+                            "encode_peak_mb": enc["peak_rss_mb"],
+                            "decode_peak_mb": dec["peak_rss_mb"],
+                        }
+                    )
                 for r in classical_rows(image, pq[args.threads[0]], args.repeat):
                     rows.append({"image": size, "threads": "-", **r})
         print(f"{Path(args.image).name}, median of {args.repeat} runs; WebP and AVIF at the largest file not above pqmim's")

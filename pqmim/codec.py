@@ -42,6 +42,10 @@ class Codec:
         self.coder = MIMCoder(model, self.device)
         self.tile_pixels = tiling.TILE_PIXELS  # larger images are transformed tile by tile
         self.perceptual: Refiner | None = None  # loaded by perceptual_decoder() on first use
+        # how new files' entropy model computes: "integer" (bitstream versions 4 and 5: the same
+        # tables on every machine by construction, and faster), or "float64" (versions 2 and 3,
+        # which pqmim before 0.7.0 reads). Decoding follows each file's version.
+        self.arithmetic = "integer"
 
     @classmethod
     def from_pretrained(
@@ -106,6 +110,7 @@ class Codec:
         send_steps: int | None = None,
         seed: int | None = None,
         progressive: bool = False,
+        arithmetic: str | None = None,
     ) -> bytes:
         """Compress an image (path, PIL.Image, HxWx3 or HxWx4 uint8 array, Picture) into .pqm
         bytes: the ICC profile and any transparency are kept; EXIF too with keep_metadata.
@@ -114,8 +119,11 @@ class Codec:
         send_steps: write only the first s of the model's steps; the decoder fills in the rest
         with the transformer (the code words it expects, or codes drawn with `seed`), the same
         on every machine. progressive: add a table (about a byte per step) with which any prefix
-        of the file decodes to a full image (`decompress(..., partial=True)`)."""
-        return self.compress_batch([image], keep_metadata, progress, send_steps=send_steps, seed=seed, progressive=progressive)[0]
+        of the file decodes to a full image (`decompress(..., partial=True)`). arithmetic: the
+        entropy model's, "integer" or "float64" (default: the attribute `arithmetic`)."""
+        return self.compress_batch(
+            [image], keep_metadata, progress, send_steps=send_steps, seed=seed, progressive=progressive, arithmetic=arithmetic
+        )[0]
 
     def compress_batch(
         self,
@@ -126,6 +134,7 @@ class Codec:
         send_steps: int | None = None,
         seed: int | None = None,
         progressive: bool = False,
+        arithmetic: str | None = None,
     ) -> list[bytes]:
         """Compress several images; the bytes are identical to compressing them one by one (on
         the CPU the analysis runs image by image in fixed bands: see pqmim/models/banded.py)."""
@@ -140,7 +149,7 @@ class Codec:
             fmt.check_dimensions(p.rgb.shape[1], p.rgb.shape[0])
         out = []
         for p, codes in zip(pictures, self.encode_codes([p.rgb for p in pictures])):
-            coded = self.coder.encode(codes, progress, sent, fill, progressive)
+            coded = self.coder.encode(codes, progress, sent, fill, progressive, arithmetic or self.arithmetic)
             chunks = Extras(p.icc, p.exif if keep_metadata else None, p.alpha).to_chunks()
             header = fmt.Header(
                 self.model_id,
@@ -153,6 +162,7 @@ class Codec:
                 sent,
                 fill,
                 coded.step_bytes,
+                coded.arithmetic,
             )
             out.append(fmt.pack(header, coded.payload))
         return out
@@ -183,7 +193,7 @@ class Codec:
         f = self.cfg.f
         h, w = -(-header.height // f), -(-header.width // f)
         try:
-            decoded = self.coder.decode(payload, h, w, header.shift, progress, sent, fill)
+            decoded = self.coder.decode(payload, h, w, header.shift, progress, sent, fill, header.arithmetic)
         except CorruptPayloadError as e:
             raise fmt.BitstreamError(str(e)) from None
         if complete and fmt.codes_checksum(decoded.codes.numpy()) != header.codes_crc:

@@ -3,20 +3,23 @@
 Layout (see FORMAT.md):
 
     magic     3 bytes  b"PQM"
-    version   1 byte   2, or 3 when the file carries chunks
+    version   1 byte   2, or 3 when the file carries chunks; 4 and 5 likewise for files whose
+                       entropy model computes in integer arithmetic (entropy/exact.py)
     model id  4 bytes  first 4 bytes of the SHA-256 of the model's weights
     width     varint   original image width in pixels (>= 1)
     height    varint   original image height in pixels (>= 1)
     steps     varint   number of coding steps S the payload was coded with
     shift     1 byte   shift of the logit grid the encoder chose (0..3, see entropy/pmf.py)
     codes     4 bytes  CRC-32 of the codes, little-endian: catches a decoder out of step
-    chunks    (version 3 only) varint count, then per chunk: 4-byte tag, varint length, data
+    chunks    (versions 3 and 5) varint count, then per chunk: 4-byte tag, varint length, data
     payload   bytes    range-coded codes (constriction RangeEncoder words, little-endian,
                        trailing zero bytes dropped)
     crc32     4 bytes  CRC-32 (zlib) of everything before it, little-endian
 
-Invariants: a file without chunks is written as version 2, byte for byte as pqmim 0.2.0 wrote
-it (so older decoders read it); chunks are optional data beside the coded image (colour
+Invariants: a float64 file without chunks is written as version 2, byte for byte as pqmim 0.2.0
+wrote it (so older decoders read it); the version says how the entropy model computes (float64,
+versions 2 and 3, the only ones before 0.7.0; integer, versions 4 and 5, which older decoders
+refuse by their version); chunks are optional data beside the coded image (colour
 profile, metadata, alpha: see pqmim/extras.py), each tag at most once, in the order written. A
 tag this version does not know is skipped when its first letter is lowercase (ancillary) and
 refused when it is uppercase (critical), as in PNG.
@@ -47,7 +50,13 @@ from .entropy.grid import GRID_SHIFTS
 MAGIC = b"PQM"
 VERSION = 2  # files without chunks
 VERSION_CHUNKS = 3  # files with chunks
-READABLE_VERSIONS = (VERSION, VERSION_CHUNKS)
+VERSIONS = {  # (arithmetic, has chunks) -> version byte
+    ("float64", False): VERSION,
+    ("float64", True): VERSION_CHUNKS,
+    ("integer", False): 4,
+    ("integer", True): 5,
+}
+READABLE_VERSIONS = tuple(sorted(VERSIONS.values()))
 MODEL_ID_BYTES = 4
 MAX_IMAGE_PIXELS = 89_478_485  # like Pillow's default; set pqmim.format.MAX_IMAGE_PIXELS = None to lift it
 MAX_STEPS = 64
@@ -73,6 +82,7 @@ class Header:
     sent: int | None = None  # SEND: steps in the payload (None: all `steps`)
     fill: int = 0  # SEND: how the codes not sent are filled in (0: expected code words; n: drawn with seed n - 1)
     step_bytes: tuple[int, ...] | None = None  # prog: payload bytes that decode steps <= s
+    arithmetic: str = "float64"  # of the entropy model: "integer" (versions 4, 5) or "float64" (2, 3)
 
     def chunk(self, tag: bytes) -> bytes | None:
         return next((data for t, data in self.chunks if t == tag), None)
@@ -140,7 +150,9 @@ def pack(header: Header, payload: bytes) -> bytes:
         if len(tags) > MAX_CHUNKS or len(set(tags)) != len(tags) or any(len(t) != 4 or not t.isascii() or not t.isalpha() for t in tags):
             raise ValueError("chunks: at most 16, distinct tags of 4 ASCII letters")
         chunks = _put_varint(len(tags)) + b"".join(t + _put_varint(len(d)) + d for t, d in all_chunks)
-    version = VERSION_CHUNKS if all_chunks else VERSION
+    if (header.arithmetic, False) not in VERSIONS:
+        raise ValueError(f"unknown arithmetic {header.arithmetic!r}")
+    version = VERSIONS[header.arithmetic, bool(all_chunks)]
     body = (
         MAGIC
         + bytes([version])
@@ -200,7 +212,10 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
         raise BitstreamError("truncated bitstream: no version byte")
     version = data[3]
     if version not in READABLE_VERSIONS:
-        raise BitstreamError(f"unsupported bitstream version {version} (this pqmim reads versions {VERSION} and {VERSION_CHUNKS})")
+        raise BitstreamError(
+            f"unsupported bitstream version {version} (this pqmim reads versions {', '.join(map(str, READABLE_VERSIONS))}: a newer pqmim wrote it?)"
+        )
+    arithmetic, has_chunks = next(key for key, v in VERSIONS.items() if v == version)
     pos = 4
     if len(data) < pos + MODEL_ID_BYTES:
         raise BitstreamError("truncated bitstream: header ends inside the model id")
@@ -221,7 +236,7 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
             raise BitstreamError("checksum mismatch: the file is truncated or corrupted")
         body = data  # a prefix: no checksum at the end, everything after the header is payload
     chunks: tuple[tuple[bytes, bytes], ...] = ()
-    if version == VERSION_CHUNKS:
+    if has_chunks:
         chunks, pos = _get_chunks(body, pos)
     check_dimensions(width, height)
     if not 1 <= steps <= MAX_STEPS:
@@ -241,7 +256,7 @@ def _unpack(data: bytes, partial: bool) -> tuple[Header, bytes, bool]:
             f"the file is cut short before its first coding step is complete ({step_bytes[0] - len(payload)} more bytes needed)"
         )
     extras = tuple((t, d) for t, d in chunks if t in found)
-    return Header(model_id, width, height, steps, shift, codes_crc, extras, sent, fill, step_bytes), payload, complete
+    return Header(model_id, width, height, steps, shift, codes_crc, extras, sent, fill, step_bytes, arithmetic), payload, complete
 
 
 def _get_send(data: bytes, steps: int) -> tuple[int, int]:

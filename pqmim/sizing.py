@@ -54,7 +54,7 @@ def file_bytes(codec, pic: Picture, keep_metadata: bool, sent: int | None, paylo
     """The size of a file of `pic` whose payload has this many bytes (header, chunks, CRC)."""
     chunks = Extras(pic.icc, pic.exif if keep_metadata else None, pic.alpha).to_chunks()
     h, w = pic.rgb.shape[:2]
-    header = fmt.Header(codec.model_id, w, h, codec.cfg.steps, 0, 0, chunks, sent)
+    header = fmt.Header(codec.model_id, w, h, codec.cfg.steps, 0, 0, chunks, sent, arithmetic=codec.arithmetic)
     return len(fmt.pack(header, b"")) + payload_bytes
 
 
@@ -136,7 +136,7 @@ def best_within(
     if not candidates:
         if partial:
             codec = shipped_codec(names[0], device)
-            first = codec.coder.sealed_sizes(codec.encode_codes([pic.rgb])[0], limit=0)[0]
+            first = codec.coder.sealed_sizes(codec.encode_codes([pic.rgb])[0], limit=0, arithmetic=codec.arithmetic)[0]
             smallest, what = file_bytes(codec, pic, keep_metadata, 1, first), f"{names[0]}, 1 step sent"
         else:
             smallest, what = len(whole[0]), names[0]
@@ -147,7 +147,7 @@ def best_within(
 def _partial(codec, name: str, pic: Picture, max_bytes: int, keep_metadata: bool, progress) -> Candidate | None:
     """The file of this rung that sends as many steps as fit in max_bytes (at least one), or None."""
     codes = codec.encode_codes([pic.rgb])[0]
-    sizes = codec.coder.sealed_sizes(codes, limit=max_bytes)  # payload bytes when sending 1, 2, ... steps
+    sizes = codec.coder.sealed_sizes(codes, limit=max_bytes, arithmetic=codec.arithmetic)  # payload bytes when sending 1, 2, ... steps
     fit = [s + 1 for s, n in enumerate(sizes) if s + 1 < codec.cfg.steps and file_bytes(codec, pic, keep_metadata, s + 1, n) <= max_bytes]
     for sent in sorted(fit, reverse=True):  # the sizes assume grid shift 0; a rare other shift changes the payload
         data = codec.compress(pic, keep_metadata, progress, send_steps=sent)

@@ -89,13 +89,17 @@ def shipped_models() -> list[dict]:
 
 
 def entries(crop=CROP):
-    """(file name, model name, compress options, prefix lengths) of every golden file."""
+    """(file name, model name, compress options, prefix lengths) of every golden file: each in
+    float64 arithmetic (versions 2 and 3: the files of 0.2.0 to 0.5.0, unchanged since) and in
+    integer arithmetic (versions 4 and 5, since 0.7.0: name ending in -int)."""
     from pqmim import zoo
 
-    out = [(f"{c['name']}.pqm", c["name"], {}, None) for c in shipped_models()]
     default = zoo.resolve(None)
-    out.append((f"{default}-progressive.pqm", default, {"progressive": True}, "half"))
-    out.append((f"{default}-send2.pqm", default, {"send_steps": 2}, None))
+    out = []
+    for arithmetic, tail in (("float64", ""), ("integer", "-int")):
+        out += [(f"{c['name']}{tail}.pqm", c["name"], {"arithmetic": arithmetic}, None) for c in shipped_models()]
+        out.append((f"{default}-progressive{tail}.pqm", default, {"progressive": True, "arithmetic": arithmetic}, "half"))
+        out.append((f"{default}-send2{tail}.pqm", default, {"send_steps": 2, "arithmetic": arithmetic}, None))
     return out
 
 

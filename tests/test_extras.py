@@ -28,12 +28,20 @@ def p3_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def test_no_chunks_is_version_2_byte_for_byte(tiny_codec):
-    data = tiny_codec.compress(photo())
-    assert data[3] == fmt.VERSION == 2
-    header, payload = fmt.unpack(data)
-    assert header.chunks == ()
-    assert fmt.pack(header, payload) == data
+def test_no_chunks_is_version_2_or_4_byte_for_byte(tiny_codec):
+    """Without chunks: version 4 (integer arithmetic, the default) or, with float64 arithmetic,
+    version 2 byte for byte as 0.2.0 wrote it."""
+    for arithmetic, version in (("integer", 4), ("float64", fmt.VERSION)):
+        tiny_codec.arithmetic = arithmetic
+        try:
+            data = tiny_codec.compress(photo())
+        finally:
+            tiny_codec.arithmetic = "integer"
+        assert data[3] == version
+        header, payload = fmt.unpack(data)
+        assert header.chunks == () and header.arithmetic == arithmetic
+        assert fmt.pack(header, payload) == data
+        assert np.array_equal(np.asarray(tiny_codec.decompress(data)), np.asarray(tiny_codec.decompress(tiny_codec.compress(photo()))))
 
 
 def test_rgba_roundtrips_with_exact_alpha(tiny_codec):
@@ -43,7 +51,7 @@ def test_rgba_roundtrips_with_exact_alpha(tiny_codec):
     alpha[10:30, 5:40] = np.arange(35, dtype=np.uint8)[None] * 7  # a gradient, partly
     im = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     data = tiny_codec.compress(im)
-    assert data[3] == fmt.VERSION_CHUNKS
+    assert data[3] == fmt.VERSIONS["integer", True]
     out = tiny_codec.decompress(data)
     assert out.mode == "RGBA" and out.size == im.size
     assert (np.asarray(out)[..., 3] == alpha).all()
@@ -68,7 +76,7 @@ def test_grey_and_palette_alpha(tiny_codec, mode):
 def test_opaque_alpha_is_dropped(tiny_codec):
     rgba = np.dstack([photo(), np.full((48, 64), 255, np.uint8)])
     data = tiny_codec.compress(rgba)
-    assert data[3] == fmt.VERSION and tiny_codec.decompress(data).mode == "RGB"
+    assert data[3] == fmt.VERSIONS["integer", False] and tiny_codec.decompress(data).mode == "RGB"
 
 
 def test_icc_profile_is_kept_exif_only_when_asked(tiny_codec):
@@ -117,7 +125,12 @@ def test_profile_of_another_colour_space_is_dropped_not_misapplied():
 
 def _with_chunks(data: bytes, chunks) -> bytes:
     header, payload = fmt.unpack(data)
-    return fmt.pack(fmt.Header(header.model_id, header.width, header.height, header.steps, header.shift, header.codes_crc, chunks), payload)
+    return fmt.pack(
+        fmt.Header(
+            header.model_id, header.width, header.height, header.steps, header.shift, header.codes_crc, chunks, arithmetic=header.arithmetic
+        ),
+        payload,
+    )
 
 
 def test_hostile_chunks_raise_bitstream_error(tiny_codec):

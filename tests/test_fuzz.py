@@ -107,10 +107,14 @@ def test_huge_dimensions_stop_after_one_chunk(tiny_codec, sample, monkeypatch):
     first chunk of windows, not after decoding 64 megapixels."""
     data, _ = sample
     header, payload = fmt.unpack(data)
-    forged = fmt.pack(fmt.Header(header.model_id, 8000, 8000, header.steps, header.shift, header.codes_crc), payload)
+    forged = fmt.pack(
+        fmt.Header(header.model_id, 8000, 8000, header.steps, header.shift, header.codes_crc, arithmetic=header.arithmetic), payload
+    )
     calls = []
     real = replay.Replayer._piece_logits
-    monkeypatch.setattr(replay.Replayer, "_piece_logits", lambda self, piece, *a: calls.append(len(piece.windows)) or real(self, piece, *a))
+    monkeypatch.setattr(
+        replay.Replayer, "_piece_logits", lambda self, net, piece, *a: calls.append(len(piece.windows)) or real(self, net, piece, *a)
+    )
     with pytest.raises(BitstreamError, match="too short|cannot be decoded"):
         tiny_codec.decompress(forged)
     assert 0 < sum(calls) <= replay.WINDOWS_PER_CALL  # windows computed before the refusal

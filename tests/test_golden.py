@@ -1,10 +1,12 @@
 """Golden files: users' .pqm files must keep decoding to the same pixels.
 
 tests/golden/ holds one small file per shipped model (a 96x64 crop of examples/kodim23.png),
-a progressive file and a send-steps file of the default model, and manifest.json with the
-SHA-256 of each file's bytes, decoded pixels and codes (written by tests/make_golden.py;
-checked when they were made against release 0.4.0, commit f026503, which decodes them to the
-same pixels and encodes the crop to the same bytes). A change in our code or in a dependency
+a progressive file and a send-steps file of the default model, each in float64 arithmetic
+(versions 2 and 3) and in integer arithmetic (versions 4 and 5, files ending in -int, since
+0.7.0), and manifest.json with the SHA-256 of each file's bytes, decoded pixels and codes
+(written by tests/make_golden.py; the float64 files were checked when they were made against
+release 0.4.0, commit f026503, which decodes them to the same pixels and encodes the crop to
+the same bytes, and 0.7.0's make_golden.py rewrote them byte for byte). A change in our code or in a dependency
 (constriction turns the float probabilities into integer tables; torch computes them) that
 would break existing files fails here. Needs nothing outside the repository.
 

@@ -41,7 +41,13 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
         else:
             with coding_bar(args, w * h, Path(src).name) as progress:
                 data = codec.compress(
-                    pic, args.keep_metadata, progress, send_steps=args.send_steps, seed=args.seed, progressive=args.progressive
+                    pic,
+                    args.keep_metadata,
+                    progress,
+                    send_steps=args.send_steps,
+                    seed=args.seed,
+                    progressive=args.progressive,
+                    arithmetic="float64" if args.compat else None,
                 )
                 name = codec.name
     out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
@@ -99,6 +105,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise CLIError("--max-bytes and --max-bpp choose the model: give them without --quality, --model or --model-file")
     if sized and (args.send_steps is not None or args.seed is not None or args.progressive):
         raise CLIError("--max-bytes and --max-bpp choose the steps sent: give them without --send-steps, --seed or --progressive")
+    if sized and args.compat:
+        raise CLIError("--compat cannot be combined with --max-bytes or --max-bpp")
     if args.seed is not None and args.send_steps is None:
         raise CLIError("--seed fills in the steps not sent: give it with --send-steps")
     if args.max_bytes is not None and args.max_bpp is not None:
@@ -135,6 +143,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     px = header.width * header.height
     print(f"model:   {zoo.describe_id(header.model_id).removeprefix('model ')}")
     print(f"image:   {header.width}x{header.height}")
+    print(
+        f"format:  version {data[3]} ({header.arithmetic} entropy model{'' if header.arithmetic == 'integer' else ', read by pqmim 0.2.0 and later'})"
+    )
     print(
         f"steps:   {header.steps}"
         + (

@@ -52,6 +52,7 @@ class Encoded:
     shift: int  # the grid shift the tables were built with
     codes: torch.Tensor  # (m, h, w): the codes the decoder will get (filled in past `sent`)
     step_bytes: tuple[int, ...] | None = None  # progressive: payload bytes that give steps <= s
+    arithmetic: str = "integer"  # how the tables were computed (replay.ARITHMETICS)
 
 
 # A payload cannot hold codes carrying more information than its own bits (plus the trailing
@@ -138,7 +139,11 @@ class MIMCoder:
     def __init__(self, model: PQMIM, device: torch.device | str = "cpu") -> None:
         self.cfg = model.cfg
         self.replayer = Replayer(model, device)
-        self.entropy = self.replayer.entropy  # the float64 entropy model the tables come from
+
+    @property
+    def entropy(self) -> torch.nn.Module:
+        """The float64 entropy model the tables of version 2 and 3 files come from."""
+        return self.replayer.entropy
 
     def layout(self, h: int, w: int) -> Layout:
         return Layout.of(h, w, self.cfg.window)
@@ -152,24 +157,34 @@ class MIMCoder:
         return sent
 
     def encode(
-        self, codes: torch.Tensor, progress: Progress | None = None, sent: int | None = None, fill: int = 0, progressive: bool = False
+        self,
+        codes: torch.Tensor,
+        progress: Progress | None = None,
+        sent: int | None = None,
+        fill: int = 0,
+        progressive: bool = False,
+        arithmetic: str = "integer",
     ) -> Encoded:
         """Codes (m, h, w) -> the payload of the first `sent` steps (all by default), the grid
         shift, and the codes the decoder will get (the ones past `sent` filled in with `fill`);
-        with `progressive`, also the prefix length that decodes each step sent. The first grid
-        shift whose margin is safe is used (almost always 0); if none is, the safest."""
+        with `progressive`, also the prefix length that decodes each step sent. In float64
+        arithmetic, the first grid shift whose margin is safe is used (almost always 0; if none
+        is, the safest); integer arithmetic needs no margin (its logits are exact): shift 0."""
         sent = self._sent(sent)
         layout = self.layout(codes.shape[1], codes.shape[2])
         padded = layout.pad(codes)
         best: tuple[float, Encoded] | None = None
-        for shift in range(pmf.GRID_SHIFTS):
+        check = arithmetic == "float64"
+        for shift in range(pmf.GRID_SHIFTS if check else 1):
             coding = _Encode(padded, sent, progressive)
-            replayed, margin = self.replayer.run(layout, coding, shift=shift, sent=sent, fill=fill, check=True, progress=progress)
+            replayed, margin = self.replayer.run(
+                layout, coding, shift=shift, sent=sent, fill=fill, check=check, progress=progress, arithmetic=arithmetic
+            )
             if sent == self.cfg.steps and not torch.equal(replayed.codes, codes):
                 raise ReplayDivergedError("internal error: the coder's replay diverged from the codes it was given")
             payload = coding.payload()
             step_bytes = tuple(self._prefix_lengths(payload, coding.sealed, coding.calls)) if progressive else None
-            result = Encoded(payload, shift, replayed.codes, step_bytes)
+            result = Encoded(payload, shift, replayed.codes, step_bytes, arithmetic)
             if margin >= pmf.MARGIN:
                 return result
             if best is None or margin > best[0]:
@@ -200,26 +215,36 @@ class MIMCoder:
         except Exception:  # constriction refuses some prefixes outright: not this length
             return False
 
-    def sealed_sizes(self, codes: torch.Tensor, limit: int | None = None) -> list[int]:
+    def sealed_sizes(self, codes: torch.Tensor, limit: int | None = None, arithmetic: str = "integer") -> list[int]:
         """Payload bytes of a file that sends the first s steps, for s = 1, 2, ...: the range
         coder sealed after each step (grid shift 0). Stops after the first size over `limit`."""
         layout = self.layout(codes.shape[1], codes.shape[2])
         coding = _Encode(layout.pad(codes), self.cfg.steps, sizes=True, limit=limit)
-        self.replayer.run(layout, coding)
+        self.replayer.run(layout, coding, arithmetic=arithmetic)
         return coding.sealed
 
-    def information_bits(self, codes: torch.Tensor, shift: int = 0) -> float:
+    def information_bits(self, codes: torch.Tensor, shift: int = 0, arithmetic: str = "integer") -> float:
         """Sum of -log2 p(code) under the model: what an ideal entropy coder would spend."""
         layout = self.layout(codes.shape[1], codes.shape[2])
         coding = _Count(layout.pad(codes))
-        self.replayer.run(layout, coding, shift=shift)
+        self.replayer.run(layout, coding, shift=shift, arithmetic=arithmetic)
         return coding.bits
 
     def decode(
-        self, payload: bytes, h: int, w: int, shift: int = 0, progress: Progress | None = None, sent: int | None = None, fill: int = 0
+        self,
+        payload: bytes,
+        h: int,
+        w: int,
+        shift: int = 0,
+        progress: Progress | None = None,
+        sent: int | None = None,
+        fill: int = 0,
+        arithmetic: str = "integer",
     ) -> Decoded:
         """Range-coded payload of the first `sent` steps (all by default) -> codes (m, h, w), the
         rest filled in with `fill`. Raises CorruptPayloadError as soon as the decoded codes would
         carry more information than the payload holds."""
         sent = self._sent(sent)
-        return self.replayer.run(self.layout(h, w), _Decode(payload), shift=shift, sent=sent, fill=fill, progress=progress)[0]
+        return self.replayer.run(
+            self.layout(h, w), _Decode(payload), shift=shift, sent=sent, fill=fill, progress=progress, arithmetic=arithmetic
+        )[0]

@@ -20,7 +20,9 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -32,7 +34,13 @@ from ..models import PQMIM
 from ..models.transformer import KVCache
 from ..threads import fixed_pieces
 from . import pmf
+from .exact import IntegerTransformer
 from .schedule import reveal_groups, splitmix64, window_boxes
+
+# How the entropy model's logits are computed: "integer" (exact.py: the same bits on every
+# machine; bitstream versions 4 and 5) or "float64" (versions 2 and 3: within 2**-36 nat across
+# machines, made safe by the grid margin in pmf.py).
+ARITHMETICS = ("integer", "float64")
 
 # Windows of one step go to the pass in calls of at most this many (the symbol order is unchanged).
 WINDOWS_PER_CALL = 64
@@ -123,35 +131,57 @@ def fill_symbols(weights: np.ndarray, where: Where, m: int, window: int, fill: i
 
 
 class _Piece:
-    """Up to PIECE_WINDOWS neighbouring windows of the same size, computed together in every step
-    (they share each step's positions): their codes so far, and for a block-causal model the
-    keys and values of the revealed ones, plus the group coded last, not yet in the cache."""
+    """Neighbouring windows computed together in every step: their codes so far, and for a
+    block-causal model the keys and values of the revealed ones, plus the groups coded last, not
+    yet in the cache. With float64 arithmetic, up to PIECE_WINDOWS windows of one size (they share
+    each step's positions); with integer arithmetic, up to WINDOWS_PER_CALL windows of any sizes
+    (each step's positions padded to the longest group, which changes no logit: exact.py)."""
 
-    def __init__(self, windows: list[int], hh: int, ww: int, cfg) -> None:
+    def __init__(self, windows: list[int], sizes: list[tuple[int, int]], cfg) -> None:
         W, b = cfg.window, len(windows)
         self.windows = windows  # window indices, consecutive in raster order
-        self.groups = reveal_groups(hh, ww, W, cfg.steps, cfg.alpha)
+        schedules = {hw: reveal_groups(*hw, W, cfg.steps, cfg.alpha) for hw in set(sizes)}
+        self.groups = [schedules[hw] for hw in sizes]  # per window, per step: flat positions coded
         self.codes = torch.zeros(b, cfg.m, W * W, dtype=torch.long)
         self.visible = torch.zeros(b, W * W, dtype=torch.bool)
         self.valid = torch.zeros(b, W, W, dtype=torch.bool)
-        self.valid[:, :hh, :ww] = True
+        for i, (hh, ww) in enumerate(sizes):
+            self.valid[i, :hh, :ww] = True
         self.cache = KVCache(cfg.n_layers)
-        self.unrevealed: np.ndarray | None = None
+        self.unrevealed: list[np.ndarray] | None = None  # per window
+
+    def at(self, s: int) -> list[np.ndarray]:
+        """Per window, the flat positions coded at step s."""
+        return [g[s] for g in self.groups]
 
 
-def pieces(layout: Layout, cfg) -> list[_Piece]:
-    """Runs of consecutive windows of one size, each cut into near-equal pieces of at most
-    PIECE_WINDOWS: fixed by the grid size alone, hence the same float results everywhere."""
+def padded(groups: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window position lists -> (positions (B, r), real (B, r) bool), r the longest list."""
+    r = max(len(g) for g in groups)
+    idx = torch.zeros(len(groups), r, dtype=torch.long)
+    real = torch.zeros(len(groups), r, dtype=torch.bool)
+    for i, g in enumerate(groups):
+        idx[i, : len(g)] = torch.from_numpy(g)
+        real[i, : len(g)] = True
+    return idx, real
+
+
+def pieces(layout: Layout, cfg, integer: bool = False) -> list[_Piece]:
+    """Float64: runs of consecutive windows of one size, each cut into near-equal pieces of at
+    most PIECE_WINDOWS: fixed by the grid size alone, hence the same float results everywhere.
+    Integer: consecutive windows of any sizes, WINDOWS_PER_CALL at a time (any cut gives the same
+    logits)."""
     boxes, out, t = layout.boxes, [], 0
     while t < len(boxes):
         run = t
-        while run < len(boxes) and boxes[run][2:] == boxes[t][2:]:
+        while run < len(boxes) and (integer or boxes[run][2:] == boxes[t][2:]):
             run += 1
         n = run - t
-        parts = -(-n // PIECE_WINDOWS)
+        most = WINDOWS_PER_CALL if integer else PIECE_WINDOWS
+        parts = -(-n // most)
         for i in range(parts):
             size = n // parts + (i < n % parts)
-            out.append(_Piece(list(range(t, t + size)), *boxes[t][2:], cfg))
+            out.append(_Piece(list(range(t, t + size)), [boxes[u][2:] for u in range(t, t + size)], cfg))
             t += size
     return out
 
@@ -179,29 +209,70 @@ class _Fill(CodingPass):
         return fill_symbols(tables, where, m, W, self.fill)
 
 
+class _Inline:
+    """A pool that runs everything in the calling thread."""
+
+    @staticmethod
+    def map(fn, items):
+        return map(fn, items)
+
+
 class Replayer:
-    """The entropy model in float64 (see pmf.py) and the replay loop over it."""
+    """The entropy model in float64 (see pmf.py) and in integer arithmetic (exact.py), and the
+    replay loop over either."""
 
     def __init__(self, model: PQMIM, device: torch.device | str = "cpu") -> None:
         self.cfg = model.cfg
         self.device = torch.device(device)  # a GPU computes the same float64 logits within the margin
-        self.entropy = copy.deepcopy(model.entropy).double().eval().to(self.device)
+        self._source = model.entropy
         self.codebooks = model.quantizer.codebooks.detach().double().cpu()  # (m, k, sub_dim): expected code words
+        self._integer: IntegerTransformer | None = None
+
+    @functools.cached_property
+    def entropy(self) -> torch.nn.Module:
+        """The entropy model in float64 (files of versions 2 and 3), made on first use."""
+        return copy.deepcopy(self._source).double().eval().to(self.device)
+
+    def transformer(self, arithmetic: str) -> torch.nn.Module:
+        """The entropy model computing in `arithmetic` (one of ARITHMETICS)."""
+        if arithmetic == "float64":
+            return self.entropy
+        if arithmetic != "integer":
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+        if self._integer is None:
+            self._integer = IntegerTransformer(self.cfg, self._source).to(self.device)
+        return self._integer
 
     @torch.no_grad()
-    def _piece_logits(self, piece: _Piece, s: int) -> torch.Tensor:
-        """Float64 logits (windows * len(group) * m, k) of the piece's codes coded at step s."""
+    def _piece_logits(self, net: torch.nn.Module, piece: _Piece, s: int) -> torch.Tensor:
+        """Float64 logits (rows: window, position coded at step s, sub-vector; k) of the piece."""
         d, cfg = self.device, self.cfg
-        idx = torch.from_numpy(piece.groups[s]).to(d)
-        if cfg.causal:  # the group coded last joins the cache as this step's group is predicted
-            new = None if piece.unrevealed is None else torch.from_numpy(piece.unrevealed)
-            revealed = None if new is None else piece.codes[:, :, new].to(d)
-            h = self.entropy.advance(piece.cache, revealed, None if new is None else new.to(d), idx, len(piece.windows))
-            piece.unrevealed = None
-        else:
-            W = cfg.window
-            h = self.entropy.hidden(piece.codes.view(-1, cfg.m, W, W).to(d), piece.visible.view(-1, W, W).to(d), piece.valid.to(d), idx)
-        return self.entropy.logits(h).reshape(-1, cfg.k).cpu()  # rows: window, position, sub-vector
+        groups = piece.at(s)
+        if isinstance(net, IntegerTransformer):
+            query, asked = padded(groups)
+            if cfg.causal:  # the groups coded last join the cache as this step's groups are predicted
+                codes = revealed = seen = None
+                if piece.unrevealed is not None:
+                    revealed, seen = padded(piece.unrevealed)
+                    codes = piece.codes.gather(2, revealed[:, None, :].expand(-1, cfg.m, -1)).to(d)
+                    revealed, seen = revealed.to(d), seen.to(d)
+                h = net.advance_padded(piece.cache, codes, revealed, seen, query.to(d), asked.to(d))
+            else:  # every row, then the ones coded now (the windows' groups differ)
+                W = cfg.window
+                h = net.hidden(piece.codes.view(-1, cfg.m, W, W).to(d), piece.visible.view(-1, W, W).to(d), piece.valid.to(d))
+                h = h.gather(1, query.to(d)[..., None].expand(-1, -1, h.shape[-1]))
+            h = h[asked.to(d)]
+        else:  # windows of one size: one group for all
+            idx = torch.from_numpy(groups[0]).to(d)
+            if cfg.causal:
+                new = None if piece.unrevealed is None else torch.from_numpy(piece.unrevealed[0])
+                revealed = None if new is None else piece.codes[:, :, new].to(d)
+                h = net.advance(piece.cache, revealed, None if new is None else new.to(d), idx, len(piece.windows))
+            else:
+                W = cfg.window
+                h = net.hidden(piece.codes.view(-1, cfg.m, W, W).to(d), piece.visible.view(-1, W, W).to(d), piece.valid.to(d), idx)
+        piece.unrevealed = None
+        return net.logits(h).reshape(-1, cfg.k).cpu().double()
 
     def run(
         self,
@@ -213,18 +284,22 @@ class Replayer:
         fill: int = 0,
         check: bool = False,
         progress: Progress | None = None,
+        arithmetic: str = "integer",
     ) -> tuple[Decoded, float]:
-        """Replay the coding steps of `layout` with tables on grid `shift`, `coding` taking the
-        steps before `sent` (all by default) and the rest filled in with `fill`. Returns the codes
-        and, if `check`, the logits' smallest distance to a grid boundary (else inf)."""
+        """Replay the coding steps of `layout` with the entropy model in `arithmetic` and tables
+        on grid `shift`, `coding` taking the steps before `sent` (all by default) and the rest
+        filled in with `fill`. Returns the codes and, if `check`, the logits' smallest distance to
+        a grid boundary (else inf)."""
         cfg = self.cfg
+        net = self.transformer(arithmetic)
         sent = cfg.steps if sent is None else sent
-        parts = pieces(layout, cfg)
+        integer = arithmetic == "integer"  # exact whatever the batch and threads: big pieces, torch's own threads
+        parts = pieces(layout, cfg, integer)
         calls: list[tuple[int, list[_Piece]]] = []  # (step, pieces) of each call, in order
         for s in range(cfg.steps):
             chunk: list[_Piece] = []
             for p in parts:
-                if not len(p.groups[s]):
+                if not any(len(g) for g in p.at(s)):
                     continue
                 if chunk and sum(len(q.windows) for q in chunk) + len(p.windows) > WINDOWS_PER_CALL:
                     calls.append((s, chunk))
@@ -234,12 +309,12 @@ class Replayer:
                 calls.append((s, chunk))
         filler = _Fill(layout, self.codebooks, cfg, fill)
         margin = math.inf
-        with fixed_pieces() as pool:
+        with contextlib.nullcontext(_Inline()) if integer else fixed_pieces() as pool:
             try:
                 done = 0
                 for s in range(cfg.steps):
                     for _, chunk in (c for c in calls if c[0] == s):
-                        margin = min(margin, self._call(pool, chunk, s, shift, coding if s < sent else filler, check))
+                        margin = min(margin, self._call(pool, net, chunk, s, shift, coding if s < sent else filler, check))
                         done += 1
                         if progress is not None:
                             progress(done, len(calls))
@@ -254,27 +329,27 @@ class Replayer:
                 out[:, y0 : y0 + hh, x0 : x0 + ww] = p.codes[b].view(cfg.m, W, W)[:, :hh, :ww]
         return Decoded(out, filler.filled, filler.expected), margin
 
-    def _call(self, pool, chunk: list[_Piece], s: int, shift: int, coding: CodingPass, check: bool) -> float:
+    def _call(self, pool, net: torch.nn.Module, chunk: list[_Piece], s: int, shift: int, coding: CodingPass, check: bool) -> float:
         """One call of step s: the pieces' logits (in the worker threads), their tables, the
         pass's codes written back into the pieces; returns the call's margin."""
         m = self.cfg.m
 
         def piece(p: _Piece) -> tuple[torch.Tensor, torch.Tensor, float]:  # in a worker thread: the tables too
-            logits = self._piece_logits(p, s)
+            logits = self._piece_logits(net, p, s)
             return logits, pmf.integer_weights(logits, shift, torch.float32), pmf.margin(logits, shift) if check else math.inf
 
         results = list(pool.map(piece, chunk))
-        where = [(t, p.groups[s]) for p in chunk for t in p.windows]
+        where = [(t, g) for p in chunk for t, g in zip(p.windows, p.at(s)) if len(g)]
         if coding.wants_logits:  # only the bench looks: no copy on the coding path
             coding.logits(s, torch.cat([r[0] for r in results]), where)
         tables = torch.cat([r[1] for r in results]).numpy()
         symbols = torch.from_numpy(np.asarray(coding.symbols(s, tables, where)).astype(np.int64))
         o = 0
         for p in chunk:
-            g = p.groups[s]
-            n = len(p.windows) * len(g) * m
-            p.codes[:, :, torch.from_numpy(g)] = symbols[o : o + n].view(len(p.windows), len(g), m).transpose(1, 2)
-            p.visible[:, torch.from_numpy(g)] = True
-            p.unrevealed = g
-            o += n
+            for b, g in enumerate(p.at(s)):
+                n, g = len(g) * m, torch.from_numpy(g)
+                p.codes[b][:, g] = symbols[o : o + n].view(-1, m).T
+                p.visible[b, g] = True
+                o += n
+            p.unrevealed = p.at(s)
         return min(r[2] for r in results)

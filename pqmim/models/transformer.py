@@ -54,7 +54,11 @@ class Block(nn.Module):
         q, k, v = self.heads(x)
         if query is not None:
             q, x = q[:, :, query], x[:, query]
-        return self.update(x, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+        return self.update(x, self.attend(q, k, v, attn_mask))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q (B, h, n, dh) over k, v (B, h, c, dh); mask: True where a row may look."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class KVCache:
@@ -64,6 +68,7 @@ class KVCache:
     def __init__(self, n_layers: int) -> None:
         self.k: list[torch.Tensor | None] = [None] * n_layers
         self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.real: torch.Tensor | None = None  # (B, c) bool: which are codes, not padding (entropy/exact.py)
 
     def with_new(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached keys and values of `layer` followed by k and v."""
@@ -80,6 +85,8 @@ class MIMTransformer(nn.Module):
     """Input: codes (B, m, W, W), which positions are visible (B, W, W) and which are real, not
     padding (B, W, W). Output: logits (B, W*W, m, k) of the m codes at every position."""
 
+    block = Block  # the class of the layers (the coder's integer arithmetic has its own)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.m, self.k, self.window = cfg.m, cfg.k, cfg.window
@@ -87,7 +94,7 @@ class MIMTransformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.m * cfg.k, d)  # one table per sub-codebook, stacked
         self.mask_emb = nn.Parameter(torch.zeros(d))
         self.pos_emb = nn.Parameter(torch.zeros(cfg.window * cfg.window, d))
-        self.blocks = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(self.block(d, cfg.n_heads) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.m * cfg.k)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
@@ -95,13 +102,17 @@ class MIMTransformer(nn.Module):
         nn.init.normal_(self.mask_emb, std=0.02)
         self.register_buffer("offsets", torch.arange(cfg.m) * cfg.k, persistent=False)
 
+    def embed(self, tok: torch.Tensor) -> torch.Tensor:
+        """Codes (..., m), offset into the stacked tables -> the sum of their embeddings (..., d)."""
+        return self.tok_emb(tok).sum(-2)
+
     def hidden(self, codes: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, W*W, d), or (B, len(query), d) for the rows in `query` only
         (the last layer then skips every other row: the coder needs one group at a time)."""
         b = codes.shape[0]
         n = self.window * self.window
         tok = codes.reshape(b, self.m, n).transpose(1, 2) + self.offsets  # B, n, m
-        x = self.tok_emb(tok).sum(2)
+        x = self.embed(tok)
         x = torch.where(visible.reshape(b, n, 1), x, self.mask_emb.to(x.dtype))
         x = x + self.pos_emb
         # padding positions take no part as keys; every query row keeps at least one real key
@@ -118,7 +129,7 @@ class MIMTransformer(nn.Module):
         b = codes.shape[0]
         n = self.window * self.window
         tok = codes.reshape(b, self.m, n).transpose(1, 2) + self.offsets  # B, n, m
-        content = self.tok_emb(tok).sum(2) + self.pos_emb
+        content = self.embed(tok) + self.pos_emb
         query = (self.mask_emb + self.pos_emb).to(content.dtype).expand(b, n, -1)
         x = torch.cat([content, query], 1)  # B, 2n, d
         mask = self.two_stream_mask(group.reshape(b, n), valid.reshape(b, n))
@@ -149,7 +160,7 @@ class MIMTransformer(nn.Module):
         x = (self.mask_emb + self.pos_emb[query]).expand(batch, r2, -1)
         if r1:
             tok = codes.transpose(1, 2) + self.offsets  # B, r1, m
-            x = torch.cat([self.tok_emb(tok).sum(2) + self.pos_emb[revealed], x], 1)
+            x = torch.cat([self.embed(tok) + self.pos_emb[revealed], x], 1)
         # rows [new content; queries] over keys [cache; new content; queries]
         mask = torch.zeros(r1 + r2, c + r1 + r2, dtype=torch.bool, device=x.device)
         mask[:, : c + r1] = True
@@ -161,7 +172,7 @@ class MIMTransformer(nn.Module):
                 cache.k[i], cache.v[i] = keys[:, :, : c + r1], values[:, :, : c + r1]
             if i + 1 == len(self.blocks):  # the new content's last output is never used
                 q, x, mask = q[:, :, r1:], x[:, r1:], mask[r1:]
-            x = blk.update(x, F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+            x = blk.update(x, blk.attend(q, keys, values, mask))
         return self.ln_f(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
