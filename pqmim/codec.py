@@ -101,29 +101,12 @@ class Codec:
         return Image.fromarray(rgb, "RGB")
 
     # -- bitstreams
-    def compress(
-        self,
-        image: ImageLike,
-        keep_metadata: bool = False,
-        progress: Progress | None = None,
-        *,
-        send_steps: int | None = None,
-        seed: int | None = None,
-        progressive: bool = False,
-        arithmetic: str | None = None,
-    ) -> bytes:
+    def compress(self, image: ImageLike, keep_metadata: bool = False, progress: Progress | None = None, **options) -> bytes:
         """Compress an image (path, PIL.Image, HxWx3 or HxWx4 uint8 array, Picture) into .pqm
         bytes: the ICC profile and any transparency are kept; EXIF too with keep_metadata.
-        `progress(done, total)` is called as the entropy coder works through the image.
-
-        send_steps: write only the first s of the model's steps; the decoder fills in the rest
-        with the transformer (the code words it expects, or codes drawn with `seed`), the same
-        on every machine. progressive: add a table (about a byte per step) with which any prefix
-        of the file decodes to a full image (`decompress(..., partial=True)`). arithmetic: the
-        entropy model's, "integer" or "float64" (default: the attribute `arithmetic`)."""
-        return self.compress_batch(
-            [image], keep_metadata, progress, send_steps=send_steps, seed=seed, progressive=progressive, arithmetic=arithmetic
-        )[0]
+        `progress(done, total)` is called as the entropy coder works through the image. The
+        keyword options (send_steps, seed, progressive, arithmetic) are `compress_batch`'s."""
+        return self.compress_batch([image], keep_metadata, progress, **options)[0]
 
     def compress_batch(
         self,
@@ -136,8 +119,16 @@ class Codec:
         progressive: bool = False,
         arithmetic: str | None = None,
     ) -> list[bytes]:
-        """Compress several images; the bytes are identical to compressing them one by one (on
-        the CPU the analysis runs image by image in fixed bands: see pqmim/models/banded.py)."""
+        """Compress several images (see `compress`); the bytes are identical to compressing them
+        one by one (on the CPU the analysis runs image by image in fixed bands: see
+        pqmim/models/banded.py).
+
+        send_steps: write only the first s of the model's steps; the decoder fills in the rest
+        with the transformer (the code words it expects, or codes drawn with `seed`), the same
+        on every machine. progressive: add a table (about a byte per step) with which any prefix
+        of the file decodes to a full image (`decompress(..., partial=True)`). arithmetic: the
+        entropy model's, "integer" (bitstream versions 4 and 5) or "float64" (versions 2 and 3,
+        which pqmim before 0.7.0 reads); default: the attribute `arithmetic`."""
         sent = None if send_steps is None or send_steps == self.cfg.steps else send_steps
         if sent is not None and not 1 <= sent < self.cfg.steps:
             raise ValueError(f"send_steps must be 1 to {self.cfg.steps} (the model's steps), got {send_steps}")

@@ -65,11 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a table (about a byte per step) with which the start of the file decodes to a preview (decode --partial)",
     )
     p.add_argument("--keep-metadata", action="store_true", help="also store the EXIF block (the ICC profile is always kept)")
-    p.add_argument(
-        "--compat",
-        action="store_true",
-        help="write a file pqmim before 0.7.0 can read (bitstream version 2 or 3: the entropy model in float64, slower; about the same size)",
-    )
+    p.add_argument("--compat", action="store_true", help="a file pqmim before 0.7.0 reads too (bitstream version 2/3; slower)")
     talk_opts(p)
     model_opts(p)
     p.set_defaults(func=cmd_encode)
