@@ -4,16 +4,16 @@ Files of bitstream versions 4 and 5 (FORMAT.md) build their probability tables f
 of `IntegerTransformer`, a copy of the model's MIM transformer (same weights, same layers, same
 coding paths `advance` and `hidden`) whose arithmetic is fixed here instead of left to BLAS:
 
-- every linear layer: each input row is rounded to 15-bit integers under a power-of-two scale
-  (`quantize`), split into two int8 halves and multiplied by the weights rounded to int8 per
-  output channel (`quantize_int8`, what int8 model files store) in int32 (`torch._int_mm`,
-  about ten times the float64 product's speed on this CPU), then scaled back in float64;
-- attention: q and k rounded to 10-bit integers per row and head, v per head and channel over
-  the keys; the softmax's exp read from a table (linear interpolation) as integer weights, the
-  probabilities rounded to 14 bits; both products are sums of integers below 2**24 (exact in
-  float32, whatever the order);
-- layer norm: the row's sum and sum of squares over 21-bit integers (exact), then IEEE 754
-  division and square root; GELU: x * Phi(x), Phi from a table (linear interpolation).
+- every linear layer: each input row is rounded to 7-bit integers under a power-of-two scale
+  (`quantize`, int8) and multiplied by the weights rounded to int8 per output channel
+  (`quantize_int8`, what int8 model files store) in int32 (`torch._int_mm`, about ten times
+  the float64 product's speed on this CPU), then scaled back in float32;
+- attention: q and k rounded to 9-bit integers per row and head, v per head and channel over
+  the keys; the softmax's exp read from a table as integer weights, the probabilities rounded
+  to 14 bits; both products are sums of integers below 2**24 (exact in float32, whatever the
+  order); a query's own key (block-causal models) is scored beside the shared keys;
+- layer norm: the row's sum and sum of squares over 20-bit integers, in float64 (exact), then
+  IEEE 754 division and square root; GELU: x * Phi(x), Phi the nearest of a table's entries.
 
 Invariant: non-integer values only go through operations whose result IEEE 754 fixes bit for
 bit (+, -, *, /, sqrt, floor, round, max, comparisons, table lookups, multiplication by powers
@@ -24,9 +24,9 @@ float64 products of the same integers, exact too). The tables of exp and Phi com
 and are rounded to a grid where every entry is checked to lie far from a rounding boundary, so
 any libm within a few ulps gives the same table (or the codec refuses to start).
 
-The approximations (15-bit inputs, 10-bit attention, tables) change the model's logits by
-about 1e-4 nat: the rate is that of the float64 path to within noise (FORMAT.md gives the
-measurement), and a model needs no retraining.
+Activations are float32, as the models were trained. The approximations (7-bit inputs of the
+linear layers, 9-bit attention, tables) move the logits by up to about 0.2 nat, yet the rate is
+that of the float64 path (-0.0003% on Kodak: FORMAT.md), so a model needs no retraining.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _nearest(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 class IntegerLinear(nn.Module):
-    """nn.Linear with int8 weights and 15-bit inputs, multiplied exactly (see the module docstring)."""
+    """nn.Linear with int8 weights and int8 (7-bit) inputs, multiplied exactly (see the module docstring)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
