@@ -1,5 +1,6 @@
 """The command line end to end, as a user runs it."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PHOTO, ROOT, photo_crop
+from conftest import PHOTO, ROOT, TINY, make_tiny_model, photo_crop
 
 
 def run(*args, stdin=None, cwd=None):
@@ -39,11 +40,13 @@ def test_encode_decode_info(tmp_path, photo, tiny_model_file):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_compat_writes_a_float64_file_that_decodes_the_same(tmp_path, photo, tiny_model_file):
+def test_compat_writes_a_float64_file_that_decodes_the_same(tmp_path, photo):
+    model_file = tmp_path / "causal.safetensors"  # block-causal: integer arithmetic by default
+    make_tiny_model(cfg=dataclasses.replace(TINY, causal=True)).save(model_file)
     for name, extra in (("new.pqm", ()), ("old.pqm", ("--compat",))):
-        r = run("encode", photo, "-o", tmp_path / name, "--model-file", tiny_model_file, *extra)
+        r = run("encode", photo, "-o", tmp_path / name, "--model-file", model_file, *extra)
         assert r.returncode == 0, r.stderr
-        assert run("decode", tmp_path / name, "-o", tmp_path / f"{name}.png", "--model-file", tiny_model_file).returncode == 0
+        assert run("decode", tmp_path / name, "-o", tmp_path / f"{name}.png", "--model-file", model_file).returncode == 0
     assert (tmp_path / "new.pqm").read_bytes()[3] == 4 and (tmp_path / "old.pqm").read_bytes()[3] == 2
     assert "version 2 (float64" in run("info", tmp_path / "old.pqm").stdout.decode()
     assert np.array_equal(np.asarray(Image.open(tmp_path / "new.pqm.png")), np.asarray(Image.open(tmp_path / "old.pqm.png")))

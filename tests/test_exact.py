@@ -132,6 +132,16 @@ def test_tables_refuse_entries_at_a_rounding_boundary():
     assert exact._checked_table([0.25, 3.75], 4.0, "test").tolist() == [1.0, 15.0]
 
 
+def test_arithmetic_follows_the_attention(q3, tiny_codec):
+    """Block-causal models write integer files; full-attention ones (pqmim-q5, the -full models,
+    the tiny test model) float64 files, faster for them; either decodes both."""
+    assert q3.arithmetic == "integer" and tiny_codec.arithmetic == "float64"
+    rgb = photo_crop(10, 20, 64, 48)
+    for arithmetic, version in (("integer", 4), ("float64", 2)):
+        data = tiny_codec.compress(rgb, arithmetic=arithmetic)
+        assert data[3] == version and torch.equal(tiny_codec.read_codes(data)[1], tiny_codec.encode_codes([rgb])[0])
+
+
 def test_default_model_file_round_trip_uses_integer_arithmetic(q3):
     rgb = photo_crop(0, 0, 300, 200)
     data = q3.compress(rgb)
