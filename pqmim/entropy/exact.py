@@ -20,9 +20,10 @@ bit (+, -, *, /, sqrt, floor, round, max, comparisons, table lookups, multiplica
 of two), never through a float sum whose order a library picks, nor through exp or erf; sums
 are of integers whose partial sums are exact. So the logits do not depend on the machine, the
 BLAS, the SIMD width, the thread count or the batch (and on a GPU the integer products run as
-float64 products of the same integers, exact too). The tables of exp and Phi come from `math`
-and are rounded to a grid where every entry is checked to lie far from a rounding boundary, so
-any libm within a few ulps gives the same table (or the codec refuses to start).
+float64 products of the same integers, exact too). The exp table comes from `decimal`
+(pmf.exp_table); the Phi table from `math.erf`, rounded to a grid where every entry is checked to
+lie far from a rounding boundary, so any libm within a few ulps gives the same table (or the
+codec refuses to start).
 
 Activations are float32, as the models were trained. The approximations (7-bit inputs of the
 linear layers, 9-bit attention, tables) move the logits by up to about 0.2 nat, yet the rate is
@@ -39,6 +40,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..models.transformer import Block, KVCache, MIMTransformer
 from ..models.weights import quantize_int8
+from . import pmf
 
 LINEAR_BITS = 7  # linear inputs: int8 (|v| < 2**7; 14 bits in two halves measured the same rate)
 QK_BITS = 9  # q, k and v: integers of |v| < 2**9
@@ -95,7 +97,7 @@ def int_product(a: torch.Tensor, b: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def _checked_table(values: list[float], scale: float, what: str) -> torch.Tensor:
-    """round(v * scale) for each value, as float64, refusing if any v * scale lies within
+    """round(v * scale) for each value (of a function `decimal` lacks: erf), as float64, refusing if any v * scale lies within
     2**-16 of a rounding boundary (a libm a few ulps off could then round it the other way)."""
     out = []
     for v in values:
@@ -113,11 +115,8 @@ def _table(name: str, device: torch.device) -> torch.Tensor:
     """The exp table (float32 integer weights round(2**14 exp(-j / EXP_STEPS)), 0 at the end)
     or the Phi table (float32), built once per device."""
     if (name, device) not in _TABLES:
-        if name == "exp":
-            n = EXP_RANGE * EXP_STEPS
-            t = torch.cat(
-                [_checked_table([math.exp(-j / EXP_STEPS) for j in range(n)], 2.0**P_BITS, "exp"), torch.zeros(1, dtype=torch.float64)]
-            ).float()
+        if name == "exp":  # with pmf's (decimal) table builder, then 0
+            t = torch.cat([pmf.exp_table(EXP_STEPS, P_BITS, EXP_RANGE * EXP_STEPS), torch.zeros(1, dtype=torch.int64)]).float()
         else:  # Phi(x) = (1 + erf(x / sqrt 2)) / 2 on a grid of 2**-32
             n = 2 * PHI_RANGE * PHI_STEPS + 1
             t = (

@@ -34,17 +34,18 @@ MARGIN = 2.0**-36  # in nats: every logit the encoder uses is at least this far 
 MAX_SYMBOL_BITS = 24.0  # constriction gives every symbol at least 2**-24 (its precision)
 
 
-def _exp_table() -> torch.Tensor:
-    """round(2**24 * exp(-d / 16)) for d = 0..MAX_DROP, at least 1: the same on every machine."""
+def exp_table(steps: int, bits: int, count: int, least: int = 0) -> torch.Tensor:
+    """max(least, round(2**bits * exp(-j / steps))) for j = 0 .. count - 1, int64, computed with
+    `decimal` (correctly rounded, half to even): the same on every machine."""
     with localcontext() as ctx:
         ctx.prec = 50
-        scale = Decimal(2**WEIGHT_BITS)
-        values = [(Decimal(-d) / STEPS_PER_NAT).exp() * scale for d in range(MAX_DROP + 1)]
-        ints = [max(1, int(v.to_integral_value(rounding=ROUND_HALF_EVEN))) for v in values]
+        scale = Decimal(2**bits)
+        values = [(Decimal(-j) / steps).exp() * scale for j in range(count)]
+        ints = [max(least, int(v.to_integral_value(rounding=ROUND_HALF_EVEN))) for v in values]
     return torch.tensor(ints, dtype=torch.int64)
 
 
-EXP_TABLE = _exp_table()
+EXP_TABLE = exp_table(STEPS_PER_NAT, WEIGHT_BITS, MAX_DROP + 1, least=1)  # the tables' weights by drop d = max(q) - q
 
 
 def _grid(logits: torch.Tensor, shift: int) -> torch.Tensor:

@@ -9,9 +9,13 @@ adds up -log2 p. Whatever a pass returns becomes the context of the later steps,
 decoder replay the same computation as long as they return the same codes.
 
 Invariants:
-- The windows are computed in pieces fixed by the grid size alone (`pieces`), each with fixed
-  shapes and single-threaded ops (the pieces are spread over worker threads), so on one machine
-  the float64 logits do not depend on the thread count or on how many images are coded together.
+- Integer arithmetic (exact.py): the logits are the same bits whatever the batch, its padding
+  and the thread count, so the windows of a step go in one padded batch (up to WINDOWS_PER_CALL)
+  on torch's own threads.
+- Float64 arithmetic: the windows are computed in pieces fixed by the grid size alone (`pieces`),
+  each with fixed shapes and single-threaded ops (the pieces are spread over worker threads), so
+  on one machine the float64 logits do not depend on the thread count or on how many images are
+  coded together.
 - A step's symbols go to the pass window by window in raster order (the format's order), in
   calls of at most WINDOWS_PER_CALL windows (bounding memory, and how long a bad file runs).
 - Steps from `sent` on are filled in (`fill_symbols`) instead of going through the pass: the
