@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,10 @@ class ModelConfig:
     m: int = 8  # sub-vectors per latent vector
     k: int = 256  # code words per sub-codebook
     sub_dim: int = 8  # dimension of one sub-vector; latent dimension = m * sub_dim
+    # finite scalar quantization (Mentzer et al. 2023) instead of learned code words: each
+    # sub-vector's channels are bounded and rounded to these numbers of levels, a fixed grid of
+    # k = prod(fsq) code words (sub_dim = len(fsq)); empty: learned codebooks
+    fsq: tuple[int, ...] = ()
     # MIM entropy model (a bidirectional transformer over windows of the latent grid)
     d_model: int = 192
     n_layers: int = 4
@@ -40,6 +45,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "fsq", tuple(self.fsq))
         ints = [
             *self.widths,
             self.res_blocks,
@@ -51,6 +57,7 @@ class ModelConfig:
             self.n_heads,
             self.window,
             self.steps,
+            *self.fsq,
         ]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
             raise ValueError("invalid model config: sizes must be integers")
@@ -68,6 +75,8 @@ class ModelConfig:
             "d_model must be divisible by n_heads": self.d_model % self.n_heads == 0,
             "window must be 1 to 64": 1 <= self.window <= 64,
             "steps must be 1 to 64": 1 <= self.steps <= 64,
+            "fsq must list sub_dim level counts of 2 to 256 whose product is k": not self.fsq
+            or (len(self.fsq) == self.sub_dim and all(2 <= v <= 256 for v in self.fsq) and math.prod(self.fsq) == self.k),
             "alpha must be a number > 0": isinstance(self.alpha, (int, float)) and 0 < self.alpha < 100,
         }
         for message, ok in checks.items():
@@ -86,7 +95,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
-        for flag in ("causal", "gdn"):  # absent in models made before the field existed: their ids must not change
+        d["fsq"] = list(self.fsq)
+        for flag in ("causal", "gdn", "fsq"):  # absent in models made before the field existed: their ids must not change
             if not d[flag]:
                 del d[flag]
         return d

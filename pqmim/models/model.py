@@ -21,13 +21,13 @@ from ..config import ModelConfig
 from ..threads import fixed_pieces
 from . import banded
 from .autoencoder import Decoder, Encoder
-from .quantizer import ProductQuantizer
+from .quantizer import FiniteScalarQuantizer, ProductQuantizer
 from .transformer import MIMTransformer
 from .weights import ModelFileError, check_state, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-model-1"
 ENTROPY = "entropy."  # the entropy model's tensors: all that an entropy variant file holds
-AUTOENCODER_FIELDS = ("widths", "res_blocks", "m", "k", "sub_dim")  # a variant shares these with its base
+AUTOENCODER_FIELDS = ("widths", "res_blocks", "gdn", "m", "k", "sub_dim", "fsq")  # a variant shares these with its base
 
 
 class PQMIM(nn.Module):
@@ -35,7 +35,7 @@ class PQMIM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = ProductQuantizer(cfg.m, cfg.k, cfg.sub_dim)
+        self.quantizer = FiniteScalarQuantizer(cfg.m, cfg.fsq) if cfg.fsq else ProductQuantizer(cfg.m, cfg.k, cfg.sub_dim)
         self.decoder = Decoder(cfg)
         self.entropy = MIMTransformer(cfg)
 

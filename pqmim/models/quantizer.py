@@ -1,5 +1,6 @@
 """Product quantizer: each latent vector is split into m sub-vectors, each snapped to the nearest
-of k code words of its own codebook.
+of k code words of its own codebook. Or finite scalar quantization (FSQ, Mentzer et al. 2023):
+the same codes, on a fixed grid instead of learned code words.
 
 Codebooks are learned by exponential moving averages (online k-means), initialised by k-means on
 real encoder outputs, and dead code words are restarted from the current batch, so that the
@@ -9,6 +10,8 @@ holds the same codebooks.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -71,6 +74,20 @@ class ProductQuantizer(nn.Module):
         self.ema_count.fill_(1.0)
         self.initialised.fill_(True)
 
+    def soft_bits(self, z: torch.Tensor) -> torch.Tensor:
+        """A differentiable estimate of the rate of latents (B, m*sub_dim, h, w), in bits per
+        latent position: the cross-entropy of soft assignments to the code words (a softmax of
+        minus the squared distances, at the batch's mean nearest distance as temperature)
+        against the codebooks' usage (the EMA counts). Its gradient moves latents towards code
+        words that are used often, which lowers the codes' entropy: a rate-aware stage 1."""
+        x = self._split(z.float())  # m, N, d
+        cb = self.codebooks.float()
+        d2 = (x * x).sum(-1, keepdim=True) + (cb * cb).sum(-1).unsqueeze(1) - 2 * torch.bmm(x, cb.transpose(1, 2))  # m, N, k
+        tau = d2.min(-1).values.mean().detach().clamp(min=1e-8)
+        usage = self.ema_count / self.ema_count.sum(-1, keepdim=True)
+        bits = -(torch.softmax(-d2 / tau, -1) * torch.log2(usage + 1e-10).unsqueeze(1)).sum(-1)  # m, N
+        return bits.sum(0).mean()
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Quantize latents with a straight-through gradient.
 
@@ -118,3 +135,63 @@ class ProductQuantizer(nn.Module):
             if _distributed():  # the same dead words everywhere (identical counts): take rank 0's picks
                 for b in (self.codebooks, self.ema_sum, self.ema_count):
                     dist.broadcast(b, 0)
+
+
+class FiniteScalarQuantizer(ProductQuantizer):
+    """FSQ as a product quantizer with a fixed grid: each channel of a sub-vector is bounded
+    (tanh) to `levels[j]` values and rounded; a sub-vector's code is its mixed-radix index, and
+    its code word the grid point scaled to [-1, 1]. Nothing is learned (no codebook loss, no
+    dead codes); the codebooks buffer holds the grid, so decoding and the entropy coder's
+    expected code words work as for learned code words.
+    """
+
+    def __init__(self, m: int, levels: tuple[int, ...]) -> None:
+        super().__init__(m, math.prod(levels), len(levels))
+        self.levels = tuple(levels)
+        lv = torch.tensor(self.levels, dtype=torch.float32)
+        radix = torch.cumprod(torch.tensor((1, *self.levels[:-1])), 0)
+        self.register_buffer("radix", radix, persistent=False)  # code = sum(digit_j * radix_j)
+        self.register_buffer("half_width", (lv - 1) / 2, persistent=False)
+        digits = (torch.arange(self.k)[:, None] // radix) % torch.tensor(self.levels)  # k, sub_dim
+        grid = ((digits - self.half_width) / self.half_width).expand(m, -1, -1).contiguous()
+        # the grid follows from the config, so model files do not hold it (nor can contradict it)
+        self.register_buffer("codebooks", grid, persistent=False)
+        self.register_buffer("ema_sum", torch.zeros(0), persistent=False)
+        self.initialised.fill_(True)
+
+    def _digits(self, z: torch.Tensor) -> torch.Tensor:
+        """Bounded, unrounded digits in [0, levels - 1] of latents (B, m*sub_dim, h, w), same shape."""
+        b, _, h, w = z.shape
+        half = self.half_width.view(1, 1, -1, 1, 1)
+        return (torch.tanh(z.float().view(b, self.m, self.sub_dim, h, w)) * half * (1 - 1e-3) + half).view(b, -1, h, w)
+
+    def soft_bits(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z.shape
+        half = self.half_width.view(1, 1, -1, 1, 1)
+        return super().soft_bits(((self._digits(z).view(b, self.m, self.sub_dim, h, w) - half) / half).view(b, -1, h, w))
+
+    def codes_for(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z.shape
+        digits = self._digits(z).round().long().view(b, self.m, self.sub_dim, h, w)
+        return (digits * self.radix.view(1, 1, -1, 1, 1)).sum(2)
+
+    @torch.no_grad()
+    def kmeans_init(self, z: torch.Tensor, iters: int = 15) -> None:
+        pass  # a fixed grid
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        digits = self._digits(z)
+        rounded = digits + (digits.round() - digits).detach()  # straight-through
+        b, _, h, w = z.shape
+        half = self.half_width.view(1, 1, -1, 1, 1)
+        zq = ((rounded.view(b, self.m, self.sub_dim, h, w) - half) / half).view(b, -1, h, w)
+        codes = self.codes_for(z.detach())
+        counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=self.k) for i in range(self.m)]).float()
+        if self.training:  # usage only (for soft_bits): the grid itself never moves
+            usage = counts.clone()
+            if _distributed():
+                dist.all_reduce(usage)
+            self.ema_count.mul_(self.decay).add_(usage, alpha=1 - self.decay)
+        p = counts / counts.sum(-1, keepdim=True)
+        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum(-1)).mean()
+        return zq, codes, {"commit": torch.zeros((), device=z.device), "perplexity": perplexity}

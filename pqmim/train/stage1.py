@@ -36,16 +36,21 @@ class Stage1Plan:
     crop: int = 128
     batch: int = 16
     lr: float = 5e-4  # 1e-3 diverged in 5 of 7 yardstick runs (models/TRAINING.md)
-    beta: float = 0.25  # commitment loss weight
+    beta: float = 2.0  # commitment loss weight: 0.25 lost 0.2-0.35 dB to 1.0-4.0 (TRAINING.md, table 3)
+    # a rate-aware stage 1: loss = MSE + rate_weight x estimated bpp (ProductQuantizer.soft_bits);
+    # near q3 one bpp is worth about 0.005 of MSE (1.1 dB per doubling of rate); a yardstick
+    # trial, off by default (models/TRAINING.md, table 3)
+    rate_weight: float = 0.0
     minutes: float = 0.0  # > 0: a wall-time budget; iterations is then only an upper bound
 
 
 class AutoencoderLoss(nn.Module):
     """Stage 1's forward pass as one module, so that DDP sees (and syncs) every gradient."""
 
-    def __init__(self, model: PQMIM, beta: float) -> None:
+    def __init__(self, model: PQMIM, beta: float, rate_weight: float) -> None:
         super().__init__()
-        self.encoder, self.quantizer, self.decoder, self.beta = model.encoder, model.quantizer, model.decoder, beta
+        self.encoder, self.quantizer, self.decoder = model.encoder, model.quantizer, model.decoder
+        self.beta, self.rate_weight, self.f2 = beta, rate_weight, model.cfg.f**2
 
     def forward(self, x: torch.Tensor, quantize: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
         z = self.encoder(x - 0.5)
@@ -54,7 +59,11 @@ class AutoencoderLoss(nn.Module):
         else:  # plain autoencoder while the codebooks wait for k-means on trained latents
             zq, stats = z, {"commit": torch.zeros((), device=x.device), "perplexity": torch.zeros(())}
         mse = F.mse_loss(self.decoder(zq).float() + 0.5, x)
-        return mse + self.beta * stats["commit"], mse, stats
+        loss = mse + self.beta * stats["commit"]
+        if quantize and self.rate_weight > 0:
+            stats["soft_bpp"] = self.quantizer.soft_bits(z) / self.f2
+            loss = loss + self.rate_weight * stats["soft_bpp"]
+        return loss, mse, stats
 
 
 def psnr_of(mse: float) -> float:
@@ -79,7 +88,7 @@ class Stage1(Stage):
 
     def begin(self, iteration: int) -> None:
         w = self.env
-        self.net = w.wrap(AutoencoderLoss(self.model, self.plan.beta))
+        self.net = w.wrap(AutoencoderLoss(self.model, self.plan.beta, self.plan.rate_weight))
         self.data = CropSource(photos(w.train, "train", w.max_side), self.device)
         start = sum(per_rank(self.batch_at(i), self.ctx) for i in range(iteration))
         self.stream = index_stream(len(self.data), self.ctx, w.seed, start=start)
@@ -101,12 +110,7 @@ class Stage1(Stage):
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         loss, mse, stats = self.net(x, quantize=iteration >= plan.warmup_ae_iterations)
-        return loss, {
-            "mse": mse.item(),
-            "psnr": psnr_of(mse.item()),
-            "commit": stats["commit"].item(),
-            "perplexity": stats["perplexity"].item(),
-        }
+        return loss, {"mse": mse.item(), "psnr": psnr_of(mse.item()), **{k: v.item() for k, v in stats.items()}}
 
     def validate(self) -> tuple[str, dict]:
         if not self.model.quantizer.initialised:
