@@ -165,10 +165,14 @@ class FiniteScalarQuantizer(ProductQuantizer):
         half = self.half_width.view(1, 1, -1, 1, 1)
         return (torch.tanh(z.float().view(b, self.m, self.sub_dim, h, w)) * half * (1 - 1e-3) + half).view(b, -1, h, w)
 
-    def soft_bits(self, z: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = z.shape
+    def _scaled(self, digits: torch.Tensor) -> torch.Tensor:
+        """Digits (B, m*sub_dim, h, w) -> values in [-1, 1], where the code words lie."""
+        b, _, h, w = digits.shape
         half = self.half_width.view(1, 1, -1, 1, 1)
-        return super().soft_bits(((self._digits(z).view(b, self.m, self.sub_dim, h, w) - half) / half).view(b, -1, h, w))
+        return ((digits.view(b, self.m, self.sub_dim, h, w) - half) / half).view(b, -1, h, w)
+
+    def soft_bits(self, z: torch.Tensor) -> torch.Tensor:
+        return super().soft_bits(self._scaled(self._digits(z)))
 
     def codes_for(self, z: torch.Tensor) -> torch.Tensor:
         b, _, h, w = z.shape
@@ -181,10 +185,7 @@ class FiniteScalarQuantizer(ProductQuantizer):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         digits = self._digits(z)
-        rounded = digits + (digits.round() - digits).detach()  # straight-through
-        b, _, h, w = z.shape
-        half = self.half_width.view(1, 1, -1, 1, 1)
-        zq = ((rounded.view(b, self.m, self.sub_dim, h, w) - half) / half).view(b, -1, h, w)
+        zq = self._scaled(digits + (digits.round() - digits).detach())  # straight-through
         codes = self.codes_for(z.detach())
         counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=self.k) for i in range(self.m)]).float()
         if self.training:  # usage only (for soft_bits): the grid itself never moves
