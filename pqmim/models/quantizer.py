@@ -74,6 +74,13 @@ class ProductQuantizer(nn.Module):
         self.ema_count.fill_(1.0)
         self.initialised.fill_(True)
 
+    def _usage(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (B, m, h, w) -> each code word's count in them (m, k), and the mean
+        per-codebook perplexity of that usage."""
+        counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=self.k) for i in range(self.m)]).float()
+        p = counts / counts.sum(-1, keepdim=True)
+        return counts, torch.exp(-(p * torch.log(p + 1e-10)).sum(-1)).mean()
+
     def soft_bits(self, z: torch.Tensor) -> torch.Tensor:
         """A differentiable estimate of the rate of latents (B, m*sub_dim, h, w), in bits per
         latent position: the cross-entropy of soft assignments to the code words (a softmax of
@@ -97,11 +104,9 @@ class ProductQuantizer(nn.Module):
         codes = self.codes_for(z.detach())
         zq = self.latents_for(codes)
         commit = F.mse_loss(z, zq.detach())
-        onehot_counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=self.k) for i in range(self.m)]).float()
+        onehot_counts, perplexity = self._usage(codes)
         if self.training:
             self._ema_update(z.detach(), codes, onehot_counts)
-        p = onehot_counts / onehot_counts.sum(-1, keepdim=True)
-        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum(-1)).mean()
         zq = z + (zq - z).detach()
         return zq, codes, {"commit": commit, "perplexity": perplexity}
 
@@ -187,12 +192,10 @@ class FiniteScalarQuantizer(ProductQuantizer):
         digits = self._digits(z)
         zq = self._scaled(digits + (digits.round() - digits).detach())  # straight-through
         codes = self.codes_for(z.detach())
-        counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=self.k) for i in range(self.m)]).float()
+        counts, perplexity = self._usage(codes)
         if self.training:  # usage only (for soft_bits): the grid itself never moves
-            usage = counts.clone()
             if _distributed():
-                dist.all_reduce(usage)
-            self.ema_count.mul_(self.decay).add_(usage, alpha=1 - self.decay)
-        p = counts / counts.sum(-1, keepdim=True)
-        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum(-1)).mean()
+                counts = counts.clone()
+                dist.all_reduce(counts)
+            self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         return zq, codes, {"commit": torch.zeros((), device=z.device), "perplexity": perplexity}
