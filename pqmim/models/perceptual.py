@@ -2,8 +2,9 @@
 
 A .pqm file holds codes; the default (MSE) decoder maps them to the pixels closest on average
 to the original, which at low rates means blur. The perceptual decoder is that image passed
-through a `Refiner`, a small convolutional network trained with MSE, LPIPS and a conditional
-adversarial loss (pqmim/train/perceptual.py) to put back the texture blur removes.
+through a `Refiner`, a small convolutional network trained with MSE, LPIPS and a term on 8x8
+block means (an optional conditional GAN term; pqmim/train/perceptual.py) to put back some of
+the texture blur removes without moving colour and shading.
 
 Invariants:
 - Same files: the refiner's input is the 8-bit image the default decoder gives for the file's

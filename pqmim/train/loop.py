@@ -227,6 +227,8 @@ def fit(
         log(out, f"{stage.name}: resumed at iteration {iteration}", ctx)
     if finished(iteration, elapsed, plan):
         return True
+    if stop_at and iteration >= stop_at:  # already there: rerunning a stopped command trains no further
+        return False
     stage.begin(iteration)
     stage.train(True)
     t0 = time.time() - elapsed

@@ -1,7 +1,7 @@
 """Train the perceptual decoder: a `Refiner` of shipped models' default decoder output.
 
     python -m pqmim.train.perceptual --out runs/perceptual --models pqmim-q1 pqmim-q2 pqmim-q3 \
-        --plan '{"minutes": 65, "gan_from": 300}' --export models
+        --plan '{"minutes": 40}' --threads 1 --stop-at 750 --export models
 
 The shipped models stay frozen (encoder, quantizer, entropy model and default decoder), so
 every existing file decodes either way (pqmim/models/perceptual.py). The data are pairs
@@ -9,13 +9,16 @@ every existing file decodes either way (pqmim/models/perceptual.py). The data ar
 for every model served, computed once and kept in the run folder; one refiner learns them all.
 
 The loss, per crop (HiFiC, Mentzer et al. 2020, and MS-ILLM, Muckley et al. 2023):
-    k_mse * MSE + k_lpips * LPIPS(Alex) + k_adv * non-saturating GAN loss
-where the discriminator sees the image beside the reconstruction it was refined from (a function
-of the codes: the conditioning HiFiC and MS-ILLM give theirs through the latents). Stability:
-spectral norm on every discriminator layer, and no GAN term before `gan_from` (the refiner
-first learns MSE + LPIPS from its identity start). The discriminator's step is taken inside
-`loss`, on detached outputs, before the refiner's loss is formed; the shared loop (loop.fit)
-then steps the refiner, with its schedule, checkpoints and resume.
+    k_mse * MSE + k_low * MSE of 8x8 block means + k_lpips * LPIPS(Alex) [+ k_adv * GAN loss]
+The block-mean term holds colour and shading to the default decoder's (without it LPIPS and
+the GAN shift them, which Inception sees). LPIPS (and the discriminator) see the images cut at a
+random offset below AlexNet's stride, so the refiner cannot win LPIPS with a fixed 4-pixel
+lattice. The GAN term is off by default (k_adv = 0): on CPU budgets it cost FID and KID in every
+trial (models/TRAINING.md). With it, the discriminator sees the image beside the reconstruction
+it was refined from (a function of the codes: the conditioning HiFiC and MS-ILLM give theirs
+through the latents); spectral norm on every layer, no GAN term before `gan_from`, and its step
+is taken inside `loss`, on detached outputs, before the refiner's loss is formed; the shared loop
+(loop.fit) then steps the refiner, with its schedule, checkpoints and resume.
 """
 
 from __future__ import annotations
@@ -43,9 +46,14 @@ from ..fileio import atomic_write_json
 from ..image import to_tensor, to_uint8
 from ..models import PQMIM
 from ..models.perceptual import Refiner, RefinerConfig
-from .loop import Stage, fit, load_ckpt, log, plan_from_dict, progress, read_json
+from .loop import Stage, ckpt_iteration, fit, load_ckpt, log, plan_from_dict, progress, read_json
 
 PAIR = 256  # side of the stored crops; training cuts `crop`-sized pieces out of them
+# LPIPS and the discriminator see the images cut at a random offset below AlexNet's first stride:
+# with their strided grids aligned to the refiner's own 4-pixel period, a refiner learns a fixed
+# 4-pixel lattice that games the aliasing of AlexNet's stride-4 first layer (seen on flat areas).
+ALEX_STRIDE = 4
+LOW_POOL = 8  # the low-frequency term compares LOW_POOL x LOW_POOL block means
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,11 @@ class PerceptualPlan:
     crop: int = 128
     lr: float = 2e-4
     d_lr: float = 2e-4
-    gan_from: int = 500  # MSE + LPIPS only before this iteration
+    gan_from: int = 500  # with k_adv > 0: MSE + LPIPS only before this iteration
     k_mse: float = 100.0  # MSE of [0, 1] pixels: 100 x 0.004 (24 dB) weighs about one LPIPS
     k_lpips: float = 1.0
-    k_adv: float = 0.15
+    k_adv: float = 0.0  # the GAN term: off, it cost FID and KID in every CPU trial (models/TRAINING.md)
+    k_low: float = 4000.0  # MSE of LOW_POOL-averaged images: keeps colour and shading (FID)
     crops_per_photo: int = 2  # pairs cut per training photo and model
 
 
@@ -160,24 +169,27 @@ class PerceptualStage(Stage):
         p = self.plan
         x, rec = self._batch(rng)
         y = self.refiner(rec)
-        gan = iteration >= p.gan_from
+        dy, dx = rng.integers(ALEX_STRIDE, size=2)
+        cut = lambda z: z[:, :, dy : dy + p.crop - ALEX_STRIDE, dx : dx + p.crop - ALEX_STRIDE]  # noqa: E731
+        gan = p.k_adv > 0 and iteration >= p.gan_from
         figures = {}
         if gan:  # the discriminator's step, on a detached output
-            d_loss = F.softplus(-self.disc(x, rec)).mean() + F.softplus(self.disc(y.detach(), rec)).mean()
+            d_loss = F.softplus(-self.disc(cut(x), cut(rec))).mean() + F.softplus(self.disc(cut(y).detach(), cut(rec))).mean()
             self.d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_opt.step()
             figures["d_loss"] = d_loss.item()
         mse = F.mse_loss(y, x)
-        lp = self.lpips(y * 2 - 1, x * 2 - 1).mean()
-        loss = p.k_mse * mse + p.k_lpips * lp
+        low = F.mse_loss(F.avg_pool2d(y, LOW_POOL), F.avg_pool2d(x, LOW_POOL))
+        lp = self.lpips(cut(y) * 2 - 1, cut(x) * 2 - 1).mean()
+        loss = p.k_mse * mse + p.k_low * low + p.k_lpips * lp
         if gan:
             self.disc.requires_grad_(False)  # the refiner's GAN gradient goes through, not into, the discriminator
-            g_adv = F.softplus(-self.disc(y, rec)).mean()
+            g_adv = F.softplus(-self.disc(cut(y), cut(rec))).mean()
             self.disc.requires_grad_(True)
             loss = loss + p.k_adv * g_adv
             figures["g_adv"] = g_adv.item()
-        return loss, {"mse": mse.item(), "lpips": lp.item(), **figures}
+        return loss, {"mse": mse.item(), "low": low.item(), "lpips": lp.item(), **figures}
 
     @torch.no_grad()
     def validate(self) -> tuple[str, dict]:
@@ -199,6 +211,12 @@ class PerceptualStage(Stage):
         return line, figures
 
 
+def describe_loss(plan: dict, iterations: int) -> str:
+    """The loss terms a refiner was trained with, for its card."""
+    terms = ["MSE", "LPIPS"] + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
+    return " + ".join(terms + ["conditional GAN"] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
+
+
 def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, dest: Path, name: str, storage: str, data: dict) -> Path:
     """The refiner as shipped (safetensors + card), serving each trained-on model and every
     shipped model with the same autoencoder (an entropy variant's base, say)."""
@@ -212,15 +230,17 @@ def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, d
     path = dest / f"{name}.safetensors"
     refiner.cpu().eval().save(path, serves, storage)
     Refiner.load(path)  # what ships reads back
+    plan = read_json(out / "perceptual_plan.json")
+    trained = progress(load_ckpt(out / "perceptual.pt"))
     card = {
         "kind": zoo.PERCEPTUAL,
-        "description": "refines the default decoder's image for realism (MSE + LPIPS + conditional GAN); same files",
+        "description": f"refines the default decoder's image for realism ({describe_loss(plan, trained['iterations_done'])}); same files",
         "config": asdict(refiner.cfg),
         "serves": serves,
         "storage": storage,
-        "plan": read_json(out / "perceptual_plan.json"),
+        "plan": plan,
         "training": {
-            **progress(load_ckpt(out / "perceptual.pt")),
+            **trained,
             "device": f"CPU {platform.machine()} x{torch.get_num_threads()}",
             "torch": torch.__version__,
         },
@@ -242,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stop-at", type=int, default=0, help="stop at this iteration (resume later)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--export", default="", help="folder to write the refiner and its card into once the plan is done")
+    ap.add_argument("--export", default="", help="folder to write the refiner and its card into once the plan is done (or at --stop-at)")
     ap.add_argument("--name", default="pqmim-perceptual")
     ap.add_argument("--storage", default="int8")
     args = ap.parse_args(argv)
@@ -261,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     stage = PerceptualStage(refiner, plan, args.out, models, Path(args.lpips_backbone), args.train, args.val, args.seed)
     ctx = Dist()
     done = fit(stage, args.out, ctx, torch.device("cpu"), seed=args.seed, stop_at=args.stop_at, ckpt_every=250, log_every=25)
-    if done and args.export:
+    stopped = bool(args.stop_at) and ckpt_iteration(load_ckpt(args.out / "perceptual.pt")) == args.stop_at
+    if args.export and (done or stopped):  # the end of the plan, or the iteration chosen with --stop-at
         export(
             refiner,
             args.models,
