@@ -10,8 +10,8 @@ for every model served, computed once and kept in the run folder; one refiner le
 
 The loss, per crop (HiFiC, Mentzer et al. 2020, and MS-ILLM, Muckley et al. 2023):
     k_mse * MSE + k_low * MSE of 8x8 block means + k_lpips * LPIPS(Alex) [+ k_adv * GAN loss]
-The block-mean term holds colour and shading to the default decoder's (without it LPIPS and
-the GAN shift them, which Inception sees). LPIPS (and the discriminator) see the images cut at a
+The block-mean term holds colour and shading to the original's, which the default decoder
+already matches well (without it LPIPS and the GAN shift them, which Inception sees). LPIPS (and the discriminator) see the images cut at a
 random offset below AlexNet's stride, so the refiner cannot win LPIPS with a fixed 4-pixel
 lattice. The GAN term is off by default (k_adv = 0): on CPU budgets it cost FID and KID in every
 trial (models/TRAINING.md). With it, the discriminator sees the image beside the reconstruction
