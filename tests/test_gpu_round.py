@@ -172,6 +172,22 @@ def test_ship_keeps_the_budget_and_retires_replaced_ids(tmp_path, monkeypatch):
     assert json.loads((models / "pqmim-q9.json").read_text())["model_id"] == new_id
     retired = json.loads((models / "retired.json").read_text())["retired"]
     assert [(r["model_id"], r["name"]) for r in retired] == [(old_id, "pqmim-q9")]
+    # a standalone rung replacing an entropy variant leaves the variant's base to retire; a base
+    # that a shipping variant still needs is refused, and nothing moves
+    for name, model_id, card in (("pqmim-q9-full", "aa", {}), ("pqmim-q8", "bb", {"entropy_variant_of": "pqmim-q9-full"})):
+        old.save(models / f"{name}.safetensors", storage="int8")
+        (models / f"{name}.json").write_text(json.dumps({"model_id": model_id, **card}))
+    with pytest.raises(SystemExit, match="base of pqmim-q8"):
+        gpu_round.ship(tmp_path / "round", ["pqmim-q9"], models, retire=["pqmim-q9-full"])
+    assert (models / "pqmim-q9-full.safetensors").exists() and len(json.loads((models / "retired.json").read_text())["retired"]) == 1
+    monkeypatch.setattr(gpu_round.here, "MODELS_BUDGET", (models / "pqmim-q9.safetensors").stat().st_size * 1.5)
+    with pytest.raises(SystemExit, match="budget"):  # one model's worth: only within budget without the base
+        gpu_round.ship(tmp_path / "round", ["pqmim-q9"], models, retire=["pqmim-q8"])
+    gpu_round.ship(tmp_path / "round", ["pqmim-q9"], models, retired_in="test", retire=["pqmim-q8", "pqmim-q9-full"])
+    assert not list(models.glob("pqmim-q9-full.*")) and not list(models.glob("pqmim-q8.*"))
+    retired = json.loads((models / "retired.json").read_text())["retired"]
+    assert [(r["model_id"], r["name"]) for r in retired][1:] == [("bb", "pqmim-q8"), ("aa", "pqmim-q9-full")]
+    monkeypatch.setattr(gpu_round.here, "MODELS_BUDGET", 64 * 10**6)
     # a round's baselines replace every shipped baseline (another architecture's too)
     (models / "baselines").mkdir()
     for stem in ("bmshj2018-hyperprior-lambda0.0004", "bmshj2018-hyperprior-lambda0.0018"):

@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("ship", help="here: copy models that beat the shipped ones into models/")
     p.add_argument("round_dir")
     p.add_argument("names", nargs="+")
+    p.add_argument("--retire", nargs="+", default=[], help="shipped models to take out too (e.g. a replaced variant's base)")
+    p.add_argument("--retired-in", default=None, help="the release that retires them, as retired.json says")
     p = sub.add_parser("xcheck", help="device: decode the CPU's Kodak files on the GPU, encode them there (carry .round/xcheck)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         receive([Path(f) for f in args.files], dest, Path(args.kodak), args.images)
         print(f"received into {dest}; ship the winners with: python -m pqmim.gpu_round ship {dest} NAME ...")
     elif args.cmd == "ship":
-        ship(Path(args.round_dir), args.names)
+        ship(Path(args.round_dir), args.names, retired_in=args.retired_in, retire=args.retire)
     elif args.cmd == "xcheck":
         install_wheels(TRIP / "whl", WORK)  # constriction: installed by launch, or now
         sys.path.insert(0, str(WORK / "site"))

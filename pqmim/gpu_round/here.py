@@ -159,11 +159,15 @@ def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = Non
     return rows
 
 
-def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", retired_in: str | None = None) -> None:
+def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", retired_in: str | None = None, retire: list[str] = ()) -> None:
     """Copy the named models of a received round into models/ (baselines into models/baselines/:
     a round's baselines replace all shipped ones, the bench's yardstick being the same budget as
     the ladder's), keep every replaced rung's id known in retired.json, and refuse to exceed the
-    models/ budget (it holds the ladder and one family of two baselines, not two)."""
+    models/ budget (it holds the ladder and one family of two baselines, not two).
+
+    `retire` names shipped models to take out as well (their ids join retired.json): a rung that
+    shipped as an entropy variant leaves its base behind when a standalone model replaces it,
+    and the base only decodes older files. A base that a model still shipping needs is refused."""
     from .. import __version__
 
     export = round_dir / "export"
@@ -175,30 +179,47 @@ def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", reti
         if not card or "kodak" not in card:
             raise SystemExit(f"{name}: no measured card in {export} (run receive first)")
         plan.append((name, card, models / "baselines" if "arch" in card else models))
-    replaced: list[Path] = []
+    for name in retire:
+        if not (models / f"{name}.safetensors").is_file():
+            raise SystemExit(f"{name}: not in {models}, nothing to retire")
+        for p in models.glob("*.json"):
+            if p.stem not in names and p.stem not in retire and read_json_or_empty(p).get("entropy_variant_of") == name:
+                raise SystemExit(f"{name} is the base of {p.stem}, which still ships: retire or replace it too")
+    replaced: list[Path] = [models / f"{name}.safetensors" for name in retire]
     if any("arch" in card for _, card, _ in plan):
-        replaced = [p for p in (models / "baselines").glob("*.safetensors") if p.stem not in names]
+        replaced += [p for p in (models / "baselines").glob("*.safetensors") if p.stem not in names]
     new_size = sum(p.stat().st_size for p in models.rglob("*.safetensors") if p not in replaced and p.stem not in names)
     new_size += sum((export / f"{n}.safetensors").stat().st_size for n, _, _ in plan)
     if new_size > MODELS_BUDGET:
         raise SystemExit(f"models/ would hold {new_size / 1e6:.1f} MB, over its {MODELS_BUDGET / 1e6:.0f} MB budget")
-    for name, card, folder in plan:
-        old = read_json_or_empty(folder / f"{name}.json")
-        if old.get("model_id") and old["model_id"] != card.get("model_id"):
+    git = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
+    decoded_by = f"pqmim {__version__}" + (f" (git commit {commit} of this repository)" if commit else "")
+
+    def record(model_id: str | None, name: str) -> None:
+        if model_id:
             retired["retired"].append(
                 {
-                    "model_id": old["model_id"],
+                    "model_id": model_id,
                     "name": name,
                     "retired_in": retired_in or f"pqmim after {__version__} (GPU round)",
-                    "decoded_by": f"pqmim {__version__}",
+                    "decoded_by": decoded_by,
                 }
             )
+
+    for name in retire:
+        record(read_json_or_empty(models / f"{name}.json").get("model_id"), name)
+    for name, card, folder in plan:
+        old = read_json_or_empty(folder / f"{name}.json")
+        if old.get("model_id") != card.get("model_id"):
+            record(old.get("model_id"), name)
         for suffix in (".safetensors", ".json"):
             shutil.copyfile(export / f"{name}{suffix}", folder / f"{name}{suffix}")
         print(f"shipped {name} into {folder}")
     for p in replaced:
         p.unlink()
         p.with_suffix(".json").unlink(missing_ok=True)
-        print(f"removed {p.name} (replaced by this round's baselines)")
+        why = "retired" if p.stem in retire else "replaced by this round's baselines"
+        print(f"removed {p.name} ({why})")
     retired_path.write_text(json.dumps(retired, indent=2) + "\n")
     print(f"now raise the version above {__version__} (pyproject.toml, pqmim/__init__.py): files of the replaced models need {__version__}")
