@@ -25,7 +25,7 @@ import PIL
 import torch
 
 from pqmim import zoo
-from pqmim.checkout import FID_WEIGHTS, KODAK, VAL
+from pqmim.checkout import FID_WEIGHTS, KODAK, VAL, head_commit
 from pqmim.fileio import atomic_write_json
 from pqmim.data import list_images
 
@@ -38,14 +38,13 @@ RESULTS = HERE / "results"
 def git_commit() -> str | None:
     """HEAD, with "+changes" when the package or the bench differ from it (results then come
     from code that is not in that commit)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "pqmim", "bench/*.py", "models"], capture_output=True, text=True, cwd=HERE.parent
-        ).stdout.strip()
-    except OSError:
+    head = head_commit()
+    if head is None:
         return None
-    return (head + ("+changes" if dirty else "")) or None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "pqmim", "bench/*.py", "models"], capture_output=True, text=True, cwd=HERE.parent
+    ).stdout.strip()
+    return head + ("+changes" if dirty else "")
 
 
 def environment(threads: int) -> dict:

@@ -13,7 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from ..checkout import ROOT, SHARED
+from ..checkout import ROOT, SHARED, head_commit
 from .plan import MODELS_BUDGET, TRIP, WHEELS
 from .device import read_json_or_empty
 
@@ -192,8 +192,7 @@ def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", reti
     new_size += sum((export / f"{n}.safetensors").stat().st_size for n, _, _ in plan)
     if new_size > MODELS_BUDGET:
         raise SystemExit(f"models/ would hold {new_size / 1e6:.1f} MB, over its {MODELS_BUDGET / 1e6:.0f} MB budget")
-    git = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
+    commit = head_commit(short=True)  # this checkout, before the new models land, decodes the old ones
     decoded_by = f"pqmim {__version__}" + (f" (git commit {commit} of this repository)" if commit else "")
 
     def record(model_id: str | None, name: str) -> None:
