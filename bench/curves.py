@@ -71,7 +71,7 @@ def parse_log(text: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench curves", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("logs", nargs="*", default=[str(LOGS / "pqmim-q3-full.train.log")])
+    ap.add_argument("logs", nargs="*", default=[str(LOGS / "pqmim-q3-0.2.0.train.log")])
     ap.add_argument("--out", default=str(LOGS.parent / "efficiency.png"))
     args = ap.parse_args(argv)
 

@@ -2,6 +2,7 @@
 retired model ids, shipping under the models/ budget, and the whole trip as a dry run."""
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -236,6 +237,18 @@ def test_default_plan_covers_the_ladder_and_baselines_within_what_comes_back(tmp
         gpu_round.default_plan(20, "p.tar", only=["pqmim-q7"])
 
 
+def test_a_rung_trained_on_from_a_model_keeps_its_codebooks():
+    """From scratch, a rung's codebooks are k-means initialised after a warm-up without the
+    quantizer; from a model (--init) they are set already, and that warm-up would only move the
+    encoder away from them, so it starts quantized and with a smaller step."""
+    plan = gpu_round.default_plan(8, "p.tar", only=["pqmim-q2", "pqmim-q3"], init={"pqmim-q3": "models/pqmim-q3.safetensors"})
+    s1 = {j.name: json.loads(j.args[j.args.index("--stage1-plan") + 1]) for j in plan.jobs}
+    assert s1["pqmim-q3"]["warmup_ae_iterations"] == 0 and s1["pqmim-q3"]["lr"] < s1["pqmim-q2"]["lr"]
+    assert s1["pqmim-q2"]["warmup_ae_iterations"] > 0
+    q3 = next(j for j in plan.jobs if j.name == "pqmim-q3")
+    assert q3.args[q3.args.index("--init-from") + 1] == "models/pqmim-q3.safetensors"
+
+
 # ----------------------------------------------------------------------------- the whole trip
 def test_dry_run_of_the_whole_round(tmp_path):
     """Pack, launch detached jobs, poll, collect in parts (stopping an overrunning job and
@@ -289,6 +302,11 @@ def test_exactness_cross_check_between_machines(tmp_path):
     bad.write_bytes(bytes(data))
     res = gpu_round.xcheck_device(tmp_path / "OUT2", folder, device="cpu")
     assert res["cpu_to_gpu_exact"] == 2 and "corrupted" in res["per_image"][bad.stem]["error"]
+    other = tmp_path / "other.safetensors"  # the model travels by its path: another file there is refused
+    make_tiny_model(seed=5).save(other, storage="int8")
+    shutil.copyfile(other, model_file)
+    with pytest.raises(SystemExit, match="not the model"):
+        gpu_round.xcheck_device(tmp_path / "OUT3", folder, device="cpu")
 
 
 def test_a_new_rung_is_judged_against_the_shipped_ladder_at_its_own_rate():

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sources", nargs="*", default=[str(SHARED / "data" / "train"), str(SHARED / "data" / "train_more")])
     p.add_argument("--val", default=str(SHARED / "data" / "val"))
     p.add_argument("--no-lighten", action="store_true")
+    p.add_argument("--max-side", type=int, default=1024, help="photos downscaled to at most this many pixels a side")
+    p.add_argument(
+        "--max-mib", type=float, default=None, help="the pack's size limit (default 48; its JPEG quality is the highest that fits)"
+    )
     p = sub.add_parser("launch", help="device: start every job detached, watch them for a minute")
     p.add_argument("--minutes", type=float, default=19, help="wall time of every job (its training: this less OVERHEAD_MIN, 1.5 minutes)")
     p.add_argument("--only", nargs="*", help="job names (default: the 5 rungs and 4 baselines)")
@@ -82,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("xcheck", help="device: decode the CPU's Kodak files on the GPU, encode them there (carry .round/xcheck)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda")
-    p = sub.add_parser("xcheck-prepare", help="here: .round/xcheck with Kodak, the default model and this CPU's files")
+    p = sub.add_parser("xcheck-prepare", help="here: .round/xcheck with Kodak, this CPU's files and which model (the default)")
     p.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
+    p.add_argument("--images", type=int, default=None, help="the first N Kodak images only (what travels)")
     p = sub.add_parser("xcheck-receive", help="here: decode the GPU's files on this CPU and count the exact round trips")
     p.add_argument("files")
     p.add_argument("--dest", default=str(ROOT / "bench" / "results" / "gpu_exactness.json"))
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.sources, args.val, lighten=not args.no_lighten)
+        prepare(args.sources, args.val, lighten=not args.no_lighten, max_side=args.max_side, max_mib=args.max_mib)
     elif args.cmd == "launch":
         init = dict(x.split("=", 1) for x in args.init)
         work = Path(args.work)
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "xcheck-prepare":
         from .. import zoo
 
-        xcheck_prepare(Path(args.kodak), zoo.model_path(zoo.resolve(None)))
+        xcheck_prepare(Path(args.kodak), zoo.model_path(zoo.resolve(None)), images=args.images)
     elif args.cmd == "xcheck-receive":
         xcheck_receive(Path(args.files), dest=Path(args.dest))
     elif args.cmd == "dry-run":

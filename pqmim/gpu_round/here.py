@@ -19,14 +19,15 @@ from .device import read_json_or_empty
 
 
 # ----------------------------------------------------------------------------- here, before the trip
-def prepare(sources: list[str], val: str, lighten: bool = True) -> None:
+def prepare(sources: list[str], val: str, lighten: bool = True, max_side: int = 1024, max_mib: float | None = None) -> None:
     """Build the pack and fetch the wheels the device lacks (each only if missing), take the
-    tracked weights out of the index, and check what travels fits in 64 MiB."""
+    tracked weights out of the index, and check what travels fits in 64 MiB. A round that
+    carries start models (launch --init) needs a smaller pack: `max_mib`, `max_side`."""
     from .. import pack
 
     TRIP.mkdir(exist_ok=True)
     if not (TRIP / "pack.tar").exists():
-        m = pack.build(sources, TRIP / "pack.tar", val)
+        m = pack.build(sources, TRIP / "pack.tar", val, max_side=max_side, max_bytes=int(max_mib * 2**20) if max_mib else pack.MAX_BYTES)
         print(f"pack: {m['images']} photos, {m['megapixels']} MP, JPEG q{m['jpeg_quality']}, {m['bytes'] / 2**20:.1f} MiB")
     whl = TRIP / "whl"
     if not list(whl.glob("*.whl")):

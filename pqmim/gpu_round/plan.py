@@ -81,6 +81,8 @@ def default_plan(
             "lr": 5e-4,
         }
         s2 = {"minutes": round(train * STAGE2_SHARE, 2), "iterations": 10**7, "batch": 128, "lr": 1e-3}
+        if init and name in init:  # trained on from a model: its codebooks are set, and a smaller step keeps what it learned
+            s1.update(warmup_ae_iterations=0, lr=3e-4)
         args = [
             "--config",
             json.dumps(shipped_config(name)),

@@ -9,28 +9,45 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from ..checkout import ROOT
 from .plan import TRIP
 
 
 # ----------------------------------------------------------------------------- GPU <-> CPU exactness
-XCHECK = TRIP / "xcheck"  # carried in its own call: Kodak, the default model, files encoded here
+XCHECK = TRIP / "xcheck"  # carried in its own call: Kodak, the files encoded here, which model
 
 
-def xcheck_prepare(kodak: Path, model_file: Path, folder: Path = XCHECK) -> None:
-    """Here: the Kodak images, a model's weights (the default model's in the round) and the files
-    this CPU encodes from them, for the device to decode on its GPU (and to encode there, for
-    this CPU to decode)."""
+def xcheck_prepare(kodak: Path, model_file: Path, folder: Path = XCHECK, images: int | None = None) -> None:
+    """Here: the Kodak images (the first `images` of them), the files this CPU encodes from them,
+    for the device to decode on its GPU (and to encode there, for this CPU to decode), and
+    model.json naming the model. The model is not copied: a model under the checkout travels
+    as a carried path (models/NAME.safetensors, and its base if it is an entropy variant), so its
+    megabytes are not sent twice when the round carries it anyway."""
     from ..codec import Codec
     from ..data import list_images
 
     (folder / "kodak").mkdir(parents=True, exist_ok=True)
     (folder / "cpu").mkdir(exist_ok=True)
-    shutil.copyfile(model_file, folder / "model.safetensors")
-    codec = Codec.from_file(folder / "model.safetensors")
-    for p in list_images(kodak):
+    model_file = Path(model_file).resolve()
+    codec = Codec.from_file(model_file)
+    where = str(model_file.relative_to(ROOT)) if model_file.is_relative_to(ROOT) else str(model_file)
+    (folder / "model.json").write_text(json.dumps({"path": where, "model_id": codec.model.model_id().hex()}, indent=2))
+    chosen = list_images(kodak)[:images]
+    for p in chosen:
         shutil.copyfile(p, folder / "kodak" / p.name)
         (folder / "cpu" / f"{p.stem}.pqm").write_bytes(codec.compress(p))
-    print(f"xcheck: {len(list_images(kodak))} images and their CPU-encoded files in {folder}")
+    print(f"xcheck: {len(chosen)} images and their CPU-encoded files in {folder}; the device needs {where} (carry it)")
+
+
+def _codec(folder: Path, device: str = "cpu"):
+    """The model model.json names (relative paths: under this checkout), checked by its id."""
+    from ..codec import Codec
+
+    named = json.loads((folder / "model.json").read_text())
+    codec = Codec.from_file(ROOT / named["path"], device=device)  # an absolute path stays as it is
+    if codec.model.model_id().hex() != named["model_id"]:
+        raise SystemExit(f"xcheck: {named['path']} is not the model the CPU's files were encoded with")
+    return codec
 
 
 def _exact(codec, data: bytes) -> tuple[bool, str]:
@@ -50,10 +67,9 @@ def xcheck_device(out: Path, folder: Path = XCHECK, device: str = "cuda") -> dic
     files go back (one tar) for the CPU to decode with xcheck_receive."""
     import torch
 
-    from ..codec import Codec
     from ..data import list_images
 
-    codec = Codec.from_file(folder / "model.safetensors", device=device)
+    codec = _codec(folder, device)
     rows = {}
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "xcheck.tar", "w") as tar:
@@ -78,10 +94,8 @@ def xcheck_device(out: Path, folder: Path = XCHECK, device: str = "cuda") -> dic
 
 def xcheck_receive(files: Path, folder: Path = XCHECK, dest: Path | None = None) -> dict:
     """Here: decode the GPU's files on this CPU; the counts both ways, written to `dest`."""
-    from ..codec import Codec
-
     result = json.loads((files / "xcheck.json").read_text())
-    codec = Codec.from_file(folder / "model.safetensors")
+    codec = _codec(folder)
     with tarfile.open(files / "xcheck.tar") as tar:
         for m in tar.getmembers():
             stem = Path(m.name).stem
