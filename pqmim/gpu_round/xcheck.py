@@ -31,7 +31,7 @@ def xcheck_prepare(kodak: Path, model_file: Path, folder: Path = XCHECK, images:
     model_file = Path(model_file).resolve()
     codec = Codec.from_file(model_file)
     where = str(model_file.relative_to(ROOT)) if model_file.is_relative_to(ROOT) else str(model_file)
-    (folder / "model.json").write_text(json.dumps({"path": where, "model_id": codec.model.model_id().hex()}, indent=2))
+    (folder / "model.json").write_text(json.dumps({"path": where, "model_id": codec.model_id.hex()}, indent=2))
     chosen = list_images(kodak)[:images]
     for p in chosen:
         shutil.copyfile(p, folder / "kodak" / p.name)
@@ -45,7 +45,7 @@ def _codec(folder: Path, device: str = "cpu"):
 
     named = json.loads((folder / "model.json").read_text())
     codec = Codec.from_file(ROOT / named["path"], device=device)  # an absolute path stays as it is
-    if codec.model.model_id().hex() != named["model_id"]:
+    if codec.model_id.hex() != named["model_id"]:
         raise SystemExit(f"xcheck: {named['path']} is not the model the CPU's files were encoded with")
     return codec
 
