@@ -3,6 +3,7 @@
     python -m bench speed [--model pqmim-q3] [--image ../shared/data/kodak/kodim01.png]
     python -m bench speed --megapixels 1 4 16 --threads 2     # large images: the README table
     python -m bench speed --arithmetic integer float64        # also files in float64 arithmetic (--compat)
+    python -m bench speed --perceptual                        # also decoding with --perceptual (q1-q3)
 
 Default: the image at its size (Kodak, 768x512) and downscaled to 480x320 (Lanczos). For each,
 pqmim encodes and decodes in fresh processes (so peak RSS is that of one encode or one
@@ -42,7 +43,8 @@ def worker(
     transforms: str = "auto",
     arithmetic: str = "integer",
 ) -> dict:
-    """One process, one job: encode `image` into `pqm`, or decode `pqm` (made by an encode run)."""
+    """One process, one job: encode `image` into `pqm`, or decode `pqm` (made by an encode run),
+    with the default decoder ("decode") or the perceptual one ("decode-perceptual")."""
     import torch
 
     from pqmim import Codec
@@ -55,7 +57,7 @@ def worker(
         if what == "encode":
             data = codec.compress(image, arithmetic=arithmetic)
         else:
-            codec.decompress(Path(pqm).read_bytes())
+            codec.decompress(Path(pqm).read_bytes(), perceptual=what == "decode-perceptual")
         if repeat == 1 or i > 0:
             times.append(time.perf_counter() - t)
     if what == "encode":
@@ -74,13 +76,21 @@ def worker(
 
 
 def measure(
-    model: str, image: str, repeat: int, threads: int, device: str = "cpu", transforms: str = "auto", arithmetic: str = "integer"
+    model: str,
+    image: str,
+    repeat: int,
+    threads: int,
+    device: str = "cpu",
+    transforms: str = "auto",
+    arithmetic: str = "integer",
+    perceptual: bool = False,
 ) -> list[dict]:
-    """Encode then decode `image`, each in a fresh process (so peak RSS is that job's alone)."""
+    """Encode then decode `image` (and decode it with the perceptual decoder), each in a fresh
+    process (so peak RSS is that job's alone)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pqm = str(Path(tmp) / "out.pqm")
-        for what in ("encode", "decode"):
+        for what in ("encode", "decode") + ("decode-perceptual",) * perceptual:
             cmd = [
                 sys.executable,
                 "-m",
@@ -225,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["integer", "float64"],
         help="the entropy model's arithmetic(s) to time: integer (files of version 4/5, the default) or float64 (version 2/3, --compat)",
     )
+    ap.add_argument("--perceptual", action="store_true", help="also time decoding with the perceptual decoder (models that have one)")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--worker", nargs=3, metavar=("WHAT", "THREADS", "PQM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -270,23 +281,25 @@ def main(argv: list[str] | None = None) -> int:
                     size = f"{im.width}x{im.height}"
                 pq = {}
                 for arithmetic, transforms, threads in itertools.product(args.arithmetic, args.transforms, args.threads):
-                    enc, dec = measure(args.model, image, args.repeat, threads, args.device, transforms, arithmetic)
+                    enc, *decs = measure(args.model, image, args.repeat, threads, args.device, transforms, arithmetic, args.perceptual)
                     pq.setdefault(threads, enc["bytes"])
-                    rows.append(
-                        {
-                            "image": size,
-                            "codec": f"pqmim {args.model} {enc['transforms']}"
-                            + ("" if arithmetic == "integer" else f", {arithmetic} entropy model")
-                            + ("" if args.device == "cpu" else f" ({args.device})"),
-                            "arithmetic": arithmetic,
-                            "threads": threads,
-                            "bytes": enc["bytes"],
-                            "encode_s": enc["median_s"],
-                            "decode_s": dec["median_s"],
-                            "encode_peak_mb": enc["peak_rss_mb"],
-                            "decode_peak_mb": dec["peak_rss_mb"],
-                        }
-                    )
+                    for dec in decs:
+                        rows.append(
+                            {
+                                "image": size,
+                                "codec": f"pqmim {args.model} {enc['transforms']}"
+                                + ("" if arithmetic == "integer" else f", {arithmetic} entropy model")
+                                + ("" if args.device == "cpu" else f" ({args.device})")
+                                + (", decoded --perceptual" if dec["what"] == "decode-perceptual" else ""),
+                                "arithmetic": arithmetic,
+                                "threads": threads,
+                                "bytes": enc["bytes"],
+                                "encode_s": enc["median_s"],
+                                "decode_s": dec["median_s"],
+                                "encode_peak_mb": enc["peak_rss_mb"],
+                                "decode_peak_mb": dec["peak_rss_mb"],
+                            }
+                        )
                 for r in classical_rows(image, pq[args.threads[0]], args.repeat):
                     rows.append({"image": size, "threads": "-", **r})
         print(f"{Path(args.image).name}, median of {args.repeat} runs; WebP and AVIF at the largest file not above pqmim's")

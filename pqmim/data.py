@@ -68,15 +68,20 @@ def center_crop_arrays(folder: str | Path, size: int, limit: int) -> list[np.nda
     return crops
 
 
-def center_crops(source: str | Path, size: int, limit: int) -> torch.Tensor:
-    """Deterministic validation batch (B, 3, size, size) in [0, 1]: the central crops of a
-    folder's first `limit` images, or the validation crops stored in a data pack."""
+def val_crops(source: str | Path, size: int, limit: int) -> list[np.ndarray]:
+    """The validation crops: the central size x size crops of a folder's first `limit` images,
+    or those stored in a data pack (cut the same way when it was built)."""
     from . import pack
 
     crops = pack.read(source, "val")[:limit] if pack.is_pack(source) else center_crop_arrays(source, size, limit)
     if not crops:
         raise ValueError(f"no validation image of at least {size}x{size} pixels in {source}")
-    return to_tensor(np.stack(crops))
+    return crops
+
+
+def center_crops(source: str | Path, size: int, limit: int) -> torch.Tensor:
+    """Deterministic validation batch (B, 3, size, size) in [0, 1] (`val_crops`)."""
+    return to_tensor(np.stack(val_crops(source, size, limit)))
 
 
 class CropSource:

@@ -133,7 +133,8 @@ def test_default_point_against_a_curve():
 
 def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
     """`python -m bench speed` on the shipped photo and a small downscale of it: every row has
-    real times and sizes, and the classical codecs are held to pqmim's file size."""
+    real times and sizes, the classical codecs are held to pqmim's file size, and the same file
+    is timed through the perceptual decoder too (the default model has one)."""
     out = tmp_path / "speed.json"
     run = subprocess.run(
         [
@@ -149,6 +150,7 @@ def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
             "1",
             "--threads",
             "1",
+            "--perceptual",
             "--json",
             str(out),
         ],
@@ -160,8 +162,9 @@ def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
     rows = json.loads(out.read_text())
     assert {r["image"] for r in rows} == {"768x512", "96x64"}
     for size in ("768x512", "96x64"):
-        pq = [r for r in rows if r["image"] == size and r["codec"].startswith("pqmim")][0]
+        pq, perceptual = [r for r in rows if r["image"] == size and r["codec"].startswith("pqmim")]
         assert pq["encode_s"] > 0 and pq["decode_s"] > 0 and pq["bytes"] > 0 and pq["decode_peak_mb"] > 0
+        assert perceptual["codec"].endswith("decoded --perceptual") and perceptual["bytes"] == pq["bytes"] and perceptual["decode_s"] > 0
         for r in rows:
             if r["image"] == size and r["codec"] in ("webp", "avif") and "skipped" not in r:
                 assert r["encode_s"] > 0 and (r["bytes"] <= pq["bytes"]) != r["over_budget"]
@@ -208,3 +211,42 @@ def test_bench_progressive_quick(tmp_path):
         assert (tmp_path / name).stat().st_size > 5_000, name
     text = readme.read_text()
     assert "old" not in text and "--max-bytes N" in text and text.endswith("tail\n")
+
+
+def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that_serves_all(tmp_path):
+    """The held-out photos are never the bench's FID images; --pick takes the lowest score among
+    candidates serving every model measured, with its run's card and the snapshot's iteration."""
+    from PIL import Image
+
+    from bench.fid import spread
+    from bench.perceptual_select import BENCH_FID_IMAGES, held_out, pick
+    from pqmim.models.perceptual import Refiner, RefinerConfig
+
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(40):
+        Image.fromarray(photo_crop(0, 0, 16, 16, i % 7)).save(val / f"{i:02d}.png")
+    chosen = held_out(val, 10)
+    assert len(chosen) == 10 and not set(chosen) & set(spread(sorted(val.iterdir()), BENCH_FID_IMAGES))
+    run = tmp_path / "export"
+    run.mkdir()
+    small = RefinerConfig(width=8, channels=16, blocks=1)
+    for stem in ("job.it000100", "job.it000200", "other"):
+        Refiner(small).save(run / f"{stem}.safetensors", [{"name": "pqmim-q1", "model_id": "aa"}])
+    (run / "job.json").write_text(
+        json.dumps({"kind": "perceptual decoder", "serves": [{"name": "pqmim-q1", "model_id": "aa"}], "plan": {"ema": 0.999}})
+    )
+    fid = lambda v: {"pqmim-q1": {"fid": v}}  # noqa: E731
+    rows = [
+        {"candidate": "default decoder", "models": fid(100.0), "serves_all": True, "score": 1.0},
+        {"candidate": str(run / "job.it000100.safetensors"), "models": fid(90.0), "serves_all": True, "score": 0.9},
+        {"candidate": str(run / "job.it000200.safetensors"), "models": fid(95.0), "serves_all": True, "score": 0.95},
+        {"candidate": str(run / "other.safetensors"), "models": fid(50.0), "serves_all": False, "score": 0.5},  # serves too few
+    ]
+    out = pick(rows, tmp_path / "dest", "pqmim-perceptual", {"models": ["pqmim-q1"]})
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert out.read_bytes() == (run / "job.it000100.safetensors").read_bytes()
+    assert card["selection"]["chosen"] == "job.it000100.safetensors" and card["plan"] == {"ema": 0.999}
+    assert card["training"]["iterations_done"] == 100 and card["serves"] == [{"name": "pqmim-q1", "model_id": "aa"}]
+    with pytest.raises(SystemExit, match="serves every model"):
+        pick([rows[0], rows[3]], tmp_path / "dest2", "pqmim-perceptual", {})

@@ -249,6 +249,47 @@ def test_a_rung_trained_on_from_a_model_keeps_its_codebooks():
     assert q3.args[q3.args.index("--init-from") + 1] == "models/pqmim-q3.safetensors"
 
 
+def test_perceptual_jobs_run_only_when_named_and_their_arguments_parse(tmp_path):
+    """They serve the shipped q1-q3, so a plain round (which may retrain those) leaves them out;
+    named, each is a `pqmim.train.perceptual` command whose plan is valid and online on the GPU."""
+    from pqmim.models.perceptual import RefinerConfig
+    from pqmim.train import perceptual
+    from pqmim.train.loop import plan_from_dict
+
+    assert not [j for j in gpu_round.default_plan(20, "p.tar").jobs if j.kind == "perceptual"]
+    names = ["pqmim-perceptual-lpips", "pqmim-perceptual-gan", "pqmim-perceptual-wide"]
+    plan = gpu_round.default_plan(8, "p.tar", only=names)
+    assert [j.name for j in plan.jobs] == names
+    adv = []
+    for job in plan.jobs:
+        argv = gpu_round.device.job_argv(job, tmp_path, "export")  # as collect exports an unfinished job
+        assert argv[1:3] == ["-m", "pqmim.train.perceptual"]
+        args = perceptual.parser().parse_args(argv[3:])
+        p = plan_from_dict(perceptual.PerceptualPlan, json.loads(args.plan))
+        assert p.online and p.ema > 0 and p.snapshot_every > 0 and p.minutes <= 8 - gpu_round.OVERHEAD_MIN
+        assert args.device == "cuda" and args.export == str(tmp_path / "export") and args.stages == "export"
+        assert args.models == gpu_round.plan.PERCEPTUAL_SERVES and args.train == args.val == "p.tar"
+        RefinerConfig.from_dict(p.refiner)
+        adv.append(p.k_adv)
+    assert adv[0] == 0 and adv[1] > 0 and adv[2] > 0
+
+
+def test_a_perceptual_decoder_ships_only_once_selected(tmp_path):
+    from pqmim.models.perceptual import Refiner, RefinerConfig
+
+    models, export = tmp_path / "models", tmp_path / "round" / "export"
+    models.mkdir()
+    export.mkdir(parents=True)
+    Refiner(RefinerConfig(width=8, channels=16, blocks=1)).save(export / "pqmim-perceptual.safetensors", [])
+    card = {"kind": zoo.PERCEPTUAL, "serves": []}
+    (export / "pqmim-perceptual.json").write_text(json.dumps(card))
+    with pytest.raises(SystemExit, match="perceptual-select"):
+        gpu_round.ship(tmp_path / "round", ["pqmim-perceptual"], models)
+    (export / "pqmim-perceptual.json").write_text(json.dumps({**card, "selection": {"chosen": "x"}}))
+    gpu_round.ship(tmp_path / "round", ["pqmim-perceptual"], models)
+    assert Refiner.load(models / "pqmim-perceptual.safetensors").cfg.width == 8
+
+
 # ----------------------------------------------------------------------------- the whole trip
 def test_dry_run_of_the_whole_round(tmp_path):
     """Pack, launch detached jobs, poll, collect in parts (stopping an overrunning job and

@@ -3,6 +3,7 @@
 Random refiners stand in for the trained one where the machinery is what is tested (fast); the
 shipped one is checked on the shipped models' files where it is present."""
 
+import json
 import subprocess
 import sys
 
@@ -133,6 +134,42 @@ def test_training_exports_a_refiner_the_codec_uses(tiny_ladder, tmp_path):
     assert np.asarray(codec.decompress(codec.compress(photo_crop(0, 0, 64, 64)), perceptual=True)).shape == (64, 64, 3)
     with pytest.raises(SystemExit, match="another plan"):  # a run keeps the plan it started with
         perceptual.main(flags(out=tmp_path / "run", models="pqmim-q1", plan={**plan, "batch": 4}))
+
+
+@needs_shared
+def test_online_training_with_averaged_weights_snapshots_and_a_late_export(tiny_ladder, tmp_path):
+    """The GPU round's recipe, on the CPU: fresh pairs every batch, the weights' moving average
+    is what is snapshot and exported, and `--stages export` exports a run's last checkpoint."""
+    from pqmim.train import perceptual
+
+    folder, ids = tiny_ladder
+    write_photos(tmp_path / "data", {"train": [photo_crop(0, 0, 96, 80, v) for v in range(3)], "val": [photo_crop(0, 0, 256, 256, 5)]})
+    small = {"width": 8, "channels": 16, "blocks": 1}
+    plan = {"iterations": 6, "batch": 2, "crop": 64, "online": True, "ema": 0.9, "snapshot_every": 2, "refiner": small}
+    run, dest = tmp_path / "run", tmp_path / "export"
+    args = dict(out=run, models="pqmim-q1", train=tmp_path / "data" / "train", val=tmp_path / "data" / "val", plan=plan, export_dir=dest)
+    perceptual.main(flags(**args, stop_at=5))
+    assert not (run / "pairs.npz").exists()  # online: nothing stored but the validation pairs
+    snaps = [dest / f"pqmim-perceptual.it00000{i}.safetensors" for i in (2, 4)]
+    assert sorted(dest.glob("*.it*.safetensors")) == snaps
+    two, four = Refiner.load(snaps[0]), Refiner.load(snaps[1])
+    assert four.serves == [ids["pqmim-q1"]] and four.cfg == RefinerConfig(**small)
+    x = to_tensor(photo_crop(0, 0, 64, 64))
+    assert not torch.equal(two.refine(x), four.refine(x))  # they follow the training
+    ck = torch.load(run / "perceptual.pt", weights_only=True)
+    assert ck["iteration"] == 5 and not torch.equal(ck["ema"]["net.7.conv.weight"], ck["refiner"]["net.7.conv.weight"])
+    shipped = Refiner.load(dest / "pqmim-perceptual.safetensors").state_dict()  # exported at --stop-at
+    (dest / "pqmim-perceptual.safetensors").unlink()
+    perceptual.main(flags(**args, stages="export"))  # no training: the checkpoint as it is
+    again = Refiner.load(dest / "pqmim-perceptual.safetensors").state_dict()
+    assert again.keys() == shipped.keys() and all(torch.equal(again[k], shipped[k]) for k in again)
+    card = json.loads((dest / "pqmim-perceptual.json").read_text())
+    assert card["training"]["iterations_done"] == 5 and card["plan"]["online"] is True
+    ema = Refiner(four.cfg)
+    ema.load_state_dict(ck["ema"])
+    assert torch.allclose(
+        Refiner.load(dest / "pqmim-perceptual.safetensors").refine(x), ema.eval().refine(x), atol=2 / 255
+    )  # int8 of the average
 
 
 SHIPPED = sorted(ROOT.glob("models/pqmim-perceptual*.safetensors"))

@@ -16,7 +16,9 @@ README's "A training round on a lent GPU" gives each device call's carry):
 
 `launch` starts one detached process (setsid) per job: every rung of the ladder and the
 same-budget baselines, all on the one GPU at once, each a plain `python -m pqmim.train` run (the
-baselines: `python -m bench.train_baselines`) with
+baselines: `python -m bench.train_baselines`; the perceptual decoder's trials, named with
+`--only` and prepared with `prepare --perceptual`: `python -m pqmim.train.perceptual`, whose
+snapshots are chosen among here by `python -m bench perceptual-select`) with
 time-budgeted plans (so a job ends on time however fast the GPU is), checkpoints on the
 machine's local disk every few minutes and an export (int8 weights, card without Kodak) at the
 end. `collect` exports any job that has not finished from its last checkpoint, so a round that

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--max-mib", type=float, default=None, help="the pack's size limit (default 48; its JPEG quality is the highest that fits)"
     )
+    p.add_argument("--perceptual", action="store_true", help="the perceptual jobs' trip: LPIPS backbone, q1-q3 carried")
     p = sub.add_parser("launch", help="device: start every job detached, watch them for a minute")
     p.add_argument("--minutes", type=float, default=19, help="wall time of every job (its training: this less OVERHEAD_MIN, 1.5 minutes)")
     p.add_argument("--only", nargs="*", help="job names (default: the 5 rungs and 4 baselines)")
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kodak", default=str(SHARED / "data" / "kodak"))
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.sources, args.val, lighten=not args.no_lighten, max_side=args.max_side, max_mib=args.max_mib)
+        prepare(
+            args.sources, args.val, lighten=not args.no_lighten, max_side=args.max_side, max_mib=args.max_mib, perceptual=args.perceptual
+        )
     elif args.cmd == "launch":
         init = dict(x.split("=", 1) for x in args.init)
         work = Path(args.work)

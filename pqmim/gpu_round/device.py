@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..checkout import ROOT
 from ..fileio import atomic_file
-from .plan import CALL_BYTES, Job, PART_BYTES, RoundPlan, TRIP, WORK
+from .plan import CALL_BYTES, MODULES, Job, PART_BYTES, RoundPlan, TRIP, WORK
 
 
 # ----------------------------------------------------------------------------- on the device
@@ -50,11 +50,10 @@ def job_env(work: Path) -> dict[str, str]:
 
 
 def job_argv(job: Job, work: Path, stages: str | None = None) -> list[str]:
-    module = "bench.train_baselines" if job.kind == "baseline" else "pqmim.train"
     argv = [
         sys.executable,
         "-m",
-        module,
+        MODULES[job.kind],
         "--out",
         str(work / "jobs" / job.name),
         "--name",
@@ -136,7 +135,7 @@ def report(work: Path) -> str:
         per_s = r.get("per_s") or 0.0
         if r["rc"] is None and r.get("stage") in ("stage1", "baseline"):
             total += per_s  # crops now being cut: stage 1 and the baselines
-        val = " ".join(f"{k} {r[k]:.4g}" for k in ("val_psnr", "val_bpp", "val_bits_per_code") if k in r)
+        val = " ".join(f"{k} {r[k]:.4g}" for k in ("val_psnr", "val_bpp", "val_bits_per_code", "val_m2_lpips") if k in r)
         lines.append(f"{r['name']:<36} {state:<9} {r.get('stage', '-'):>5} {r.get('iteration', 0):>9} {per_s:>9.1f}  {val}")
     lines.append(f"crops of stage 1 and the baselines, all running jobs: {total:.0f} per second")
     for r in rows:

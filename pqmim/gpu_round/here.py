@@ -14,21 +14,31 @@ import time
 from pathlib import Path
 
 from ..checkout import ROOT, SHARED, head_commit
-from .plan import MODELS_BUDGET, TRIP, WHEELS
+from .plan import LPIPS_TRIP, MODELS_BUDGET, PERCEPTUAL_SERVES, TRIP, WHEELS
 from .device import read_json_or_empty
 
 
 # ----------------------------------------------------------------------------- here, before the trip
-def prepare(sources: list[str], val: str, lighten: bool = True, max_side: int = 1024, max_mib: float | None = None) -> None:
+def prepare(
+    sources: list[str], val: str, lighten: bool = True, max_side: int = 1024, max_mib: float | None = None, perceptual: bool = False
+) -> None:
     """Build the pack and fetch the wheels the device lacks (each only if missing), take the
     tracked weights out of the index, and check what travels fits in 64 MiB. A round that
-    carries start models (launch --init) needs a smaller pack: `max_mib`, `max_side`."""
+    carries start models (launch --init) needs a smaller pack: `max_mib`, `max_side`. With
+    `perceptual`, the LPIPS backbone (float16) joins the trip, and the models the perceptual
+    jobs serve count as carried."""
+    import torch
+
     from .. import pack
+    from ..checkout import LPIPS_BACKBONE
 
     TRIP.mkdir(exist_ok=True)
     if not (TRIP / "pack.tar").exists():
         m = pack.build(sources, TRIP / "pack.tar", val, max_side=max_side, max_bytes=int(max_mib * 2**20) if max_mib else pack.MAX_BYTES)
         print(f"pack: {m['images']} photos, {m['megapixels']} MP, JPEG q{m['jpeg_quality']}, {m['bytes'] / 2**20:.1f} MiB")
+    if perceptual and not LPIPS_TRIP.exists():
+        feats = torch.load(LPIPS_BACKBONE, map_location="cpu", weights_only=True)
+        torch.save({k: v.half() for k, v in feats.items()}, LPIPS_TRIP)
     whl = TRIP / "whl"
     if not list(whl.glob("*.whl")):
         platforms = [
@@ -64,10 +74,16 @@ def prepare(sources: list[str], val: str, lighten: bool = True, max_side: int = 
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
     ).stdout
     tree = sum((ROOT / p).stat().st_size for p in listed.decode().split("\0") if p and (ROOT / p).is_file())
-    carried = (TRIP / "pack.tar").stat().st_size + sum(p.stat().st_size for p in whl.glob("*.whl"))
+    paths = [TRIP / "pack.tar", *whl.glob("*.whl")]
+    if perceptual:
+        paths += [LPIPS_TRIP] + [ROOT / "models" / f"{n}.safetensors" for n in PERCEPTUAL_SERVES]
+    carried = sum(p.stat().st_size for p in paths)
+    what = (
+        ".round/pack.tar, .round/whl"
+        + (", .round/lpips.pth, " + ", ".join(f"models/{n}.safetensors" for n in PERCEPTUAL_SERVES)) * perceptual
+    )
     print(
-        f"launch travels: {tree / 2**20:.1f} MiB of the tree + {carried / 2**20:.1f} MiB carried (.round/pack.tar, .round/whl) "
-        f"= {(tree + carried) / 2**20:.1f} MiB of 64"
+        f"launch travels: {tree / 2**20:.1f} MiB of the tree + {carried / 2**20:.1f} MiB carried ({what}) = {(tree + carried) / 2**20:.1f} MiB of 64"
     )
     if tree + carried > 64 << 20:
         raise SystemExit("too big to travel: lighten the tree (../shared/tools/device-tree lighten) or build a smaller pack (--max-mib)")
@@ -127,6 +143,10 @@ def receive(files: list[Path], dest: Path, kodak: Path, images: int | None = Non
     for card_path in sorted((dest / "export").glob("*.json")):
         card = json.loads(card_path.read_text())
         weights = card_path.with_suffix(".safetensors")
+        if card.get("kind") == zoo.PERCEPTUAL:  # no rate of its own: chosen among its snapshots by held-out FID
+            snaps = sorted((dest / "export").glob(f"{card_path.stem}.it*.safetensors"))
+            print(f"{card_path.stem:<36} perceptual decoder, {len(snaps)} snapshots: python -m bench perceptual-select {dest / 'export'}")
+            continue
         is_baseline = "arch" in card
         model = Baseline.load(weights) if is_baseline else Codec(PQMIM.load(weights), name=card["name"])
         res = evaluate_folder(model, kodak, limit=images, progress=False)
@@ -177,8 +197,10 @@ def ship(round_dir: Path, names: list[str], models: Path = ROOT / "models", reti
     plan = []
     for name in names:
         card = read_json_or_empty(export / f"{name}.json")
-        if not card or "kodak" not in card:
-            raise SystemExit(f"{name}: no measured card in {export} (run receive first)")
+        if not card or not ("kodak" in card or "selection" in card):
+            raise SystemExit(
+                f"{name}: no measured card in {export} (run receive first; a perceptual decoder: bench perceptual-select --pick)"
+            )
         plan.append((name, card, models / "baselines" if "arch" in card else models))
     for name in retire:
         if not (models / f"{name}.safetensors").is_file():

@@ -10,7 +10,8 @@ from pathlib import Path
 from ..checkout import ROOT
 
 
-TRIP = ROOT / ".round"  # ignored by git, carried to the device: pack.tar and whl/
+TRIP = ROOT / ".round"  # ignored by git, carried to the device: pack.tar and whl/ (and lpips.pth for perceptual jobs)
+LPIPS_TRIP = TRIP / "lpips.pth"  # the LPIPS backbone in float16 (prepare --perceptual): half the size
 WORK = Path("/tmp/pqmim-round")  # the device's local disk: jobs, checkpoints, exports
 PART_BYTES = 15 << 20  # what the device gives back per command: 8 files of at most 16 MiB, 64 MiB in all,
 CALL_BYTES = 60 << 20  # so 4 parts of 15 MiB and the manifest per collect call
@@ -23,12 +24,16 @@ OVERHEAD_MIN = 1.5  # per job: start, decoding the pack (twice), stage 2's code 
 # ----------------------------------------------------------------------------- the plan
 @dataclass
 class Job:
-    """One training process: a rung of the ladder (`pqmim.train` arguments) or a baseline
-    (`bench.train_baselines` arguments)."""
+    """One training process: a rung of the ladder (`pqmim.train` arguments), a baseline
+    (`bench.train_baselines` arguments) or a perceptual decoder (`pqmim.train.perceptual`)."""
 
     name: str
     args: list[str]
-    kind: str = "pqmim"  # or "baseline"
+    kind: str = "pqmim"  # or "baseline", "perceptual"
+
+
+MODULES = {"pqmim": "pqmim.train", "baseline": "bench.train_baselines", "perceptual": "pqmim.train.perceptual"}
+PERCEPTUAL_SERVES = ["pqmim-q1", "pqmim-q2", "pqmim-q3"]  # whose weights a perceptual job needs carried
 
 
 @dataclass
@@ -43,12 +48,44 @@ def shipped_config(name: str) -> dict:
     return json.loads((ROOT / "models" / f"{name}.json").read_text())["config"]
 
 
+def perceptual_jobs(train: float, pack: str, device: str) -> list[Job]:
+    """Trials of the perceptual decoder for the shipped q1-q3 (frozen: their weights travel), in
+    parallel on the one GPU: the CPU's loss (no GAN), the same with the conditional GAN, and the
+    GAN with a wider refiner. Each writes snapshots of its averaged weights, chosen among here by
+    held-out FID (`python -m bench perceptual-select`). The GAN starts after 1000 iterations of
+    MSE + LPIPS, at HiFiC's weight."""
+    base = {
+        "minutes": round(train, 2),
+        "iterations": 10**7,
+        "online": True,
+        "batch": 16,
+        "crop": 256,
+        "lr": 1e-4,
+        "d_lr": 1e-4,
+        "gan_from": 1000,
+        "k_adv": 0.15,
+        "ema": 0.999,
+        "d_ch": 64,
+        "snapshot_every": 2000,
+    }
+    trials = {
+        "pqmim-perceptual-lpips": {**base, "k_adv": 0.0},
+        "pqmim-perceptual-gan": base,
+        "pqmim-perceptual-wide": {**base, "refiner": {"width": 48, "channels": 128, "blocks": 4}},
+    }
+    common = ["--models", *PERCEPTUAL_SERVES, "--train", pack, "--val", pack, "--lpips-backbone", str(LPIPS_TRIP)]
+    common += ["--device", device, "--threads", "2"]
+    return [Job(name, ["--plan", json.dumps(plan), *common], "perceptual") for name, plan in trials.items()]
+
+
 def default_plan(
     minutes: float, pack: str, only: list[str] | None = None, init: dict[str, str] | None = None, device: str = "cuda"
 ) -> RoundPlan:
     """Every rung (its shipped architecture, from scratch unless `init` names a start) and the
     baselines at two rate points each, all with the same wall-time budget. GPU recipe: 256 px
-    crops, batch 32 (stage 1 and baselines) and 128 windows (stage 2)."""
+    crops, batch 32 (stage 1 and baselines) and 128 windows (stage 2). The perceptual jobs
+    (`perceptual_jobs`) run only when `only` names them: they serve the shipped q1-q3, so they
+    do not go with a retraining of those."""
     train = minutes - OVERHEAD_MIN
     if train <= 0:
         raise ValueError(f"{minutes} minutes leave no training time")
@@ -119,12 +156,13 @@ def default_plan(
                     "baseline",
                 )
             )
-    if only:
-        unknown = set(only) - {j.name for j in jobs}
-        if unknown:
-            raise ValueError(f"no job named {sorted(unknown)} (jobs: {', '.join(j.name for j in jobs)})")
-        jobs = [j for j in jobs if j.name in only]
-    return RoundPlan(minutes, jobs, device)
+    if not only:
+        return RoundPlan(minutes, jobs, device)
+    jobs += perceptual_jobs(train, pack, device)
+    unknown = set(only) - {j.name for j in jobs}
+    if unknown:
+        raise ValueError(f"no job named {sorted(unknown)} (jobs: {', '.join(j.name for j in jobs)})")
+    return RoundPlan(minutes, [j for j in jobs if j.name in only], device)
 
 
 def tiny_plan(pack: str) -> RoundPlan:

@@ -3,10 +3,17 @@
     python -m pqmim.train.perceptual --out runs/perceptual --models pqmim-q1 pqmim-q2 pqmim-q3 \
         --plan '{"minutes": 40}' --threads 1 --stop-at 750 --export models
 
+On a GPU (the round's perceptual jobs, pqmim/gpu_round/plan.py): `--device cuda` with an
+`online` plan, whose batches are fresh crops of the photos through one of the models each
+iteration (stored pairs would be seen hundreds of times), `ema` weights, and `snapshot_every`:
+the refiner as it would ship, every so many iterations, for held-out selection by FID here
+(`python -m bench perceptual-select`), since LPIPS and PSNR do not rank refiners by FID.
+
 The shipped models stay frozen (encoder, quantizer, entropy model and default decoder), so
 every existing file decodes either way (pqmim/models/perceptual.py). The data are pairs
 (original crop, the default decoder's 8-bit reconstruction of it) cut from the training photos
-for every model served, computed once and kept in the run folder; one refiner learns them all.
+for every model served, computed once and kept in the run folder (or, `online`, made afresh
+for every batch); one refiner learns them all.
 
 The loss, per crop (HiFiC, Mentzer et al. 2020, and MS-ILLM, Muckley et al. 2023):
     k_mse * MSE + k_low * MSE of 8x8 block means + k_lpips * LPIPS(Alex) [+ k_adv * GAN loss]
@@ -24,11 +31,13 @@ is taken inside `loss`, on detached outputs, before the refiner's loss is formed
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,12 +48,12 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .. import zoo
 from ..checkout import LPIPS_BACKBONE, TRAIN, VAL
 from ..codec import transform_dtype
-from ..data import center_crop_arrays, describe_source, photos
+from ..data import describe_source, photos, val_crops
 from ..distributed import Dist
 from ..evaluate import LPIPSAlex, psnr_uint8
 from ..fileio import atomic_write_json
 from ..image import to_tensor, to_uint8
-from ..models import PQMIM
+from ..models import ModelFileError, PQMIM
 from ..models.perceptual import Refiner, RefinerConfig
 from .loop import Stage, ckpt_iteration, fit, load_ckpt, log, plan_from_dict, progress, read_json
 
@@ -69,7 +78,12 @@ class PerceptualPlan:
     k_lpips: float = 1.0
     k_adv: float = 0.0  # the GAN term: off, it cost FID and KID in every CPU trial (models/TRAINING.md)
     k_low: float = 4000.0  # MSE of LOW_POOL-averaged images: keeps colour and shading (FID)
-    crops_per_photo: int = 2  # pairs cut per training photo and model
+    crops_per_photo: int = 2  # stored pairs cut per training photo and model
+    online: bool = False  # fresh pairs every batch, through one model in turn, on the training device
+    ema: float = 0.0  # > 0: validate, snapshot and export the weights' moving average of this decay
+    d_ch: int = 32  # the discriminator's width
+    refiner: dict = field(default_factory=dict)  # RefinerConfig fields (none: its defaults, what ships)
+    snapshot_every: int = 0  # > 0 (with an export folder): the refiner as shipped, every N iterations
 
 
 class Discriminator(nn.Module):
@@ -95,11 +109,21 @@ class Discriminator(nn.Module):
         return self.net(torch.cat([image, recon], 1) * 2 - 1)
 
 
+def reconstruct(model: PQMIM, x: torch.Tensor) -> torch.Tensor:
+    """The default decoder's 8-bit image of crops (B, 3, H, W) in [0, 1], as a float tensor on
+    the model's device: what the refiner gets when a file is decoded (through the transforms'
+    precision a Codec uses on that device; never under autocast)."""
+    device = next(model.parameters()).device
+    dtype = transform_dtype("auto", device)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        y = model.decode_codes(model.encode_codes(x.to(device), dtype), dtype)
+    return (y.float().clamp(0, 1) * 255).round() / 255  # as pqmim.image.to_uint8 rounds
+
+
 def make_pairs(models: list[PQMIM], images: list[np.ndarray], per_photo: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(originals, reconstructions), each (N, PAIR, PAIR, 3) uint8: `per_photo` random crops of
     every photo at least PAIR on a side, for each model, through its encoder and default decoder
-    (in the transforms' precision a Codec uses on this machine)."""
-    dtype = transform_dtype("auto", torch.device("cpu"))
+    (`reconstruct`)."""
     rng = np.random.default_rng(seed)
     originals, recons = [], []
     for model in models:
@@ -113,7 +137,7 @@ def make_pairs(models: list[PQMIM], images: list[np.ndarray], per_photo: int, se
         crops = originals[len(recons) :]
         for i in range(0, len(crops), 32):
             x = to_tensor(np.stack(crops[i : i + 32]))
-            recons += list(to_uint8(model.decode_codes(model.encode_codes(x, dtype), dtype)))
+            recons += list(to_uint8(reconstruct(model, x)))
     return np.stack(originals), np.stack(recons)
 
 
@@ -121,16 +145,34 @@ class PerceptualStage(Stage):
     name, unit = "perceptual", "crops"
 
     def __init__(
-        self, refiner: Refiner, plan: PerceptualPlan, out: Path, models: list[PQMIM], lpips_backbone: Path, train: str, val: str, seed: int
+        self,
+        refiner: Refiner,
+        plan: PerceptualPlan,
+        out: Path,
+        models: list[PQMIM],
+        lpips_backbone: Path,
+        train: str,
+        val: str,
+        seed: int,
+        device: torch.device = torch.device("cpu"),
+        snapshots: Callable[[int, Refiner], None] | None = None,
     ):
-        self.refiner, self.plan, self.out, self.models = refiner, plan, out, models
-        self.train_dir, self.val_dir, self.seed = train, val, seed
-        self.disc = Discriminator()
-        self.lpips = LPIPSAlex(lpips_backbone).net.requires_grad_(False)
+        self.refiner, self.plan, self.out, self.models = refiner.to(device), plan, out, models
+        self.train_dir, self.val_dir, self.seed, self.device, self.snapshots = train, val, seed, device, snapshots
+        self.disc = Discriminator(plan.d_ch).to(device)
+        self.lpips = LPIPSAlex(lpips_backbone, str(device)).net.requires_grad_(False)
         self.params = list(refiner.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=plan.lr)
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=plan.d_lr, betas=(0.5, 0.999))
         self.state = {"refiner": refiner, "disc": self.disc, "opt": self.optimizer, "d_opt": self.d_opt}
+        self.ema = None
+        if plan.ema > 0:  # GAN training is noisy from step to step: what ships is the average
+            self.ema = copy.deepcopy(refiner).requires_grad_(False)
+            self.state["ema"] = self.ema
+
+    def shipped(self) -> Refiner:
+        """The weights that are validated, snapshot and exported: the average, or the refiner."""
+        return self.ema if self.ema is not None else self.refiner
 
     def _pairs(self, name: str, images) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored pairs of the run folder, made on first use (minutes: every crop through
@@ -147,27 +189,54 @@ class PerceptualStage(Stage):
         return torch.from_numpy(d["orig"]).permute(0, 3, 1, 2), torch.from_numpy(d["rec"]).permute(0, 3, 1, 2)
 
     def begin(self, iteration: int) -> None:
-        self.orig, self.rec = self._pairs("pairs", lambda: photos(self.train_dir, "train", 1024))
-        vo, vr = self._pairs("val_pairs", lambda: center_crop_arrays(self.val_dir, PAIR, 16))
-        self.val = (vo.float() / 255, vr.float() / 255)
+        if self.plan.online:
+            self.photos = [im for im in photos(self.train_dir, "train", 1024) if min(im.shape[:2]) >= self.plan.crop]
+            if not self.photos:
+                raise SystemExit(f"no training photo of at least {self.plan.crop} px a side in {self.train_dir}")
+        else:
+            self.orig, self.rec = self._pairs("pairs", lambda: photos(self.train_dir, "train", 1024))
+        vo, vr = self._pairs("val_pairs", lambda: val_crops(self.val_dir, PAIR, 16))
+        self.val = (vo.float().to(self.device) / 255, vr.float().to(self.device) / 255)
 
     def train(self, mode: bool) -> None:
         self.refiner.train(mode)
         self.disc.train(mode)
 
-    def _batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _online_batch(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh crops of the photos, flipped at random, and their reconstruction by one of the
+        models (in turn): as many distinct pairs as iterations allow."""
+        n, c = self.plan.batch, self.plan.crop
+        crops = []
+        for i in rng.integers(len(self.photos), size=n):
+            im = self.photos[i]
+            y, x = rng.integers(im.shape[0] - c + 1), rng.integers(im.shape[1] - c + 1)
+            crop = im[y : y + c, x : x + c]
+            crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+        x = to_tensor(np.stack(crops)).to(self.device)
+        return x, reconstruct(self.models[iteration % len(self.models)], x)
+
+    def _batch(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.plan.online:
+            return self._online_batch(iteration, rng)
         n, c = self.plan.batch, self.plan.crop
         idx = rng.integers(len(self.orig), size=n)
         ys, xs, flips = rng.integers(PAIR - c + 1, size=n), rng.integers(PAIR - c + 1, size=n), rng.random(n) < 0.5
         out = []
         for src in (self.orig, self.rec):
             crops = [src[i, :, y : y + c, x : x + c] for i, y, x in zip(idx, ys, xs)]
-            out.append(torch.stack([p.flip(-1) if f else p for p, f in zip(crops, flips)]).float() / 255)
+            out.append(torch.stack([p.flip(-1) if f else p for p, f in zip(crops, flips)]).to(self.device).float() / 255)
         return out[0], out[1]
 
     def loss(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         p = self.plan
-        x, rec = self._batch(rng)
+        if self.ema is not None:  # the last step's weights into the average (its early iterations weigh less)
+            decay = min(p.ema, (1 + iteration) / (10 + iteration))
+            with torch.no_grad():
+                for e, w in zip(self.ema.parameters(), self.refiner.parameters()):
+                    e.lerp_(w, 1 - decay)
+        if self.snapshots and p.snapshot_every and iteration and iteration % p.snapshot_every == 0:
+            self.snapshots(iteration, self.shipped())
+        x, rec = self._batch(iteration, rng)
         y = self.refiner(rec)
         dy, dx = rng.integers(ALEX_STRIDE, size=2)
         cut = lambda z: z[:, :, dy : dy + p.crop - ALEX_STRIDE, dx : dx + p.crop - ALEX_STRIDE]  # noqa: E731
@@ -199,7 +268,7 @@ class PerceptualStage(Stage):
         figures = {}
         for j, model in enumerate(self.models):
             o, r = orig[j * k : (j + 1) * k], rec[j * k : (j + 1) * k]
-            y = self.refiner(r).clamp(0, 1)
+            y = self.shipped()(r).clamp(0, 1)
             figures[f"m{j}_psnr"] = psnr_uint8(to_uint8(o), to_uint8(y))
             figures[f"m{j}_psnr_mse"] = psnr_uint8(to_uint8(o), to_uint8(r))
             figures[f"m{j}_lpips"] = self.lpips(y * 2 - 1, o * 2 - 1).mean().item()
@@ -217,18 +286,32 @@ def describe_loss(plan: dict, iterations: int) -> str:
     return " + ".join(terms + ["conditional GAN"] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
 
 
-def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, dest: Path, name: str, storage: str, data: dict) -> Path:
-    """The refiner as shipped (safetensors + card), serving each trained-on model and every
-    shipped model with the same autoencoder (an entropy variant's base, say)."""
+def serving(names: list[str], models: list[PQMIM]) -> list[dict]:
+    """What a refiner of these models' output serves: each of them, and every shipped model with
+    the same autoencoder (an entropy variant's base, say) whose weights are here (on a lent GPU
+    only the carried ones are)."""
     serves = [{"name": n, "model_id": m.model_id().hex()} for n, m in zip(names, models)]
     for card in zoo.list_models():
         if card["name"] not in names:
-            other = PQMIM.load(zoo.model_path(card["name"]))
+            try:
+                other = PQMIM.load(zoo.model_path(card["name"]))
+            except (FileNotFoundError, ModelFileError):
+                continue
             if any(other.autoencoder_mismatch(m) is None for m in models):
                 serves.append({"name": card["name"], "model_id": other.model_id().hex()})
+    return serves
+
+
+def snapshot_path(dest: Path, name: str, iteration: int) -> Path:
+    """Where a run's snapshot of `iteration` is written (beside its export; not a shipped name)."""
+    return dest / f"{name}.it{iteration:06d}.safetensors"
+
+
+def export(refiner: Refiner, serves: list[dict], out: Path, dest: Path, name: str, storage: str, data: dict, device: str) -> Path:
+    """The refiner as shipped (safetensors + card) and what it serves (`serving`)."""
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}.safetensors"
-    refiner.cpu().eval().save(path, serves, storage)
+    copy.deepcopy(refiner).cpu().eval().save(path, serves, storage)
     Refiner.load(path)  # what ships reads back
     plan = read_json(out / "perceptual_plan.json")
     trained = progress(load_ckpt(out / "perceptual.pt"))
@@ -241,7 +324,7 @@ def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, d
         "plan": plan,
         "training": {
             **trained,
-            "device": f"CPU {platform.machine()} x{torch.get_num_threads()}",
+            "device": device,
             "torch": torch.__version__,
         },
         "data": data,
@@ -251,7 +334,7 @@ def export(refiner: Refiner, names: list[str], models: list[PQMIM], out: Path, d
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pqmim.train.perceptual", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="run folder (resumes from its checkpoint)")
     ap.add_argument("--models", nargs="+", default=["pqmim-q1", "pqmim-q2", "pqmim-q3"], help="shipped models the refiner serves")
@@ -262,10 +345,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stop-at", type=int, default=0, help="stop at this iteration (resume later)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--export", default="", help="folder to write the refiner and its card into once the plan is done (or at --stop-at)")
+    ap.add_argument(
+        "--export-dir",
+        "--export",
+        dest="export",
+        default="",
+        help="folder to write the refiner and its card into once the plan is done (or at --stop-at), and its snapshots",
+    )
+    ap.add_argument("--stages", default="train,export", help="train,export; export alone: from the run's last checkpoint")
     ap.add_argument("--name", default="pqmim-perceptual")
     ap.add_argument("--storage", default="int8")
-    args = ap.parse_args(argv)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    stages = set(args.stages.split(","))
+    if not stages or stages - {"train", "export"}:
+        raise SystemExit(f"--stages: train and/or export, got {args.stages!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -276,23 +374,32 @@ def main(argv: list[str] | None = None) -> None:
     if json.loads(args.plan) and any(fields.get(k) != v for k, v in json.loads(args.plan).items()):
         raise SystemExit(f"{args.out} was started with another plan: use a new --out")
     atomic_write_json(plan_path, asdict(plan))
-    models = [PQMIM.load(zoo.model_path(n)) for n in args.models]
-    refiner = Refiner(RefinerConfig())
-    stage = PerceptualStage(refiner, plan, args.out, models, Path(args.lpips_backbone), args.train, args.val, args.seed)
-    ctx = Dist()
-    done = fit(stage, args.out, ctx, torch.device("cpu"), seed=args.seed, stop_at=args.stop_at, ckpt_every=250, log_every=25)
-    stopped = bool(args.stop_at) and ckpt_iteration(load_ckpt(args.out / "perceptual.pt")) == args.stop_at
-    if args.export and (done or stopped):  # the end of the plan, or the iteration chosen with --stop-at
-        export(
-            refiner,
-            args.models,
-            models,
-            args.out,
-            Path(args.export),
-            args.name,
-            args.storage,
-            {**describe_source(args.train), "val": args.val},
-        )
+    device = torch.device(args.device)
+    models = [PQMIM.load(zoo.model_path(n)).to(device).eval() for n in args.models]
+    serves = serving(args.models, models)
+    dest = Path(args.export) if args.export else None
+
+    def snapshot(iteration: int, refiner: Refiner) -> None:
+        copy.deepcopy(refiner).cpu().eval().save(snapshot_path(dest, args.name, iteration), serves, args.storage)
+
+    refiner = Refiner(RefinerConfig.from_dict(plan.refiner))
+    stage = PerceptualStage(
+        refiner, plan, args.out, models, Path(args.lpips_backbone), args.train, args.val, args.seed, device, snapshot if dest else None
+    )
+    if dest and plan.snapshot_every:
+        dest.mkdir(parents=True, exist_ok=True)
+    done = False
+    if "train" in stages:
+        done = fit(stage, args.out, Dist(), device, seed=args.seed, stop_at=args.stop_at, ckpt_every=250, ckpt_minutes=3, log_every=25)
+    ck = load_ckpt(args.out / "perceptual.pt")
+    stopped = bool(args.stop_at) and ck is not None and ckpt_iteration(ck) == args.stop_at
+    if "export" in stages and dest and (done or stopped or "train" not in stages):  # the plan's end, --stop-at, or asked
+        if ck is None:
+            raise SystemExit(f"{args.out}: no checkpoint to export from")
+        for key, target in stage.state.items():  # the checkpoint's (an export alone starts from fresh weights)
+            target.load_state_dict(ck[key])
+        where = f"CPU {platform.machine()} x{torch.get_num_threads()}" if device.type == "cpu" else torch.cuda.get_device_name(device)
+        export(stage.shipped(), serves, args.out, dest, args.name, args.storage, {**describe_source(args.train), "val": args.val}, where)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,224 @@
+"""Choose a perceptual decoder by FID on held-out images: the selection the bench cannot make.
+
+    python -m bench perceptual-select runs/round-X/export models/pqmim-perceptual.safetensors
+    python -m bench perceptual-select runs/round-X/export --models pqmim-q3 --images 12   # a quick first pass
+    python -m bench perceptual-select CANDIDATES... --pick runs/round-X/export            # and write the winner
+
+Candidates are refiner files (pqmim/models/perceptual.py) or folders of them: a GPU round's
+export folder holds each perceptual job's snapshots (`NAME.itNNNNNN.safetensors`) and its end.
+LPIPS and PSNR, which training sees, do not rank refiners by FID (models/TRAINING.md: FID got
+worse as LPIPS improved), so each candidate is scored the way the bench scores codecs, on
+images neither training nor the bench uses:
+
+- held-out set: the val photos outside the bench's FID images (`bench.fid.spread` of 12),
+  `--images` of them evenly spaced (24 by default), whole;
+- for each model served: the file the real codec writes for each photo, its default decoder's
+  image, and the candidate applied as `pqmim decode --perceptual` applies it (tiles, precision);
+- FID and KID (bench.fid.fid_kid, HiFiC's patches) against the originals' patches; LPIPS (Alex),
+  PSNR, and the PSNR of 8x8 block means (colour and shading, which a refiner should not move).
+
+A candidate's score is its FID over the default decoder's, averaged over the models (lower is
+better; 1 is the default decoder). `--pick DEST` copies the best candidate that serves every
+model measured to DEST/pqmim-perceptual.safetensors with a card holding its figures
+("selection"), which `python -m pqmim.gpu_round ship` requires of a perceptual decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pqmim import Codec, tiling, zoo
+from pqmim.checkout import FID_WEIGHTS, LPIPS_BACKBONE, VAL
+from pqmim.data import list_images
+from pqmim.evaluate import LPIPSAlex, psnr_uint8
+from pqmim.fileio import atomic_write_json
+from pqmim.image import load_image, to_tensor
+from pqmim.models.perceptual import Refiner
+from pqmim.train.perceptual import LOW_POOL
+
+from .fid import fid_kid, patches, spread
+
+BENCH_FID_IMAGES = 12  # the bench's default FID set (bench/suite.py): kept out of the selection
+SNAPSHOT = re.compile(r"\.it(\d+)$")
+
+
+def held_out(val: Path, n: int) -> list[Path]:
+    """`n` val photos, evenly spaced, none of them among the bench's FID images."""
+    files = list_images(val)
+    bench = set(spread(files, BENCH_FID_IMAGES))
+    return spread([f for f in files if f not in bench], n)
+
+
+def candidates(paths: list[str]) -> list[Path]:
+    """Refiner files, folders expanded to the refiner files in them (sorted)."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.glob("*.safetensors") if _is_refiner(f))
+            if not found:
+                raise SystemExit(f"{p}: no perceptual decoder in it")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SystemExit(f"{p}: no such file or folder")
+    return out
+
+
+def _is_refiner(path: Path) -> bool:
+    try:
+        Refiner.load(path)
+        return True
+    except Exception:  # another kind of model file
+        return False
+
+
+def block_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of the LOW_POOL x LOW_POOL block means (colour and shading)."""
+    pool = lambda x: torch.nn.functional.avg_pool2d(to_tensor(x), LOW_POOL) * 255  # noqa: E731
+    mse = torch.mean((pool(a).double() - pool(b).double()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def default_images(codec: Codec, originals: list[np.ndarray], cache: Path) -> tuple[list[np.ndarray], float]:
+    """The default decoder's image of each photo through the real codec (cached by model id) and
+    the mean bits per pixel of the files."""
+    path = cache / f"default-{codec.model.model_id().hex()}-{len(originals)}.npz"
+    if path.exists():
+        d = np.load(path)
+        return [d[f"i{i}"] for i in range(len(originals))], float(d["bpp"])
+    decoded, bpp = [], []
+    for rgb in originals:
+        data = codec.compress(rgb)
+        decoded.append(np.asarray(codec.decompress(data)))
+        bpp.append(len(data) * 8 / (rgb.shape[0] * rgb.shape[1]))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, bpp=np.mean(bpp), **{f"i{i}": im for i, im in enumerate(decoded)})
+    return decoded, float(np.mean(bpp))
+
+
+def score(codec: Codec, originals, decoded, lpips: LPIPSAlex, weights: Path, cache: Path) -> dict:
+    reference = [p for im in originals for p in patches(im)]
+    m = fid_kid(reference, [p for im in decoded for p in patches(im)], weights, cache_dir=cache)
+    return {
+        "fid": m["fid"],
+        "kid": m["kid"],
+        "patches": m["patches"],
+        "lpips": float(np.mean([lpips(o, d) for o, d in zip(originals, decoded)])),
+        "psnr": float(np.mean([psnr_uint8(o, d) for o, d in zip(originals, decoded)])),
+        "block_psnr": float(np.mean([block_psnr(o, d) for o, d in zip(originals, decoded)])),
+    }
+
+
+def select(paths: list[Path], models: list[str], images: list[Path], weights: Path, backbone: Path, cache: Path) -> list[dict]:
+    """One row per candidate (and the default decoder first): per model its figures, and the score."""
+    originals = [load_image(p) for p in images]
+    lpips = LPIPSAlex(backbone)
+    rows = [{"candidate": "default decoder", "models": {}}] + [{"candidate": str(p), "models": {}} for p in paths]
+    refiners = [Refiner.load(p) for p in paths]
+    for name in models:
+        codec = Codec.from_pretrained(name)
+        mid = codec.model.model_id().hex()
+        base, bpp = default_images(codec, originals, cache)
+        t = time.time()
+        rows[0]["models"][name] = {"bpp": bpp, **score(codec, originals, base, lpips, weights, cache)}
+        print(f"{name} ({bpp:.4f} bpp) default decoder: {_fmt(rows[0]['models'][name])} ({time.time() - t:.0f} s)", flush=True)
+        for row, refiner in zip(rows[1:], refiners):
+            if mid not in refiner.serves:
+                continue
+            t = time.time()
+            refined = [tiling.refine_tiled(refiner, im, codec.tile_pixels, codec.transform_dtype) for im in base]
+            row["models"][name] = {"bpp": bpp, **score(codec, originals, refined, lpips, weights, cache)}
+            print(f"{name} {row['candidate']}: {_fmt(row['models'][name])} ({time.time() - t:.0f} s)", flush=True)
+    for row in rows:
+        served = [n for n in models if n in row["models"]]
+        row["serves_all"] = len(served) == len(models)
+        row["score"] = float(np.mean([row["models"][n]["fid"] / rows[0]["models"][n]["fid"] for n in served])) if served else None
+    return rows
+
+
+def _fmt(m: dict) -> str:
+    return f"FID {m['fid']:.1f} KID {m['kid'] * 1000:.1f}e-3 LPIPS {m['lpips']:.3f} PSNR {m['psnr']:.2f} block PSNR {m['block_psnr']:.2f}"
+
+
+def table(rows: list[dict], models: list[str]) -> str:
+    head = "| candidate | score | " + " | ".join(f"{n} FID / KID x 1000 / LPIPS / PSNR / block PSNR" for n in models) + " |"
+    lines = [head, "|" + "---|" * (2 + len(models))]
+    for r in rows:
+        cells = [
+            "%.1f / %.1f / %.3f / %.2f / %.2f" % (m["fid"], m["kid"] * 1000, m["lpips"], m["psnr"], m["block_psnr"]) if m else "-"
+            for m in (r["models"].get(n) for n in models)
+        ]
+        lines.append(f"| {r['candidate']} | {r['score']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
+    """Copy the best candidate serving every model into dest/name.safetensors, with a card: its
+    run's card (plan, data, device) where one is beside it, and the selection's figures."""
+    best = min((r for r in rows[1:] if r["serves_all"]), key=lambda r: r["score"], default=None)
+    if best is None:
+        raise SystemExit("no candidate serves every model measured")
+    src = Path(best["candidate"])
+    stem, snapshot = src.stem, SNAPSHOT.search(src.stem)
+    run_card = src.with_name(f"{SNAPSHOT.sub('', stem)}.json")
+    card = json.loads(run_card.read_text()) if run_card.exists() else {"kind": zoo.PERCEPTUAL}
+    refiner = Refiner.load(src)
+    card["serves"] = [s for s in card.get("serves", []) if s.get("model_id") in refiner.serves] or [
+        {"name": "?", "model_id": i} for i in refiner.serves
+    ]
+    if snapshot:
+        card["training"] = {**card.get("training", {}), "iterations_done": int(snapshot.group(1)), "wall_s": None, "snapshot": True}
+    card["selection"] = {
+        "chosen": src.name,
+        **setup,
+        "rows": rows,
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"{name}.safetensors"
+    if src.resolve() != out.resolve():
+        shutil.copyfile(src, out)
+    atomic_write_json(dest / f"{name}.json", card, indent=2)
+    print(f"picked {src.name} (score {best['score']:.3f}) -> {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench perceptual-select", description=__doc__.split("\n\n")[0])
+    ap.add_argument("candidates", nargs="+", help="refiner files, or folders of them (a round's export folder)")
+    ap.add_argument("--models", nargs="+", default=["pqmim-q1", "pqmim-q2", "pqmim-q3"])
+    ap.add_argument("--images", type=int, default=24, help="held-out val photos (evenly spaced outside the bench's)")
+    ap.add_argument("--val", default=str(VAL))
+    ap.add_argument("--fid-weights", default=str(FID_WEIGHTS))
+    ap.add_argument("--lpips-backbone", default=str(LPIPS_BACKBONE))
+    ap.add_argument(
+        "--cache",
+        default=str(Path(__file__).resolve().parent / "results" / "cache" / "perceptual-select"),
+        help="decoded images, features (ignored by git)",
+    )
+    ap.add_argument("--json", default="", help="write the rows here")
+    ap.add_argument("--pick", default="", help="folder to write the best candidate into (as NAME.safetensors + card)")
+    ap.add_argument("--name", default="pqmim-perceptual")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = held_out(Path(args.val), args.images)
+    paths = candidates(args.candidates)
+    print(f"{len(paths)} candidates, {len(args.models)} models, {len(images)} held-out photos of {args.val}", flush=True)
+    rows = select(paths, args.models, images, Path(args.fid_weights), Path(args.lpips_backbone), Path(args.cache))
+    print(table(rows, args.models))
+    setup = {"models": args.models, "images": [p.name for p in images], "val": args.val, "date": time.strftime("%Y-%m-%d")}
+    if args.json:
+        atomic_write_json(Path(args.json), {**setup, "rows": rows}, indent=2)
+    if args.pick:
+        pick(rows, Path(args.pick), args.name, setup)
+    return 0
