@@ -41,8 +41,9 @@ from pqmim.data import list_images
 from pqmim.evaluate import LPIPSAlex, psnr_uint8
 from pqmim.fileio import atomic_write_json
 from pqmim.image import load_image, to_tensor
+from pqmim.models import ModelFileError
 from pqmim.models.perceptual import Refiner
-from pqmim.train.perceptual import LOW_POOL
+from pqmim.train.perceptual import LOW_POOL, describe_loss
 
 from .fid import fid_kid, patches, spread
 
@@ -77,7 +78,7 @@ def _is_refiner(path: Path) -> bool:
     try:
         Refiner.load(path)
         return True
-    except Exception:  # another kind of model file
+    except ModelFileError:  # another kind of model file
         return False
 
 
@@ -105,7 +106,7 @@ def default_images(codec: Codec, originals: list[np.ndarray], cache: Path) -> tu
     return decoded, float(np.mean(bpp))
 
 
-def score(codec: Codec, originals, decoded, lpips: LPIPSAlex, weights: Path, cache: Path) -> dict:
+def score(originals: list[np.ndarray], decoded: list[np.ndarray], lpips: LPIPSAlex, weights: Path, cache: Path) -> dict:
     reference = [p for im in originals for p in patches(im)]
     m = fid_kid(reference, [p for im in decoded for p in patches(im)], weights, cache_dir=cache)
     return {
@@ -129,14 +130,14 @@ def select(paths: list[Path], models: list[str], images: list[Path], weights: Pa
         mid = codec.model.model_id().hex()
         base, bpp = default_images(codec, originals, cache)
         t = time.time()
-        rows[0]["models"][name] = {"bpp": bpp, **score(codec, originals, base, lpips, weights, cache)}
+        rows[0]["models"][name] = {"bpp": bpp, **score(originals, base, lpips, weights, cache)}
         print(f"{name} ({bpp:.4f} bpp) default decoder: {_fmt(rows[0]['models'][name])} ({time.time() - t:.0f} s)", flush=True)
         for row, refiner in zip(rows[1:], refiners):
             if mid not in refiner.serves:
                 continue
             t = time.time()
             refined = [tiling.refine_tiled(refiner, im, codec.tile_pixels, codec.transform_dtype) for im in base]
-            row["models"][name] = {"bpp": bpp, **score(codec, originals, refined, lpips, weights, cache)}
+            row["models"][name] = {"bpp": bpp, **score(originals, refined, lpips, weights, cache)}
             print(f"{name} {row['candidate']}: {_fmt(row['models'][name])} ({time.time() - t:.0f} s)", flush=True)
     for row in rows:
         served = [n for n in models if n in row["models"]]
@@ -171,12 +172,13 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
     stem, snapshot = src.stem, SNAPSHOT.search(src.stem)
     run_card = src.with_name(f"{SNAPSHOT.sub('', stem)}.json")
     card = json.loads(run_card.read_text()) if run_card.exists() else {"kind": zoo.PERCEPTUAL}
-    refiner = Refiner.load(src)
-    card["serves"] = [s for s in card.get("serves", []) if s.get("model_id") in refiner.serves] or [
-        {"name": "?", "model_id": i} for i in refiner.serves
-    ]
-    if snapshot:
-        card["training"] = {**card.get("training", {}), "iterations_done": int(snapshot.group(1)), "wall_s": None, "snapshot": True}
+    names = {c.get("model_id"): c["name"] for c in zoo.list_models()}
+    card["serves"] = [{"name": names.get(i, "?"), "model_id": i} for i in Refiner.load(src).serves]
+    if snapshot:  # the run's card describes its end: this is an earlier iteration of it
+        iterations = int(snapshot.group(1))
+        card["training"] = {**card.get("training", {}), "iterations_done": iterations, "wall_s": None, "seen": None, "per_s": None}
+        if "plan" in card:
+            card["description"] = f"refines the default decoder's image for realism ({describe_loss(card['plan'], iterations)}); same files"
     card["selection"] = {
         "chosen": src.name,
         **setup,
@@ -188,6 +190,8 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
         shutil.copyfile(src, out)
     atomic_write_json(dest / f"{name}.json", card, indent=2)
     print(f"picked {src.name} (score {best['score']:.3f}) -> {out}")
+    if best["score"] >= 1:
+        print("note: its FID is not better than the default decoder's on these photos")
     return out
 
 

@@ -233,9 +233,8 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
     small = RefinerConfig(width=8, channels=16, blocks=1)
     for stem in ("job.it000100", "job.it000200", "other"):
         Refiner(small).save(run / f"{stem}.safetensors", [{"name": "pqmim-q1", "model_id": "aa"}])
-    (run / "job.json").write_text(
-        json.dumps({"kind": "perceptual decoder", "serves": [{"name": "pqmim-q1", "model_id": "aa"}], "plan": {"ema": 0.999}})
-    )
+    plan = {"ema": 0.999, "k_adv": 0.15, "gan_from": 150, "k_low": 4000}
+    (run / "job.json").write_text(json.dumps({"kind": "perceptual decoder", "description": "(... + conditional GAN)", "plan": plan}))
     fid = lambda v: {"pqmim-q1": {"fid": v}}  # noqa: E731
     rows = [
         {"candidate": "default decoder", "models": fid(100.0), "serves_all": True, "score": 1.0},
@@ -246,7 +245,8 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
     out = pick(rows, tmp_path / "dest", "pqmim-perceptual", {"models": ["pqmim-q1"]})
     card = json.loads(out.with_suffix(".json").read_text())
     assert out.read_bytes() == (run / "job.it000100.safetensors").read_bytes()
-    assert card["selection"]["chosen"] == "job.it000100.safetensors" and card["plan"] == {"ema": 0.999}
-    assert card["training"]["iterations_done"] == 100 and card["serves"] == [{"name": "pqmim-q1", "model_id": "aa"}]
+    assert card["selection"]["chosen"] == "job.it000100.safetensors" and card["plan"] == plan
+    assert card["training"]["iterations_done"] == 100 and card["serves"] == [{"name": "?", "model_id": "aa"}]  # no shipped model has id aa
+    assert "GAN" not in card["description"]  # iteration 100 came before the GAN term (from 150)
     with pytest.raises(SystemExit, match="serves every model"):
         pick([rows[0], rows[3]], tmp_path / "dest2", "pqmim-perceptual", {})
