@@ -26,6 +26,7 @@ model measured to DEST/pqmim-perceptual.safetensors with a card holding its figu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -38,9 +39,9 @@ import torch
 from pqmim import Codec, tiling, zoo
 from pqmim.checkout import FID_WEIGHTS, LPIPS_BACKBONE, VAL
 from pqmim.data import list_images
-from pqmim.evaluate import LPIPSAlex, psnr_uint8
+from pqmim.evaluate import LPIPSAlex, block_psnr, psnr_uint8
 from pqmim.fileio import atomic_write_json
-from pqmim.image import load_image, to_tensor
+from pqmim.image import load_image
 from pqmim.models import ModelFileError
 from pqmim.models.perceptual import Refiner
 from pqmim.train.perceptual import LOW_POOL, describe_loss
@@ -82,17 +83,11 @@ def _is_refiner(path: Path) -> bool:
         return False
 
 
-def block_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of the LOW_POOL x LOW_POOL block means (colour and shading)."""
-    pool = lambda x: torch.nn.functional.avg_pool2d(to_tensor(x), LOW_POOL) * 255  # noqa: E731
-    mse = torch.mean((pool(a).double() - pool(b).double()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def default_images(codec: Codec, originals: list[np.ndarray], cache: Path) -> tuple[list[np.ndarray], float]:
-    """The default decoder's image of each photo through the real codec (cached by model id) and
-    the mean bits per pixel of the files."""
-    path = cache / f"default-{codec.model.model_id().hex()}-{len(originals)}.npz"
+    """The default decoder's image of each photo through the real codec and the mean bits per
+    pixel of the files (cached by model id and the photos' pixels)."""
+    which = hashlib.sha256(b"".join(np.ascontiguousarray(im).tobytes() for im in originals)).hexdigest()[:12]
+    path = cache / f"default-{codec.model.model_id().hex()}-{which}.npz"
     if path.exists():
         d = np.load(path)
         return [d[f"i{i}"] for i in range(len(originals))], float(d["bpp"])
@@ -115,7 +110,7 @@ def score(originals: list[np.ndarray], decoded: list[np.ndarray], lpips: LPIPSAl
         "patches": m["patches"],
         "lpips": float(np.mean([lpips(o, d) for o, d in zip(originals, decoded)])),
         "psnr": float(np.mean([psnr_uint8(o, d) for o, d in zip(originals, decoded)])),
-        "block_psnr": float(np.mean([block_psnr(o, d) for o, d in zip(originals, decoded)])),
+        "block_psnr": float(np.mean([block_psnr(o, d, LOW_POOL) for o, d in zip(originals, decoded)])),
     }
 
 

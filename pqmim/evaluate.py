@@ -20,6 +20,14 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+def block_psnr(a: np.ndarray, b: np.ndarray, block: int) -> float:
+    """PSNR of the block x block means of two HxWx3 images: their colour and shading, whatever
+    the texture (the last partial blocks left out)."""
+    h, w = a.shape[0] // block * block, a.shape[1] // block * block
+    means = lambda x: x[:h, :w].astype(np.float64).reshape(h // block, block, w // block, block, -1).mean((1, 3))  # noqa: E731
+    return psnr_uint8(means(a), means(b))
+
+
 def ms_ssim_uint8(a: np.ndarray, b: np.ndarray) -> float | None:
     """MS-SSIM (pytorch-msssim, 5 scales, data range 255) of two HxWx3 uint8 images; None when
     the image is too small for 5 scales (a side under 161 pixels)."""

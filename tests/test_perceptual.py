@@ -199,11 +199,8 @@ def test_shipped_perceptual_decoder_keeps_colour_and_shading():
     the refiner shipped before the block-mean term lost 0.45, 0.9 and 1.8 dB at q1, q2, q3)."""
     from PIL import Image
 
+    from pqmim.evaluate import block_psnr
     from pqmim.train.perceptual import LOW_POOL  # the block size training holds
-
-    def block_psnr(a, b):
-        pool = lambda z: torch.nn.functional.avg_pool2d(to_tensor(z[None]) * 255, LOW_POOL)  # noqa: E731
-        return 10 * np.log10(255**2 / torch.mean((pool(a) - pool(b)) ** 2).item())
 
     with Image.open(PHOTO) as im:
         rgb = np.asarray(im.convert("RGB"))[:256, :384]
@@ -211,4 +208,4 @@ def test_shipped_perceptual_decoder_keeps_colour_and_shading():
         codec = Codec.from_pretrained(name)
         data = codec.compress(rgb)
         plain, sharp = (np.asarray(codec.decompress(data, perceptual=p)) for p in (False, True))
-        assert block_psnr(rgb, sharp) > block_psnr(rgb, plain) - 0.3, name
+        assert block_psnr(rgb, sharp, LOW_POOL) > block_psnr(rgb, plain, LOW_POOL) - 0.3, name
