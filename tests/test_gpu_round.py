@@ -257,10 +257,10 @@ def test_perceptual_jobs_run_only_when_named_and_their_arguments_parse(tmp_path)
     from pqmim.train.loop import plan_from_dict
 
     assert not [j for j in gpu_round.default_plan(20, "p.tar").jobs if j.kind == "perceptual"]
-    names = ["pqmim-perceptual-lpips", "pqmim-perceptual-gan", "pqmim-perceptual-wide"]
+    names = ["pqmim-perceptual-lpips", "pqmim-perceptual-gan", "pqmim-perceptual-wide", "pqmim-perceptual-alex"]
     plan = gpu_round.default_plan(8, "p.tar", only=names)
     assert [j.name for j in plan.jobs] == names
-    adv = []
+    adv, kinds = [], []
     for job in plan.jobs:
         argv = gpu_round.device.job_argv(job, tmp_path, "export")  # as collect exports an unfinished job
         assert argv[1:3] == ["-m", "pqmim.train.perceptual"]
@@ -271,7 +271,8 @@ def test_perceptual_jobs_run_only_when_named_and_their_arguments_parse(tmp_path)
         assert args.models == gpu_round.plan.PERCEPTUAL_SERVES and args.train == args.val == "p.tar"
         RefinerConfig.from_dict(p.refiner)
         adv.append(p.k_adv)
-    assert adv[0] == 0 and adv[1] > 0 and adv[2] > 0
+        kinds.append(p.d_kind)
+    assert adv[0] == 0 and all(a > 0 for a in adv[1:]) and kinds == ["patch"] * 3 + ["alex"]
 
 
 def test_a_perceptual_decoder_ships_only_once_selected(tmp_path):

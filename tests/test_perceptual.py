@@ -115,12 +115,13 @@ def test_both_decoders_on_the_same_file(tiny_ladder, tmp_path):
 
 
 @needs_shared
-def test_training_exports_a_refiner_the_codec_uses(tiny_ladder, tmp_path):
+@pytest.mark.parametrize("d_kind", ["patch", "alex"])
+def test_training_exports_a_refiner_the_codec_uses(tiny_ladder, tmp_path, d_kind):
     from pqmim.train import perceptual
 
     folder, ids = tiny_ladder
     write_photos(tmp_path / "data", {"train": [photo_crop(0, 0, 320, 256, v) for v in range(3)], "val": [photo_crop(0, 0, 256, 256, 5)]})
-    plan = {"iterations": 4, "batch": 2, "crop": 64, "gan_from": 2, "k_adv": 0.15}
+    plan = {"iterations": 4, "batch": 2, "crop": 64, "gan_from": 2, "k_adv": 0.15, "d_kind": d_kind}
     data = {"train": tmp_path / "data" / "train", "val": tmp_path / "data" / "val"}
     for _ in range(2):  # stopped at iteration 2 and exported there; the same command again trains no further
         perceptual.main(flags(out=tmp_path / "run", models="pqmim-q1", **data, plan=plan, export=folder, stop_at=2))
@@ -129,11 +130,15 @@ def test_training_exports_a_refiner_the_codec_uses(tiny_ladder, tmp_path):
     perceptual.main(flags(out=tmp_path / "run", models="pqmim-q1", **data, plan=plan, export=folder))  # the plan's end
     card = next(c for c in zoo.perceptual_decoders())
     assert card["serves"] == [{"name": "pqmim-q1", "model_id": ids["pqmim-q1"]}] and card["training"]["iterations_done"] == 4
-    assert card["description"].endswith("(MSE + LPIPS + MSE of 8x8 block means + conditional GAN); same files")
+    gan = "conditional GAN" + " on AlexNet features" * (d_kind == "alex")
+    assert card["description"].endswith(f"(MSE + LPIPS + MSE of 8x8 block means + {gan}); same files")
     codec = Codec.from_pretrained("pqmim-q1")
     assert np.asarray(codec.decompress(codec.compress(photo_crop(0, 0, 64, 64)), perceptual=True)).shape == (64, 64, 3)
     with pytest.raises(SystemExit, match="another plan"):  # a run keeps the plan it started with
         perceptual.main(flags(out=tmp_path / "run", models="pqmim-q1", plan={**plan, "batch": 4}))
+    with pytest.raises(SystemExit, match="d_kind"):  # refused before anything is recorded
+        perceptual.main(flags(out=tmp_path / "bad", models="pqmim-q1", plan={**plan, "d_kind": "pixels"}))
+    assert not (tmp_path / "bad" / "perceptual_plan.json").exists()
 
 
 @needs_shared
@@ -170,6 +175,37 @@ def test_online_training_with_averaged_weights_snapshots_and_a_late_export(tiny_
     assert torch.allclose(
         Refiner.load(dest / "pqmim-perceptual.safetensors").refine(x), ema.eval().refine(x), atol=2 / 255
     )  # int8 of the average
+
+
+def test_feature_discriminator_trains_its_heads_not_alexnet():
+    """The projected discriminator's step moves its heads only: AlexNet is LPIPS's network too,
+    and the refiner's adversarial gradient reaches the image through it."""
+    import warnings
+
+    import lpips
+
+    from pqmim.train.perceptual import AlexDiscriminator
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).requires_grad_(False)
+    disc = AlexDiscriminator(lambda x: net.net(net.scaling_layer(x)), ch=8)
+    alex = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not any(k.startswith("features") for k in disc.state_dict())  # checkpoints hold the heads only
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    x, rec = torch.rand(2, 3, 68, 68), torch.rand(2, 3, 68, 68)
+    heads = [p.clone() for p in disc.parameters()]
+    disc.requires_grad_(True)
+    torch.nn.functional.softplus(-disc(x, rec)).mean().backward()
+    opt.step()
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in alex.items())
+    assert all(not p.requires_grad for p in net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(heads, disc.parameters()))
+    y = torch.rand(2, 3, 68, 68, requires_grad=True)
+    disc.requires_grad_(False)
+    disc(y, rec).mean().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
 
 
 SHIPPED = sorted(ROOT.glob("models/pqmim-perceptual*.safetensors"))

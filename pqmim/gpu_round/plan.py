@@ -50,10 +50,11 @@ def shipped_config(name: str) -> dict:
 
 def perceptual_jobs(train: float, pack: str, device: str) -> list[Job]:
     """Trials of the perceptual decoder for the shipped q1-q3 (frozen: their weights travel), in
-    parallel on the one GPU: the CPU's loss (no GAN), the same with the conditional GAN, and the
-    GAN with a wider refiner. Each writes snapshots of its averaged weights, chosen among here by
-    held-out FID (`python -m bench perceptual-select`). The GAN starts after 1000 iterations of
-    MSE + LPIPS, at HiFiC's weight."""
+    parallel on the one GPU: the CPU's loss (no GAN), the same with the conditional GAN, the GAN
+    with a wider refiner, and the GAN with the projected discriminator on LPIPS's AlexNet (which
+    learns in fewer steps, and a round's minutes are few). Each writes snapshots of its averaged
+    weights, chosen among here by held-out FID (`python -m bench perceptual-select`). The GAN
+    starts after 1000 iterations of MSE + LPIPS, at HiFiC's weight."""
     base = {
         "minutes": round(train, 2),
         "iterations": 10**7,
@@ -72,6 +73,7 @@ def perceptual_jobs(train: float, pack: str, device: str) -> list[Job]:
         "pqmim-perceptual-lpips": {**base, "k_adv": 0.0},
         "pqmim-perceptual-gan": base,
         "pqmim-perceptual-wide": {**base, "refiner": {"width": 48, "channels": 128, "blocks": 4}},
+        "pqmim-perceptual-alex": {**base, "d_kind": "alex"},
     }
     common = ["--models", *PERCEPTUAL_SERVES, "--train", pack, "--val", pack, "--lpips-backbone", str(LPIPS_TRIP)]
     common += ["--device", device, "--threads", "2"]

@@ -25,7 +25,9 @@ trial (models/TRAINING.md). With it, the discriminator sees the image beside the
 it was refined from (a function of the codes: the conditioning HiFiC and MS-ILLM give theirs
 through the latents); spectral norm on every layer, no GAN term before `gan_from`, and its step
 is taken inside `loss`, on detached outputs, before the refiner's loss is formed; the shared loop
-(loop.fit) then steps the refiner, with its schedule, checkpoints and resume.
+(loop.fit) then steps the refiner, with its schedule, checkpoints and resume. The discriminator
+is a PatchGAN on pixels (`d_kind` "patch") or heads on LPIPS's frozen AlexNet features ("alex",
+a projected GAN: `AlexDiscriminator`).
 """
 
 from __future__ import annotations
@@ -82,8 +84,13 @@ class PerceptualPlan:
     online: bool = False  # fresh pairs every batch, through one model in turn, on the training device
     ema: float = 0.0  # > 0: validate, snapshot and export the weights' moving average of this decay
     d_ch: int = 32  # the discriminator's width
+    d_kind: str = "patch"  # "patch": PatchGAN on pixels; "alex": heads on LPIPS's frozen AlexNet features
     refiner: dict = field(default_factory=dict)  # RefinerConfig fields (none: its defaults, what ships)
     snapshot_every: int = 0  # > 0 (with an export folder): the refiner as shipped, every N iterations
+
+    def __post_init__(self) -> None:
+        if self.d_kind not in ("patch", "alex"):
+            raise SystemExit(f"PerceptualPlan d_kind: 'patch' or 'alex', got {self.d_kind!r}")
 
 
 class Discriminator(nn.Module):
@@ -107,6 +114,38 @@ class Discriminator(nn.Module):
 
     def forward(self, image: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([image, recon], 1) * 2 - 1)
+
+
+ALEX_CHANNELS = (64, 192, 384)  # AlexNet's relu1-3 (strides 4, 8, 16), what AlexDiscriminator sees
+
+
+class AlexDiscriminator(nn.Module):
+    """Projected GAN (Sauer et al. 2021) on LPIPS's frozen AlexNet: for each of relu1-3, a small
+    spectral-norm head on the (image, reconstruction) features -> logits (B, N), N the positions
+    of all three maps. On pretrained features a discriminator learns in far fewer steps than
+    one on pixels (their paper), which is what a short budget needs (on the CPU's it did not
+    help either: models/TRAINING.md). `features` is LPIPS's own network, held outside this
+    module's parameters so the discriminator's optimizer and requires_grad_ never reach it."""
+
+    def __init__(self, features: Callable[[torch.Tensor], tuple], ch: int = 64) -> None:
+        super().__init__()
+        self.features = features  # [-1, 1] images -> AlexNet's relu1..relu5
+        sn = spectral_norm
+        self.heads = nn.ModuleList(
+            nn.Sequential(
+                sn(nn.Conv2d(2 * c, ch, 3, 1, 1)),
+                nn.LeakyReLU(0.2),
+                sn(nn.Conv2d(ch, ch, 3, 1, 1)),
+                nn.LeakyReLU(0.2),
+                sn(nn.Conv2d(ch, 1, 1)),
+            )
+            for c in ALEX_CHANNELS
+        )
+
+    def forward(self, image: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731  (LPIPS's channel normalisation)
+        fi, fr = self.features(image * 2 - 1), self.features(recon * 2 - 1)
+        return torch.cat([h(torch.cat([unit(a), unit(b)], 1)).flatten(1) for h, a, b in zip(self.heads, fi, fr)], 1)
 
 
 def reconstruct(model: PQMIM, x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +198,9 @@ class PerceptualStage(Stage):
     ):
         self.refiner, self.plan, self.out, self.models = refiner.to(device), plan, out, models
         self.train_dir, self.val_dir, self.seed, self.device, self.snapshots = train, val, seed, device, snapshots
-        self.disc = Discriminator(plan.d_ch).to(device)
         self.lpips = LPIPSAlex(lpips_backbone, str(device)).net.requires_grad_(False)
+        alex = lambda x: self.lpips.net(self.lpips.scaling_layer(x))  # noqa: E731
+        self.disc = (Discriminator(plan.d_ch) if plan.d_kind == "patch" else AlexDiscriminator(alex, plan.d_ch)).to(device)
         self.params = list(refiner.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=plan.lr)
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=plan.d_lr, betas=(0.5, 0.999))
@@ -283,7 +323,8 @@ class PerceptualStage(Stage):
 def describe_loss(plan: dict, iterations: int) -> str:
     """The loss terms a refiner was trained with, for its card."""
     terms = ["MSE", "LPIPS"] + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
-    return " + ".join(terms + ["conditional GAN"] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
+    gan = "conditional GAN" + " on AlexNet features" * (plan.get("d_kind") == "alex")
+    return " + ".join(terms + [gan] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
 
 
 def serving(names: list[str], models: list[PQMIM]) -> list[dict]:
