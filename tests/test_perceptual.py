@@ -208,6 +208,15 @@ def test_feature_discriminator_trains_its_heads_not_alexnet():
     assert y.grad is not None and y.grad.abs().sum() > 0
 
 
+def test_a_cards_loss_names_the_terms_trained_with():
+    from pqmim.train.perceptual import describe_loss
+
+    gan_only = {"k_lpips": 0.0, "k_low": 0.0, "k_adv": 1.0, "gan_from": 300, "d_kind": "alex"}
+    assert describe_loss(gan_only, 1000) == "MSE + conditional GAN on AlexNet features"
+    assert describe_loss(gan_only, 300) == "MSE"  # stopped before the GAN began
+    assert describe_loss({"k_low": 4000.0, "k_adv": 0.15, "gan_from": 0}, 1) == "MSE + LPIPS + MSE of 8x8 block means + conditional GAN"
+
+
 SHIPPED = sorted(ROOT.glob("models/pqmim-perceptual*.safetensors"))
 
 

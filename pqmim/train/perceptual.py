@@ -322,7 +322,9 @@ class PerceptualStage(Stage):
 
 def describe_loss(plan: dict, iterations: int) -> str:
     """The loss terms a refiner was trained with, for its card."""
-    terms = ["MSE", "LPIPS"] + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
+    terms = (
+        ["MSE"] + ["LPIPS"] * (plan.get("k_lpips", 1.0) > 0) + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
+    )
     gan = "conditional GAN" + " on AlexNet features" * (plan.get("d_kind") == "alex")
     return " + ".join(terms + [gan] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
 
