@@ -129,7 +129,10 @@ class AlexDiscriminator(nn.Module):
 
     def __init__(self, features: Callable[[torch.Tensor], tuple], ch: int = 64) -> None:
         super().__init__()
+        from lpips import normalize_tensor  # an optional dependency (bench extra), as LPIPSAlex imports it
+
         self.features = features  # [-1, 1] images -> AlexNet's relu1..relu5
+        self.unit = normalize_tensor  # LPIPS's channel normalisation of each level
         sn = spectral_norm
         self.heads = nn.ModuleList(
             nn.Sequential(
@@ -143,9 +146,8 @@ class AlexDiscriminator(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731  (LPIPS's channel normalisation)
         fi, fr = self.features(image * 2 - 1), self.features(recon * 2 - 1)
-        return torch.cat([h(torch.cat([unit(a), unit(b)], 1)).flatten(1) for h, a, b in zip(self.heads, fi, fr)], 1)
+        return torch.cat([h(torch.cat([self.unit(a), self.unit(b)], 1)).flatten(1) for h, a, b in zip(self.heads, fi, fr)], 1)
 
 
 def reconstruct(model: PQMIM, x: torch.Tensor) -> torch.Tensor:
