@@ -14,8 +14,11 @@ images neither training nor the bench uses:
   `--images` of them evenly spaced (24 by default), whole;
 - for each model served: the file the real codec writes for each photo, its default decoder's
   image, and the candidate applied as `pqmim decode --perceptual` applies it (tiles, precision);
-- FID and KID (bench.fid.fid_kid, HiFiC's patches) against the originals' patches; LPIPS (Alex),
-  PSNR, and the PSNR of 8x8 block means (colour and shading, which a refiner should not move).
+- FID and KID (as bench.fid.fid_kid, HiFiC's patches) against the originals' patches, and a
+  90% interval of each candidate's FID minus the default decoder's, by a paired bootstrap over
+  the photos (bench.fid.fid_differences: on a few hundred patches FID moves by points with the
+  photos, so a difference of a point or two may be none); LPIPS (Alex), PSNR, and the PSNR of
+  8x8 block means (colour and shading, which a refiner should not move).
 
 A candidate's score is its FID over the default decoder's, averaged over the models (lower is
 better; 1 is the default decoder). `--pick DEST` copies the best candidate that serves every
@@ -46,7 +49,7 @@ from pqmim.models import ModelFileError
 from pqmim.models.perceptual import Refiner
 from pqmim.train.perceptual import LOW_POOL, describe_loss
 
-from .fid import fid_kid, patches, spread
+from .fid import fid_differences, fid_kid_of, inception_features, patches, spread
 
 BENCH_FID_IMAGES = 12  # the bench's default FID set (bench/suite.py): kept out of the selection
 SNAPSHOT = re.compile(r"\.it(\d+)$")
@@ -101,13 +104,13 @@ def default_images(codec: Codec, originals: list[np.ndarray], cache: Path) -> tu
     return decoded, float(np.mean(bpp))
 
 
-def score(originals: list[np.ndarray], decoded: list[np.ndarray], lpips: LPIPSAlex, weights: Path, cache: Path) -> dict:
-    reference = [p for im in originals for p in patches(im)]
-    m = fid_kid(reference, [p for im in decoded for p in patches(im)], weights, cache_dir=cache)
+def score(
+    originals: list[np.ndarray], decoded: list[np.ndarray], reference: torch.Tensor, features: torch.Tensor, lpips: LPIPSAlex
+) -> dict:
+    """A decoder's figures on the photos; `reference` and `features` are the Inception features
+    of the originals' and the decoded images' patches (bench.fid.inception_features)."""
     return {
-        "fid": m["fid"],
-        "kid": m["kid"],
-        "patches": m["patches"],
+        **fid_kid_of(reference, features),
         "lpips": float(np.mean([lpips(o, d) for o, d in zip(originals, decoded)])),
         "psnr": float(np.mean([psnr_uint8(o, d) for o, d in zip(originals, decoded)])),
         "block_psnr": float(np.mean([block_psnr(o, d, LOW_POOL) for o, d in zip(originals, decoded)])),
@@ -115,8 +118,14 @@ def score(originals: list[np.ndarray], decoded: list[np.ndarray], lpips: LPIPSAl
 
 
 def select(paths: list[Path], models: list[str], images: list[Path], weights: Path, backbone: Path, cache: Path) -> list[dict]:
-    """One row per candidate (and the default decoder first): per model its figures, and the score."""
+    """One row per candidate (and the default decoder first): per model its figures, with a 90%
+    interval of its FID minus the default decoder's (bench.fid.fid_differences), and the score."""
     originals = [load_image(p) for p in images]
+    groups = [len(patches(im)) for im in originals]
+    features = lambda ims, cached=False: inception_features(  # noqa: E731
+        [p for im in ims for p in patches(im)], weights, cache_dir=cache if cached else None
+    )
+    reference = features(originals, cached=True)
     lpips = LPIPSAlex(backbone)
     rows = [{"candidate": "default decoder", "models": {}}] + [{"candidate": str(p), "models": {}} for p in paths]
     refiners = [Refiner.load(p) for p in paths]
@@ -125,15 +134,22 @@ def select(paths: list[Path], models: list[str], images: list[Path], weights: Pa
         mid = codec.model.model_id().hex()
         base, bpp = default_images(codec, originals, cache)
         t = time.time()
-        rows[0]["models"][name] = {"bpp": bpp, **score(originals, base, lpips, weights, cache)}
+        base_features = features(base, cached=True)
+        rows[0]["models"][name] = {"bpp": bpp, **score(originals, base, reference, base_features, lpips)}
         print(f"{name} ({bpp:.4f} bpp) default decoder: {_fmt(rows[0]['models'][name])} ({time.time() - t:.0f} s)", flush=True)
+        measured = []
         for row, refiner in zip(rows[1:], refiners):
             if mid not in refiner.serves:
                 continue
             t = time.time()
             refined = [tiling.refine_tiled(refiner, im, codec.tile_pixels, codec.transform_dtype) for im in base]
-            row["models"][name] = {"bpp": bpp, **score(originals, refined, lpips, weights, cache)}
+            f = features(refined)
+            row["models"][name] = {"bpp": bpp, **score(originals, refined, reference, f, lpips)}
+            measured.append((row, f))
             print(f"{name} {row['candidate']}: {_fmt(row['models'][name])} ({time.time() - t:.0f} s)", flush=True)
+        intervals = fid_differences(reference, base_features, [f for _, f in measured], groups) if measured else []
+        for (row, _), interval in zip(measured, intervals):
+            row["models"][name]["fid_delta_90"] = interval
     for row in rows:
         served = [n for n in models if n in row["models"]]
         row["serves_all"] = len(served) == len(models)
@@ -146,15 +162,25 @@ def _fmt(m: dict) -> str:
 
 
 def table(rows: list[dict], models: list[str]) -> str:
-    head = "| candidate | score | " + " | ".join(f"{n} FID / KID x 1000 / LPIPS / PSNR / block PSNR" for n in models) + " |"
+    head = (
+        "| candidate | score | "
+        + " | ".join(f"{n} FID [90% of FID - default's] / KID x 1000 / LPIPS / PSNR / block PSNR" for n in models)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (2 + len(models))]
     for r in rows:
         cells = [
-            "%.1f / %.1f / %.3f / %.2f / %.2f" % (m["fid"], m["kid"] * 1000, m["lpips"], m["psnr"], m["block_psnr"]) if m else "-"
+            "%.1f%s / %.1f / %.3f / %.2f / %.2f" % (m["fid"], _interval(m), m["kid"] * 1000, m["lpips"], m["psnr"], m["block_psnr"])
+            if m
+            else "-"
             for m in (r["models"].get(n) for n in models)
         ]
         lines.append(f"| {r['candidate']} | {r['score']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _interval(m: dict) -> str:
+    return " [%+.1f, %+.1f]" % tuple(m["fid_delta_90"]) if "fid_delta_90" in m else ""
 
 
 def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
@@ -187,6 +213,11 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
     print(f"picked {src.name} (score {best['score']:.3f}) -> {out}")
     if best["score"] >= 1:
         print("note: its FID is not better than the default decoder's on these photos")
+    for model, m in best["models"].items():
+        if "fid_delta_90" in m and m["fid_delta_90"][1] >= 0:
+            print(
+                f"note: on {model} its FID is not shown lower than the default decoder's (90% interval of the difference {_interval(m).strip()})"
+            )
     return out
 
 

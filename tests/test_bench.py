@@ -213,6 +213,30 @@ def test_bench_progressive_quick(tmp_path):
     assert "old" not in text and "--max-bytes N" in text and text.endswith("tail\n")
 
 
+def test_fast_fid_equals_torch_fidelitys_and_the_bootstrap_tells_decoders_apart():
+    """`frechet` (n x n) gives torch-fidelity's FID (d x d) with fewer samples than dimensions;
+    the paired bootstrap's interval holds 0 for a decoder against itself, lies above 0 for a
+    worse one and below for a better one."""
+    import torch
+
+    from bench.fid import fid_differences, fid_kid_of, frechet
+
+    rng = np.random.default_rng(0)
+    groups = [3, 5, 2, 4, 6, 3, 5, 4, 2, 6]  # patches per photo
+    n, d = sum(groups), 96
+    reference = torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32))
+    base = reference + torch.from_numpy(rng.normal(scale=0.8, size=(n, d)).astype(np.float32))
+    fid = fid_kid_of(reference, base)["fid"]
+    assert frechet(reference.numpy(), base.numpy()) == pytest.approx(fid, rel=1e-6)
+    assert frechet(base.numpy()[:30], reference.numpy()) == pytest.approx(frechet(reference.numpy(), base.numpy()[:30]), rel=1e-9)
+    worse = base + 0.5
+    better = reference + torch.from_numpy(rng.normal(scale=0.3, size=(n, d)).astype(np.float32))
+    same, up, down = fid_differences(reference, base, [base, worse, better], groups, draws=50)
+    assert same == (0.0, 0.0) and up[0] > 0 and down[1] < 0
+    with pytest.raises(ValueError, match="groups"):
+        fid_differences(reference, base, [base[:-1]], groups)
+
+
 def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that_serves_all(tmp_path):
     """The held-out photos are never the bench's FID images; --pick takes the lowest score among
     candidates serving every model measured, with its run's card and the snapshot's iteration."""
