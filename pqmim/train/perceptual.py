@@ -16,8 +16,7 @@ for every model served, computed once and kept in the run folder (or, `online`, 
 for every batch); one refiner learns them all.
 
 The loss, per crop (HiFiC, Mentzer et al. 2020, and MS-ILLM, Muckley et al. 2023):
-    k_mse * MSE + k_low * MSE of 8x8 block means + k_lpips * LPIPS(Alex)
-    [+ k_tex * texture statistics (`texture_loss`)] [+ k_adv * GAN loss]
+    k_mse * MSE + k_low * MSE of 8x8 block means + k_lpips * LPIPS(Alex) [+ k_adv * GAN loss]
 The block-mean term holds colour and shading to the original's, which the default decoder
 already matches well (without it LPIPS and the GAN shift them, which Inception sees). LPIPS (and the discriminator) see the images cut at a
 random offset below AlexNet's stride, so the refiner cannot win LPIPS with a fixed 4-pixel
@@ -81,7 +80,6 @@ class PerceptualPlan:
     k_lpips: float = 1.0
     k_adv: float = 0.0  # the GAN term: off, it cost FID and KID in every CPU trial (models/TRAINING.md)
     k_low: float = 4000.0  # MSE of LOW_POOL-averaged images: keeps colour and shading (FID)
-    k_tex: float = 0.0  # texture statistics: `texture_loss` (Gram matrices of AlexNet relu1-3)
     crops_per_photo: int = 2  # stored pairs cut per training photo and model
     online: bool = False  # fresh pairs every batch, through one model in turn, on the training device
     ema: float = 0.0  # > 0: validate, snapshot and export the weights' moving average of this decay
@@ -152,26 +150,6 @@ class AlexDiscriminator(nn.Module):
         return torch.cat([h(torch.cat([self.unit(a), self.unit(b)], 1)).flatten(1) for h, a, b in zip(self.heads, fi, fr)], 1)
 
 
-def gram(f: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) features -> (B, C, C): their second moments over the positions."""
-    f = f.flatten(2)
-    return f @ f.transpose(1, 2) / f.shape[-1]
-
-
-def texture_loss(fy: tuple, fx: tuple) -> torch.Tensor:
-    """How far the texture statistics of an output are from the original's (EnhanceNet's
-    texture loss, Sajjadi et al. 2017, after Gatys et al.): per AlexNet level relu1-3, the
-    squared distance of the crops' Gram matrices relative to the originals' size, so that each
-    level weighs alike whatever its scale. Blur lowers every feature's energy, which this sees
-    where LPIPS (unit-normalised features, position by position) barely does; and it asks for
-    the statistics of texture, not its exact place, which a decoder cannot know from the codes."""
-    total = 0.0
-    for a, b in zip(fy[: len(ALEX_CHANNELS)], fx[: len(ALEX_CHANNELS)]):
-        gb = gram(b)
-        total = total + (gram(a) - gb).square().sum() / gb.square().sum().clamp_min(1e-12)
-    return total
-
-
 def reconstruct(model: PQMIM, x: torch.Tensor) -> torch.Tensor:
     """The default decoder's 8-bit image of crops (B, 3, H, W) in [0, 1], as a float tensor on
     the model's device: what the refiner gets when a file is decoded (through the transforms'
@@ -223,8 +201,8 @@ class PerceptualStage(Stage):
         self.refiner, self.plan, self.out, self.models = refiner.to(device), plan, out, models
         self.train_dir, self.val_dir, self.seed, self.device, self.snapshots = train, val, seed, device, snapshots
         self.lpips = LPIPSAlex(lpips_backbone, str(device)).net.requires_grad_(False)
-        self.alex = lambda x: self.lpips.net(self.lpips.scaling_layer(x))  # [-1, 1] images -> relu1..relu5
-        self.disc = (Discriminator(plan.d_ch) if plan.d_kind == "patch" else AlexDiscriminator(self.alex, plan.d_ch)).to(device)
+        alex = lambda x: self.lpips.net(self.lpips.scaling_layer(x))  # noqa: E731
+        self.disc = (Discriminator(plan.d_ch) if plan.d_kind == "patch" else AlexDiscriminator(alex, plan.d_ch)).to(device)
         self.params = list(refiner.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=plan.lr)
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=plan.d_lr, betas=(0.5, 0.999))
@@ -316,12 +294,6 @@ class PerceptualStage(Stage):
         low = F.mse_loss(F.avg_pool2d(y, LOW_POOL), F.avg_pool2d(x, LOW_POOL))
         lp = self.lpips(cut(y) * 2 - 1, cut(x) * 2 - 1).mean()
         loss = p.k_mse * mse + p.k_low * low + p.k_lpips * lp
-        if p.k_tex > 0:
-            with torch.no_grad():
-                fx = self.alex(cut(x) * 2 - 1)
-            tex = texture_loss(self.alex(cut(y) * 2 - 1), fx)
-            loss = loss + p.k_tex * tex
-            figures["tex"] = tex.item()
         if gan:
             self.disc.requires_grad_(False)  # the refiner's GAN gradient goes through, not into, the discriminator
             g_adv = F.softplus(-self.disc(cut(y), cut(rec))).mean()
@@ -353,10 +325,7 @@ class PerceptualStage(Stage):
 def describe_loss(plan: dict, iterations: int) -> str:
     """The loss terms a refiner was trained with, for its card."""
     terms = (
-        ["MSE"]
-        + ["LPIPS"] * (plan.get("k_lpips", 1.0) > 0)
-        + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
-        + ["texture statistics of AlexNet features"] * (plan.get("k_tex", 0) > 0)
+        ["MSE"] + ["LPIPS"] * (plan.get("k_lpips", 1.0) > 0) + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
     )
     gan = "conditional GAN" + " on AlexNet features" * (plan.get("d_kind") == "alex")
     return " + ".join(terms + [gan] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
