@@ -237,9 +237,10 @@ def test_fast_fid_equals_torch_fidelitys_and_the_bootstrap_tells_decoders_apart(
         fid_differences(reference, base, [base[:-1]], groups)
 
 
-def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that_serves_all(tmp_path):
+def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that_serves_all(tmp_path, capsys):
     """The held-out photos are never the bench's FID images; --pick takes the lowest score among
-    candidates serving every model measured, with its run's card and the snapshot's iteration."""
+    candidates serving every model measured, with its run's card and the snapshot's iteration,
+    and says so when the bootstrap interval does not show its FID lower than the default's."""
     from PIL import Image
 
     from bench.fid import spread
@@ -266,7 +267,9 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
         {"candidate": str(run / "job.it000200.safetensors"), "models": fid(95.0), "serves_all": True, "score": 0.95},
         {"candidate": str(run / "other.safetensors"), "models": fid(50.0), "serves_all": False, "score": 0.5},  # serves too few
     ]
+    rows[1]["models"]["pqmim-q1"]["fid_delta_90"] = (-14.0, 1.5)  # lower, but not surely: said so
     out = pick(rows, tmp_path / "dest", "pqmim-perceptual", {"models": ["pqmim-q1"]})
+    assert "not shown lower than the default decoder's (90% interval of the difference [-14.0, +1.5])" in capsys.readouterr().out
     card = json.loads(out.with_suffix(".json").read_text())
     assert out.read_bytes() == (run / "job.it000100.safetensors").read_bytes()
     assert card["selection"]["chosen"] == "job.it000100.safetensors" and card["plan"] == plan
