@@ -63,15 +63,16 @@ def fit(z, r, steps=2500, seed=0):
             print(f"  it {i} train {loss.item():.3f} val nll {v:.3f} (sigma only {vs:.3f}, homoscedastic {base:.3f}) mse {mse0:.3f}->{mse1:.3f}", flush=True)
     return h.eval()
 
-def run(base, h, s, use_mu, seed=1234):
+def run(base, h, s, kind, cstd, seed=1234):
     out = []
     for i, im in enumerate(base):
         x = to_tensor(im); H, W = im.shape[:2]
         x = torch.nn.functional.pad(x, (0, -(-W // 8) * 8 - W, 0, -(-H // 8) * 8 - H), mode="replicate")
         with torch.no_grad():
             z = enc(x); mu, ls = h(z)
+            if kind == "c": ls = cstd.log().view(1, -1, 1, 1).expand_as(z)
             n = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed + i))
-            y = x + dec(z + (mu if use_mu else 0) + s * ls.exp() * n) - dec(z)
+            y = dec(z) if kind == "r" else x + dec(z + (mu if kind == "m" else 0) + s * ls.exp() * n) - dec(z)
         out.append(to_uint8(y[0, :, :H, :W]))
     return out
 
@@ -91,7 +92,7 @@ for name in models:
     res, fs = [], []
     for c in cands:
         t = time.time()
-        out = run(base, h, float(c[1:]), c[0] == "m")
+        out = run(base, h, float(c[1:]), c[0], r.std((0, 2, 3)))
         f = feats(out); sc = score(originals, out, reference, f, lpips); res.append((c, sc)); fs.append(f)
         print(name, c, _fmt(sc), f"({time.time()-t:.0f}s)", flush=True)
         from PIL import Image; Image.fromarray(out[0]).save(f"runs/probe/h-{name}-{c}-0.png")
