@@ -1,6 +1,7 @@
 """Probe 2: heteroscedastic latent noise. A small net on enc(base) predicts mu, log sigma of
-r = enc(orig) - enc(base) (Gaussian NLL), fitted on training crops per model. Candidates (det mode:
-base + dec(z') - dec(enc(base))): z' = z + s*sigma*n ; z' = z + mu + s*sigma*n."""
+r = enc(orig) - enc(base) (Gaussian NLL), fitted on training crops per model. Output: base + dec(z') - dec(enc(base)).
+Candidates: "sS" z' = z + S*sigma*n; "mS" z' = z + mu + S*sigma*n; "cS" z' = z + S*(per-channel std of r)*n;
+"r0" the round trip dec(enc(base)) alone. Writes its data, heads and sample pictures to runs/probe/."""
 import sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -21,6 +22,7 @@ cands = sys.argv[2].split(",")  # e.g. s0.5,s1.0,m1.0,m0
 enc, dec = load_taef2(SHARED / "weights"); enc.eval(); dec.eval()
 for p in list(enc.parameters()) + list(dec.parameters()): p.requires_grad_(False)
 cache = Path("bench/results/cache/perceptual-select")
+Path("runs/probe").mkdir(parents=True, exist_ok=True)
 
 def data(codec, n=360, seed=0):
     path = Path(f"runs/probe/r-{codec.model.model_id().hex()[:12]}.pt")
