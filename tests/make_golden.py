@@ -10,6 +10,14 @@ to catch.
 
     OMP_NUM_THREADS=1 python tests/make_golden.py
 
+A CPU class with native bfloat16 that the manifest has no bfloat16 hashes for (test_golden.py
+skips those cases there, saying so) gets them, the files and float32 hashes untouched, with
+
+    OMP_NUM_THREADS=1 python tests/make_golden.py --bfloat16
+
+which first checks that every file still decodes, and its crop still encodes, to the recorded
+float32 hashes (so it cannot paper over a break), and records a class's hashes only once.
+
 Manifest (tests/golden/manifest.json):
 
     {
@@ -29,17 +37,21 @@ Manifest (tests/golden/manifest.json):
           "prefixes": [                       # progressive files only: decompress(file[:n], partial=True)
             {"bytes": n, "pixels_sha256": "..."}
           ],
-          "bfloat16": {                       # the same with transforms="bfloat16" (CPUs with native bfloat16):
-            "encoded_sha256": "...",          #   of compress(crop) (its analysis may pick other codes)
-            "pixels_sha256": "...",           #   of decompress(file)
-            "prefixes": [...]
+          "bfloat16": {                       # the same with transforms="bfloat16", per bfloat16 ISA
+            "avx512_bf16": {                  #   (banded.bfloat16_isa(): "amx_bf16" or "avx512_bf16"):
+              "encoded_sha256": "...",        #   of compress(crop) (its analysis may pick other codes)
+              "pixels_sha256": "...",         #   of decompress(file)
+              "prefixes": [...]
+            }, ...
           }
         }, ...
       ]
     }
 
 The files and the top-level hashes are those of transforms="float32", the transforms every
-release before 0.5.0 ran.
+release before 0.5.0 ran: the same on every x86-64 machine the project has run on so far. The
+bfloat16 ones are per ISA because AMX and AVX512-BF16 kernels round differently (a pixel one
+level apart; the analysis may pick another code).
 """
 
 from __future__ import annotations
@@ -103,44 +115,90 @@ def entries(crop=CROP):
     return out
 
 
-def main() -> int:
-    from pqmim.codec import Codec
+def bfloat16_record(low, rgb: np.ndarray, data: bytes, options: dict, prefixes: list[dict]) -> dict:
+    """One file's bfloat16 hashes on this machine: its crop's encoding, its pixels, its prefixes'."""
+    out = {"encoded_sha256": sha256(low.compress(rgb, **options)), "pixels_sha256": pixels_sha256(low.decompress(data))}
+    if prefixes:
+        out["prefixes"] = [
+            {"bytes": p["bytes"], "pixels_sha256": pixels_sha256(low.decompress(data[: p["bytes"]], partial=True))} for p in prefixes
+        ]
+    return out
 
+
+def main(argv: list[str]) -> int:
+    from pqmim.codec import Codec
+    from pqmim.models import banded
+
+    only_bfloat16 = argv == ["--bfloat16"]
+    if argv and not only_bfloat16:
+        print("usage: python tests/make_golden.py [--bfloat16]", file=sys.stderr)
+        return 2
+    isa = banded.bfloat16_isa()
+    if only_bfloat16 and isa is None:
+        print("this CPU has no native bfloat16: nothing to record", file=sys.stderr)
+        return 1
+    path = GOLDEN / "manifest.json"
+    old = {e["file"]: e for e in json.loads(path.read_text())["files"]} if path.is_file() else {}
     GOLDEN.mkdir(exist_ok=True)
     rgb = photo_crop(*CROP)
     codecs: dict[tuple[str, str], Codec] = {}
     files = []
     for fname, model, options, prefixes in entries():
         codec = codecs.setdefault((model, "float32"), Codec.from_pretrained(model, transforms="float32"))
-        low = codecs.setdefault((model, "bfloat16"), Codec.from_pretrained(model, transforms="bfloat16"))
-        data = codec.compress(rgb, **options)
-        (GOLDEN / fname).write_bytes(data)
-        entry = {
-            "file": fname,
-            "model": model,
-            "model_id": codec.model_id.hex(),
-            "crop": list(CROP),
-            "crop_sha256": sha256(rgb.tobytes()),
-            "options": options,
-            "bytes": len(data),
-            "file_sha256": sha256(data),
-            "pixels_sha256": pixels_sha256(codec.decompress(data)),
-            "codes_sha256": codes_sha256(codec.read_codes(data)[1]),
-        }
-        entry["bfloat16"] = {"encoded_sha256": sha256(low.compress(rgb, **options)), "pixels_sha256": pixels_sha256(low.decompress(data))}
-        if prefixes == "half":  # a cut inside the payload: the steps it holds, the rest filled in
-            n = len(data) // 2
-            for c, where in ((codec, entry), (low, entry["bfloat16"])):
-                where["prefixes"] = [{"bytes": n, "pixels_sha256": pixels_sha256(c.decompress(data[:n], partial=True))}]
+        if only_bfloat16:
+            entry, data = old.get(fname), (GOLDEN / fname).read_bytes() if (GOLDEN / fname).is_file() else b""
+            if entry is None or sha256(data) != entry["file_sha256"] or codec.compress(rgb, **options) != data:
+                print(f"{fname}: missing, or float32 no longer encodes the crop to it: refusing", file=sys.stderr)
+                return 1
+            if pixels_sha256(codec.decompress(data)) != entry["pixels_sha256"]:
+                print(f"{fname}: float32 pixels changed: refusing", file=sys.stderr)
+                return 1
+            if isa in entry.get("bfloat16", {}):
+                print(f"{fname}: {isa} hashes already recorded: refusing to overwrite", file=sys.stderr)
+                return 1
+        else:
+            data = codec.compress(rgb, **options)
+            (GOLDEN / fname).write_bytes(data)
+            entry = {
+                "file": fname,
+                "model": model,
+                "model_id": codec.model_id.hex(),
+                "crop": list(CROP),
+                "crop_sha256": sha256(rgb.tobytes()),
+                "options": options,
+                "bytes": len(data),
+                "file_sha256": sha256(data),
+                "pixels_sha256": pixels_sha256(codec.decompress(data)),
+                "codes_sha256": codes_sha256(codec.read_codes(data)[1]),
+            }
+            if prefixes == "half":  # a cut inside the payload: the steps it holds, the rest filled in
+                n = len(data) // 2
+                entry["prefixes"] = [{"bytes": n, "pixels_sha256": pixels_sha256(codec.decompress(data[:n], partial=True))}]
+            # other ISAs' bfloat16 hashes stay valid only for a file and model that did not change
+            same = old.get(fname, {})
+            kept = (
+                same.get("bfloat16", {})
+                if (same.get("file_sha256"), same.get("model_id")) == (entry["file_sha256"], entry["model_id"])
+                else {}
+            )
+            entry["bfloat16"] = {k: v for k, v in kept.items() if k != isa}
+            if same.get("bfloat16") and not kept:
+                print(f"{fname}: changed, other ISAs' bfloat16 hashes dropped (record them there with --bfloat16)", file=sys.stderr)
+        if isa is not None:
+            low = codecs.setdefault((model, "bfloat16"), Codec.from_pretrained(model, transforms="bfloat16"))
+            entry.setdefault("bfloat16", {})[isa] = bfloat16_record(low, rgb, data, options, entry.get("prefixes", []))
         files.append(entry)
         print(f"{fname}: {len(data)} bytes", file=sys.stderr)
     manifest = {"source": SOURCE, "files": files}
-    (GOLDEN / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    for old in set(GOLDEN.glob("*.pqm")) - {GOLDEN / f["file"] for f in files}:
-        old.unlink()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(path)
+    if not only_bfloat16:
+        for stale in set(GOLDEN.glob("*.pqm")) - {GOLDEN / f["file"] for f in files}:
+            stale.unlink()
     return 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

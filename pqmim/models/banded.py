@@ -42,12 +42,23 @@ BAND_ROWS = 16  # rows of a layer's output per band: part of what fixes the deco
 Post = Callable[[torch.Tensor, int, int], torch.Tensor]  # (band output, y0, y1) -> band output
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 dot products (AVX512-BF16 or AMX-BF16). Elsewhere oneDNN
-    emulates them, slower than float32, so `lowered` transforms are for these CPUs only."""
+def bfloat16_isa() -> str | None:
+    """The bfloat16 instructions this CPU's convolutions run on: "amx_bf16" (AMX tiles, which
+    oneDNN prefers where present), "avx512_bf16", or None where neither exists (oneDNN then
+    emulates bfloat16, slower than float32). Lowered transforms on two ISAs may round a pixel
+    differently, so this names the class a bfloat16 pixel hash belongs to."""
     get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.3 on x86
     caps = get() if get is not None else {}
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    for isa in ("amx_bf16", "avx512_bf16"):
+        if caps.get(isa):
+            return isa
+    return None
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 dot products (AVX512-BF16 or AMX-BF16): `lowered`
+    transforms are for these CPUs only."""
+    return bfloat16_isa() is not None
 
 
 def lowered(net: nn.Sequential, dtype: torch.dtype) -> nn.Sequential:
