@@ -4,7 +4,8 @@
     python -m bench perceptual-select runs/round-X/export --models pqmim-q3 --images 12   # a quick first pass
     python -m bench perceptual-select CANDIDATES... --pick runs/round-X/export            # and write the winner
 
-Candidates are refiner files (pqmim/models/perceptual.py) or folders of them: a GPU round's
+Candidates are perceptual decoder files (a refiner, pqmim/models/perceptual.py, or a latent-texture
+decoder, pqmim/models/texture.py) or folders of them: a GPU round's
 export folder holds each perceptual job's snapshots (`NAME.itNNNNNN.safetensors`) and its end.
 LPIPS and PSNR, which training sees, do not rank refiners by FID (models/TRAINING.md: FID got
 worse as LPIPS improved), so each candidate is scored the way the bench scores codecs, on
@@ -46,7 +47,7 @@ from pqmim.evaluate import LPIPSAlex, block_psnr, psnr_uint8
 from pqmim.fileio import atomic_write_json
 from pqmim.image import load_image
 from pqmim.models import ModelFileError
-from pqmim.models.perceptual import Refiner
+from pqmim.models.perceptual import load_decoder, served_ids
 from pqmim.train.perceptual import LOW_POOL, describe_loss
 
 from .fid import fid_differences, fid_kid_of, inception_features, patches, spread
@@ -63,11 +64,11 @@ def held_out(val: Path, n: int) -> list[Path]:
 
 
 def candidates(paths: list[str]) -> list[Path]:
-    """Refiner files, folders expanded to the refiner files in them (sorted)."""
+    """Perceptual decoder files, folders expanded to the ones in them (sorted)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.glob("*.safetensors") if _is_refiner(f))
+            found = sorted(f for f in p.glob("*.safetensors") if _is_perceptual(f))
             if not found:
                 raise SystemExit(f"{p}: no perceptual decoder in it")
             out += found
@@ -78,11 +79,10 @@ def candidates(paths: list[str]) -> list[Path]:
     return out
 
 
-def _is_refiner(path: Path) -> bool:
+def _is_perceptual(path: Path) -> bool:
     try:
-        Refiner.load(path)
-        return True
-    except ModelFileError:  # another kind of model file
+        return served_ids(path) is not None
+    except ModelFileError:  # unreadable
         return False
 
 
@@ -128,7 +128,7 @@ def select(paths: list[Path], models: list[str], images: list[Path], weights: Pa
     reference = features(originals, cached=True)
     lpips = LPIPSAlex(backbone)
     rows = [{"candidate": "default decoder", "models": {}}] + [{"candidate": str(p), "models": {}} for p in paths]
-    refiners = [Refiner.load(p) for p in paths]
+    serves = [served_ids(p) or [] for p in paths]
     for name in models:
         codec = Codec.from_pretrained(name)
         mid = codec.model.model_id().hex()
@@ -138,10 +138,11 @@ def select(paths: list[Path], models: list[str], images: list[Path], weights: Pa
         rows[0]["models"][name] = {"bpp": bpp, **score(originals, base, reference, base_features, lpips)}
         print(f"{name} ({bpp:.4f} bpp) default decoder: {_fmt(rows[0]['models'][name])} ({time.time() - t:.0f} s)", flush=True)
         measured = []
-        for row, refiner in zip(rows[1:], refiners):
-            if mid not in refiner.serves:
+        for row, path, ids in zip(rows[1:], paths, serves):
+            if mid not in ids:
                 continue
             t = time.time()
+            refiner = load_decoder(path, mid)
             refined = [tiling.refine_tiled(refiner, im, codec.tile_pixels, codec.transform_dtype) for im in base]
             f = features(refined)
             row["models"][name] = {"bpp": bpp, **score(originals, refined, reference, f, lpips)}
@@ -194,7 +195,7 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
     run_card = src.with_name(f"{SNAPSHOT.sub('', stem)}.json")
     card = json.loads(run_card.read_text()) if run_card.exists() else {"kind": zoo.PERCEPTUAL}
     names = {c.get("model_id"): c["name"] for c in zoo.list_models()}
-    card["serves"] = [{"name": names.get(i, "?"), "model_id": i} for i in Refiner.load(src).serves]
+    card["serves"] = [{"name": names.get(i, "?"), "model_id": i} for i in served_ids(src) or []]
     if snapshot:  # the run's card describes its end: this is an earlier iteration of it
         iterations = int(snapshot.group(1))
         card["training"] = {**card.get("training", {}), "iterations_done": iterations, "wall_s": None, "seen": None, "per_s": None}

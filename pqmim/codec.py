@@ -21,7 +21,8 @@ from .entropy.replay import Decoded, Progress
 from .extras import Extras
 from .image import ImageLike, Picture, picture_to_pil, read_picture, to_tensor
 from .models import PQMIM, banded
-from .models.perceptual import Refiner
+from .models.perceptual import Refiner, load_decoder
+from .models.texture import LatentTexture
 
 
 class Codec:
@@ -41,7 +42,7 @@ class Codec:
         self.cfg = model.cfg
         self.coder = MIMCoder(model, self.device)
         self.tile_pixels = tiling.TILE_PIXELS  # larger images are transformed tile by tile
-        self.perceptual: Refiner | None = None  # loaded by perceptual_decoder() on first use
+        self.perceptual: Refiner | LatentTexture | None = None  # loaded by perceptual_decoder() on first use
         # how new files' entropy model computes: "integer" (bitstream versions 4 and 5: the same
         # tables on every machine by construction), or "float64" (versions 2 and 3, which pqmim
         # before 0.7.0 reads). Decoding follows each file's version. Integer for block-causal
@@ -219,12 +220,13 @@ class Codec:
             rgb = tiling.refine_tiled(self.perceptual_decoder(), rgb, self.tile_pixels, self.transform_dtype)
         return picture_to_pil(Picture(rgb, extras.alpha, extras.icc, extras.exif))
 
-    def perceptual_decoder(self) -> Refiner:
-        """The shipped perceptual decoder for this model (pqmim/models/perceptual.py), loaded on
-        first use; FileNotFoundError naming the models that have one. Set the attribute
-        `perceptual` to a `Refiner` to use another (it must list this model's id)."""
+    def perceptual_decoder(self) -> Refiner | LatentTexture:
+        """The shipped perceptual decoder for this model (a `Refiner`, pqmim/models/perceptual.py,
+        or a `LatentTexture`, pqmim/models/texture.py), loaded on first use; FileNotFoundError
+        naming the models that have one. Set the attribute `perceptual` to another to use it (it
+        must list this model's id)."""
         if self.perceptual is None:
-            self.perceptual = Refiner.load(zoo.perceptual_path(self.model_id)).to(self.device)
+            self.perceptual = load_decoder(zoo.perceptual_path(self.model_id), self.model_id.hex()).to(self.device)
         if self.model_id.hex() not in self.perceptual.serves:
             raise ValueError(f"this perceptual decoder was not trained for {self.name or 'this model'} (id {self.model_id.hex()})")
         return self.perceptual

@@ -80,16 +80,18 @@ def decode_tiled(model, z: torch.Tensor, tile: int, width: int, height: int, dty
 
 @torch.no_grad()
 def refine_tiled(refiner, rgb: np.ndarray, tile: int, dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """The perceptual decoder's HxWx3 uint8 image of the default decoder's (pqmim/models/
-    perceptual.py): edge-padded to multiples of the refiner's stride, tiles of `tile` pixels
-    with a halo wider than its reach (both multiples of the stride, so every tile sees the
-    stride grid the whole image has)."""
+    """The perceptual decoder's HxWx3 uint8 image of the default decoder's (a `Refiner`,
+    pqmim/models/perceptual.py, or a `LatentTexture`, pqmim/models/texture.py): edge-padded to
+    multiples of the decoder's stride `f`, tiles of `tile` pixels with a halo of `halo` pixels
+    (both multiples of the stride, so every tile sees the stride grid the whole image has). A
+    Refiner's halo is wider than its reach; a LatentTexture's GroupNorm reaches the whole tile,
+    so an image larger than one tile gets slightly other pixels than it would in one piece."""
     f = refiner.f
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -height % f), (0, -width % f), (0, 0)), mode="edge")
     h, w = padded.shape[:2]
     tile = max(f, tile - tile % f)
-    halo = f * math.ceil(context_radius(refiner.net) / f)
+    halo = refiner.halo
     out = np.empty_like(rgb)
     for y0, y1 in spans(h, tile):
         for x0, x1 in spans(w, tile):

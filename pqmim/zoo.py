@@ -82,8 +82,10 @@ def list_models() -> list[dict]:
 
 
 def perceptual_decoders() -> list[dict]:
-    """Cards of the perceptual decoders found (pqmim/models/perceptual.py): `serves` lists the
-    models, by name and id, each refines the output of."""
+    """Cards of the perceptual decoders found (a refiner, pqmim/models/perceptual.py, or a latent
+    texture decoder, pqmim/models/texture.py): a card's `serves` lists the models, by name and
+    id, that `--perceptual` decodes with it (each shipped model with at most one; its file may
+    have been trained for more: `perceptual.served_ids`)."""
     return [c for c in _cards() if c.get("kind") == PERCEPTUAL]
 
 

@@ -80,7 +80,7 @@ def test_both_decoders_on_the_same_file(tiny_ladder, tmp_path):
     (folder / "pqmim-perceptual.json").write_text(
         '{"kind": "perceptual decoder", "serves": [{"name": "pqmim-q1", "model_id": "%s"}]}' % ids["pqmim-q1"]
     )
-    assert [c["name"] for c in zoo.perceptual_decoders()] == ["pqmim-perceptual"]
+    assert [c["name"] for c in zoo.perceptual_decoders() if c["path"].parent == folder] == ["pqmim-perceptual"]
     assert "pqmim-perceptual" not in [c["name"] for c in zoo.list_models()]  # not a codec: not in the ladder
     codec = Codec.from_pretrained("pqmim-q1")
     rgb = photo_crop(0, 0, 128, 96)
@@ -239,9 +239,10 @@ def test_shipped_perceptual_decoder_on_a_real_photo():
 
 @pytest.mark.skipif(not SHIPPED, reason="no perceptual decoder in models/")
 def test_shipped_perceptual_decoder_keeps_colour_and_shading():
-    """Texture is what the perceptual decoder may add; the 8x8 block means (colour, shading) are
-    the default decoder's to within 0.3 dB of their PSNR, at every rung it serves (on this crop
-    the refiner shipped before the block-mean term lost 0.45, 0.9 and 1.8 dB at q1, q2, q3)."""
+    """Texture is what the refiner may add; the 8x8 block means (colour, shading) are the default
+    decoder's to within 0.3 dB of their PSNR, at every rung it decodes (on this crop the refiner
+    shipped before the block-mean term lost 0.45, 0.9 and 1.8 dB at q1, q2, q3). The latent
+    texture decoder moves them more, by design: tests/test_texture.py."""
     from PIL import Image
 
     from pqmim.evaluate import block_psnr
@@ -249,8 +250,13 @@ def test_shipped_perceptual_decoder_keeps_colour_and_shading():
 
     with Image.open(PHOTO) as im:
         rgb = np.asarray(im.convert("RGB"))[:256, :384]
+    checked = 0
     for name in ("pqmim-q1", "pqmim-q2", "pqmim-q3"):
         codec = Codec.from_pretrained(name)
+        if not isinstance(codec.perceptual_decoder(), Refiner):
+            continue
+        checked += 1
         data = codec.compress(rgb)
         plain, sharp = (np.asarray(codec.decompress(data, perceptual=p)) for p in (False, True))
         assert block_psnr(rgb, sharp, LOW_POOL) > block_psnr(rgb, plain, LOW_POOL) - 0.3, name
+    assert checked

@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 
 from ..threads import fixed_pieces
+from ..tiling import context_radius
 from . import banded
 from .autoencoder import ResBlock, Upsample, init_weights
-from .weights import ModelFileError, check_state, read_tensors, save_tensors
+from .weights import ModelFileError, check_state, file_metadata, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-perceptual-1"
 
@@ -86,6 +88,11 @@ class Refiner(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x - 0.5)
 
+    @property
+    def halo(self) -> int:
+        """Pixels of context around a tile (tiling.refine_tiled): its reach, rounded up to a multiple of f."""
+        return self.f * math.ceil(context_radius(self.net) / self.f)
+
     @torch.no_grad()
     def refine(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """`forward` for decoding, clamped to [0, 1]: on the CPU image by image in fixed row
@@ -119,3 +126,27 @@ class Refiner(nn.Module):
         refiner.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
         refiner.serves = ids
         return refiner.eval()
+
+
+def load_decoder(path: str | Path, model_id: str) -> "Refiner | LatentTexture":
+    """The perceptual decoder in `path` for the model with id `model_id` (hex): a `Refiner`, or
+    a `LatentTexture` (pqmim/models/texture.py), told apart by the file's format tag."""
+    from .texture import FORMAT_TAG as TEXTURE_TAG, LatentTexture
+
+    if file_metadata(path).get("format") == TEXTURE_TAG:
+        return LatentTexture.load(path, model_id)
+    return Refiner.load(path)
+
+
+def served_ids(path: str | Path) -> list[str] | None:
+    """The model ids a perceptual decoder file (either kind) was trained for; None for a file
+    of another kind. Reads the metadata only."""
+    from .texture import FORMAT_TAG as TEXTURE_TAG
+
+    meta = file_metadata(path)
+    if meta.get("format") not in (FORMAT_TAG, TEXTURE_TAG):
+        return None
+    try:
+        return [s["model_id"] for s in json.loads(meta["serves"])]
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{path}: bad perceptual decoder metadata: {e}") from None

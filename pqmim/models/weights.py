@@ -81,6 +81,17 @@ def _dequantized(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """A model file's metadata (format tag, config, ...) without its tensors; ModelFileError if unreadable."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise ModelFileError(f"cannot read model file {path}: {e}") from None
+
+
 def read_tensors(path: str | Path, format_tag: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a model file whose metadata says `format_tag`, int8 tensors already
     dequantised to float32; ModelFileError otherwise."""

@@ -1,0 +1,165 @@
+"""The latent-texture perceptual decoder: texture drawn in a pretrained autoencoder's latent space.
+
+At the lowest rates the default decoder's image is smooth where the original had grain, foliage
+or fabric: the codes say little about texture, and an MSE decoder averages over what they leave
+open. `LatentTexture` puts texture back where a learned model expects it. It maps the default
+decoder's image `x` into taef2's latent space (pqmim/models/taef2.py: 32 channels at 1/8
+resolution, trained on far more photos than ours), where a small head predicts, position by
+position, the mean `mu` and spread `sigma` of what the coding lost there,
+r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and adds a draw:
+
+    z = enc(x);  z' = z + mu + strength * sigma * n,  n ~ N(0, 1) from a fixed seed
+    out = x + dec(z') - dec(z)
+
+Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
+would lose (it is not lossless either): where the head predicts nothing, out = x.
+
+Invariants:
+- Same files: its input is the default decoder's 8-bit image, a function of the codes, so every
+  file decodes either way and the default path is untouched.
+- Deterministic: the noise comes from a generator seeded by the tile's own pixels, and each tile
+  of fixed size (pqmim/tiling.py `refine_tiled`) is computed by one single-threaded call (taef2's
+  GroupNorm spans its input, so it cannot run in row bands): a file gives the same perceptual
+  pixels with any thread count or batch, on one machine.
+- One file serves several models: taef2 is shared, one head per model, keyed by the model id
+  it was fitted on; loading picks the head of one model and refuses a model it has none for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..threads import fixed_pieces
+from .taef2 import taef2_decoder, taef2_encoder
+from .weights import ModelFileError, check_state, read_tensors, save_tensors
+
+FORMAT_TAG = "pqmim-texture-1"
+LATENT = 32  # taef2's latent channels
+
+
+@dataclass(frozen=True)
+class TextureConfig:
+    channels: int = 64  # the head's hidden channels
+    strength: float = 0.6  # of the predicted spread: the FID-best of 0.6 and 1.0 at q1 (models/TRAINING.md)
+    flatten: int = 0  # radius in pixels: remove the change's local mean (a box blur, twice), 0 = keep it
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
+            raise ValueError("invalid texture config: channels must be an integer from 1 to 1024")
+        if not (isinstance(self.strength, (int, float)) and 0 <= self.strength <= 4):
+            raise ValueError("invalid texture config: strength must be a number from 0 to 4")
+        if not (isinstance(self.flatten, int) and not isinstance(self.flatten, bool) and 0 <= self.flatten <= 64):
+            raise ValueError("invalid texture config: flatten must be an integer from 0 to 64")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextureConfig":
+        unknown = set(d) - set(asdict(cls()))
+        if unknown:
+            raise ValueError(f"unknown texture config field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+class TextureHead(nn.Module):
+    """(B, 32, h, w) taef2 latents -> mean and log spread, each (B, 32, h, w), of what the coding
+    lost there. Four 3x3 convolutions: it sees 9x9 latent positions (72x72 pixels)."""
+
+    def __init__(self, channels: int = 64) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(LATENT, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 2 * LATENT, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(z)
+        return out[:, :LATENT], out[:, LATENT:].clamp(-6, 3)  # log sigma kept where exp is tame
+
+
+class LatentTexture(nn.Module):
+    """(B, 3, H, W) images in [0, 1], H and W multiples of `f` -> the same with texture added."""
+
+    f = 8  # taef2's downsampling: input sides must be multiples of this
+    halo = 32  # pixels of context around each tile (4 latent positions; the head's reach and more)
+
+    def __init__(self, cfg: TextureConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.decoder = taef2_encoder(), taef2_decoder()
+        self.head = TextureHead(cfg.channels)
+        self.serves: list[str] = []  # ids of the models its file has a head for
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)  # (B, 32, H/8, W/8)
+        mu, log_sigma = self.head(z)
+        change = self.decoder(z + mu + self.cfg.strength * log_sigma.exp() * noise) - self.decoder(z)
+        if self.cfg.flatten:  # texture only: colour and shading stay the default decoder's
+            r = self.cfg.flatten
+            mean = change
+            for _ in range(2):
+                mean = F.avg_pool2d(mean, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+            change = change - mean
+        return x + change
+
+    @torch.no_grad()
+    def refine(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`forward` for decoding, clamped to [0, 1], image by image, with noise seeded by each
+        image's own pixels; on the CPU each image is one single-threaded call (the same pixels
+        with any thread count or batch). Runs in float32 whatever `dtype` the transforms use."""
+        del dtype  # taef2 was trained in float32 and runs in it
+        _, _, h, w = x.shape
+        gens = [torch.Generator().manual_seed(seed_of(image)) for image in x]
+        noise = [torch.randn((1, LATENT, h // self.f, w // self.f), generator=g).to(x.device) for g in gens]
+        if x.device.type != "cpu":
+            return torch.cat([self(image[None], n) for image, n in zip(x, noise)]).clamp(0, 1)
+        with fixed_pieces() as pool:
+            jobs = [pool.submit(self, image[None], n) for image, n in zip(x, noise)]
+            return torch.cat([j.result() for j in jobs]).clamp(0, 1)
+
+    # -- weights
+    def save(self, path: str | Path, heads: dict[str, dict[str, torch.Tensor]], serves: list[dict], storage: str = "int8") -> None:
+        """Write taef2 (as `self` holds it) and one head state per model id: `heads` {id: state},
+        `serves` [{name, model_id}] naming them."""
+        if sorted(heads) != sorted(s["model_id"] for s in serves):
+            raise ValueError("every model served needs exactly one head")
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
+        state.update({f"heads.{mid}.{k}": v for mid, h in heads.items() for k, v in h.items()})
+        meta = {"format": FORMAT_TAG, "config": json.dumps(asdict(self.cfg)), "serves": json.dumps(serves)}
+        save_tensors(path, state, meta, storage)
+
+    @classmethod
+    def load(cls, path: str | Path, model_id: str) -> "LatentTexture":
+        """taef2 and the head fitted for `model_id` (hex); ModelFileError for a bad file, ValueError
+        when it has no head for that model."""
+        meta, tensors = read_tensors(path, FORMAT_TAG, "pqmim texture decoder")
+        try:
+            cfg = TextureConfig.from_dict(json.loads(meta["config"]))
+            ids = [s["model_id"] for s in json.loads(meta["serves"])]
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelFileError(f"{path}: bad texture decoder metadata: {e}") from None
+        if model_id not in ids:
+            raise ValueError(f"{path}: no texture head for model id {model_id} (it has heads for: {', '.join(ids) or 'none'})")
+        with torch.device("meta"):
+            expected = cls(cfg).state_dict()
+        shared = {k: v for k, v in expected.items() if not k.startswith("head.")}
+        heads = {f"heads.{mid}.{k[len('head.') :]}": v for mid in ids for k, v in expected.items() if k.startswith("head.")}
+        check_state(path, tensors, {**shared, **heads})
+        texture = cls(cfg)
+        mine = {"head." + k[len(f"heads.{model_id}.") :]: v for k, v in tensors.items() if k.startswith(f"heads.{model_id}.")}
+        state = {**{k: tensors[k] for k in shared}, **mine}
+        texture.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        texture.serves = ids
+        return texture.eval()
+
+
+def seed_of(image: torch.Tensor) -> int:
+    """A generator seed fixed by an image's 8-bit pixels (the noise is part of the decoded image)."""
+    levels = torch.round(image.detach().float().cpu() * 255).to(torch.uint8).numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(levels).digest()[:8], "little")

@@ -1,0 +1,164 @@
+"""Fit the latent-texture perceptual decoder's heads (pqmim/models/texture.py) and ship it.
+
+    python -m pqmim.train.texture --models pqmim-q1 --train ../shared/data/train --out runs/texture --export models
+
+For each model: random 256x256 crops of the training photos go through the shipped model (its
+encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
+to) and through taef2's frozen encoder, giving z = enc(reconstruction) and the residual
+r = enc(original) - z. A `TextureHead` on z learns the mean mu and log spread of r by the
+Gaussian negative log-likelihood, log sigma + (r - mu)^2 / (2 sigma^2) (a heteroscedastic
+regression: where the codes pin the texture down it predicts a small sigma, where they leave it
+open a large one). Crops are taken once, seeded, and kept in the run folder; an eighth are held
+out, and the log gives their NLL beside that of a fixed per-channel sigma, the baseline the
+head must beat.
+
+What ships is one file: taef2 (published in float16; int8 per output channel by default, to fit
+the models/ budget) and one head per model, with its card.
+Whether it helps is measured on held-out photos by FID (`python -m bench perceptual-select`
+scoring; models/TRAINING.md), not by the NLL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import zoo
+from ..checkout import SHARED, TRAIN
+from ..data import describe_source, list_images, load_rgb
+from ..fileio import atomic_write_json
+from ..image import to_tensor
+from ..models import PQMIM
+from ..models.texture import LatentTexture, TextureConfig, TextureHead
+from ..models.weights import STORAGES
+from .perceptual import reconstruct
+from .taef2 import load_taef2
+
+CROP = 256
+
+
+def residuals(model: PQMIM, enc: torch.nn.Module, photos: list[Path], n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, r), each (N, 32, CROP/8, CROP/8): taef2 latents of the model's reconstructions of N
+    random crops (one per photo drawn, photos smaller than CROP skipped) and what they miss."""
+    rng = np.random.default_rng(seed)
+    zs, rs = [], []
+    for i in rng.choice(len(photos), min(n, len(photos)), replace=False):
+        rgb = load_rgb(photos[i])
+        if min(rgb.shape[:2]) < CROP:
+            continue
+        y, x = rng.integers(0, rgb.shape[0] - CROP + 1), rng.integers(0, rgb.shape[1] - CROP + 1)
+        crop = to_tensor(rgb[y : y + CROP, x : x + CROP])
+        with torch.no_grad():
+            z = enc(reconstruct(model, crop).float())
+            zs.append(z), rs.append(enc(crop) - z)
+    return torch.cat(zs), torch.cat(rs)
+
+
+def nll(mu: torch.Tensor, log_sigma: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood per element, less the constant."""
+    return (log_sigma + 0.5 * ((r - mu) * torch.exp(-log_sigma)) ** 2).mean()
+
+
+def fit_head(z: torch.Tensor, r: torch.Tensor, cfg: TextureConfig, steps: int, seed: int) -> tuple[TextureHead, dict]:
+    """A head fitted on 7/8 of (z, r); its held-out NLL next to a per-channel sigma's."""
+    torch.manual_seed(seed)
+    held = len(z) // 8
+    zt, rt, zv, rv = z[held:], r[held:], z[:held], r[:held]
+    head = TextureHead(cfg.channels)
+    opt = torch.optim.Adam(head.parameters(), 1e-3)
+    for i in range(steps):
+        idx = torch.randint(0, len(zt), (16,))
+        loss = nll(*head(zt[idx]), rt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i % 500 == 0 or i == steps - 1:
+            print(f"  step {i}: train NLL {loss.item():.3f}", flush=True)
+    head.eval()
+    with torch.no_grad():
+        mu, log_sigma = head(zv)
+        channel_sigma = rt.std((0, 2, 3)).log().view(1, -1, 1, 1).expand_as(rv)
+        report = {
+            "held_out_crops": held,
+            "held_out_nll": nll(mu, log_sigma, rv).item(),
+            "per_channel_sigma_nll": nll(torch.zeros_like(rv), channel_sigma, rv).item(),
+            "variance_explained_by_mu": 1 - ((rv - mu) ** 2).mean().item() / (rv**2).mean().item(),
+        }
+    return head, report
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    ap = argparse.ArgumentParser(
+        prog="python -m pqmim.train.texture", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", nargs="+", default=["pqmim-q1"], help="shipped models to fit a head for")
+    ap.add_argument("--out", type=Path, default=Path("runs/texture"))
+    ap.add_argument("--train", type=Path, default=TRAIN)
+    ap.add_argument("--taef2", type=Path, default=SHARED / "weights", help="folder with taef2_encoder.pth and taef2_decoder.pth")
+    ap.add_argument("--crops", type=int, default=360)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--strength", type=float, default=TextureConfig.strength)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--storage", default="int8", choices=STORAGES, help="weights as shipped (int8: the models/ budget)")
+    ap.add_argument("--export", type=Path, help="write pqmim-texture.safetensors and its card here (e.g. models)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = TextureConfig(strength=args.strength)
+    args.out.mkdir(parents=True, exist_ok=True)
+    enc, dec = load_taef2(args.taef2)
+    enc.eval().requires_grad_(False)
+    photos = list_images(args.train)
+    heads, serves, reports = {}, [], {}
+    t0 = time.time()
+    for name in args.models:
+        model = PQMIM.load(zoo.model_path(name)).eval()
+        mid = model.model_id().hex()
+        cache = args.out / f"residuals-{mid}-{args.crops}-{args.seed}.pt"
+        if cache.is_file():
+            z, r = torch.load(cache)
+        else:
+            z, r = residuals(model, enc, photos, args.crops, args.seed)
+            torch.save((z, r), cache)
+        print(f"{name}: {len(z)} crops of residuals", flush=True)
+        head, reports[name] = fit_head(z, r, cfg, args.steps, args.seed)
+        print(f"{name}: {json.dumps(reports[name])}", flush=True)
+        heads[mid] = head.state_dict()
+        serves.append({"name": name, "model_id": mid})
+    if args.export is None:
+        return None
+    texture = LatentTexture(cfg)
+    texture.encoder.load_state_dict(enc.state_dict())
+    texture.decoder.load_state_dict(dec.state_dict())
+    args.export.mkdir(parents=True, exist_ok=True)
+    path = args.export / "pqmim-texture.safetensors"
+    texture.save(path, heads, serves, args.storage)
+    for s in serves:
+        LatentTexture.load(path, s["model_id"])  # what ships reads back
+    card = {
+        "kind": zoo.PERCEPTUAL,
+        "description": "adds texture in taef2's latent space (a predicted mean and seeded noise) to the default decoder's image; same files",
+        "class": "latent-texture",
+        "config": asdict(cfg),
+        "serves": serves,
+        "storage": args.storage,
+        "taef2": "github madebyollin/taesd taef2_encoder.pth, taef2_decoder.pth (MIT, models/LICENSE.taesd)",
+        "plan": {"crops": args.crops, "crop": CROP, "steps": args.steps, "batch": 16, "lr": 1e-3, "seed": args.seed},
+        "fit": reports,
+        "training": {"wall_s": round(time.time() - t0), "device": f"CPU {platform.machine()} x{args.threads}", "torch": torch.__version__},
+        "data": describe_source(args.train),
+    }
+    atomic_write_json(path.with_suffix(".json"), card)
+    print(f"wrote {path} and its card", flush=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()
