@@ -154,6 +154,12 @@ def classical_points(codecs: list[str], qualities: int | None = None) -> list[Po
         qs = QUALITIES[c]
         if qualities:
             qs = [qs[round(i)] for i in np.linspace(0, len(qs) - 1, qualities)]
-        for q in qs:
-            points.append(Point(c, f"q={q}", f"{c}-q{q}-pillow{PIL.__version__}", _checked(_Pillow(c, q)), {"quality": q}))
+        points += [classical_point(c, q) for q in qs]
     return points
+
+
+def classical_point(codec: str, quality: int) -> Point:
+    """One Pillow codec at one quality setting."""
+    return Point(
+        codec, f"q={quality}", f"{codec}-q{quality}-pillow{PIL.__version__}", _checked(_Pillow(codec, quality)), {"quality": quality}
+    )

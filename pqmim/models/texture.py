@@ -120,8 +120,14 @@ class LatentTexture(nn.Module):
         if x.device.type != "cpu":
             return torch.cat([self(image[None], n) for image, n in zip(x, noise)]).clamp(0, 1)
         with fixed_pieces() as pool:
-            jobs = [pool.submit(self, image[None], n) for image, n in zip(x, noise)]
+            jobs = [pool.submit(self._inference, image[None], n) for image, n in zip(x, noise)]
             return torch.cat([j.result() for j in jobs]).clamp(0, 1)
+
+    @torch.no_grad()
+    def _inference(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """`forward` in a pool's thread: grad mode is per thread, so it is switched off here too
+        (else autograd would keep every activation: gigabytes at full resolution)."""
+        return self(x, noise)
 
     # -- weights
     def save(self, path: str | Path, heads: dict[str, dict[str, torch.Tensor]], serves: list[dict], storage: str = "int8") -> None:
