@@ -103,11 +103,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"invalid model config: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return from_fields(cls, d, "model config")
 
 
 __all__ = ["ModelConfig"]
+
+
+def from_fields(cls, d: dict[str, Any], what: str):
+    """The dataclass `cls` built from a config dict (a model file's metadata, a card), refusing
+    fields it does not have: ValueError "invalid <what>: unknown fields [...]"."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"invalid {what}: unknown fields {sorted(unknown)}")
+    return cls(**d)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import from_fields
 from ..threads import fixed_pieces
 from ..tiling import context_radius
 from . import banded
@@ -52,10 +53,7 @@ class RefinerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RefinerConfig":
-        unknown = set(d) - set(asdict(cls()))
-        if unknown:
-            raise ValueError(f"unknown refiner config field(s) {sorted(unknown)}")
-        return cls(**d)
+        return from_fields(cls, d, "refiner config")
 
 
 class Refiner(nn.Module):

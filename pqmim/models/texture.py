@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import from_fields
 from ..threads import fixed_pieces
 from .taef2 import taef2_decoder, taef2_encoder
 from .weights import ModelFileError, check_state, read_tensors, save_tensors
@@ -60,10 +61,7 @@ class TextureConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextureConfig":
-        unknown = set(d) - set(asdict(cls()))
-        if unknown:
-            raise ValueError(f"unknown texture config field(s) {sorted(unknown)}")
-        return cls(**d)
+        return from_fields(cls, d, "texture config")
 
 
 class TextureHead(nn.Module):
@@ -166,6 +164,8 @@ class LatentTexture(nn.Module):
 
 
 def seed_of(image: torch.Tensor) -> int:
-    """A generator seed fixed by an image's 8-bit pixels (the noise is part of the decoded image)."""
+    """A generator seed fixed by an image's (3, H, W) 8-bit pixels, hashed channel-major (the
+    noise is part of the decoded image: another byte order, e.g. `image.to_uint8`'s HxWx3, would
+    draw other noise and change every file's perceptual pixels)."""
     levels = torch.round(image.detach().float().cpu() * 255).to(torch.uint8).numpy().tobytes()
     return int.from_bytes(hashlib.sha256(levels).digest()[:8], "little")
