@@ -53,15 +53,26 @@ def test_texture_file_holds_one_head_per_model(tmp_path):
         TextureConfig(strength=-1)
 
 
-def test_texture_pixels_do_not_depend_on_threads_or_batch():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype):
     t = random_texture()
     a, b = to_tensor(photo_crop(0, 0, 96, 64)), to_tensor(photo_crop(0, 0, 96, 64, variant=3))
     torch.set_num_threads(1)
-    one = t.refine(a)
+    one = t.refine(a, dtype)
     torch.set_num_threads(2)
-    assert torch.equal(t.refine(a), one)
-    assert torch.equal(t.refine(torch.cat([b, a]))[1:], one)
-    assert not torch.equal(t.refine(b), one)
+    assert torch.equal(t.refine(a, dtype), one)
+    assert torch.equal(t.refine(torch.cat([b, a]), dtype)[1:], one)
+    assert not torch.equal(t.refine(b, dtype), one)
+
+
+def test_texture_in_bfloat16_is_float32_rounded():
+    """The bfloat16 passes (the codec's default where the CPU has bfloat16) move the image by a
+    rounding, not more: the same noise, the same change to within a few levels."""
+    t = random_texture()
+    a = to_tensor(photo_crop(0, 0, 96, 64))
+    full, low = t.refine(a), t.refine(a, torch.bfloat16)
+    assert not torch.equal(full, low)
+    assert 10 * torch.log10(1 / (full - low).pow(2).mean()) > 40
 
 
 def test_the_noise_is_fixed_by_the_pixels():
@@ -89,7 +100,7 @@ def test_texture_decoder_beside_the_refiner_in_the_codec(tiny_ladder):
     fresh = Codec.from_pretrained("pqmim-q1")
     assert np.array_equal(np.asarray(fresh.decompress(data)), plain)
     assert np.array_equal(np.asarray(fresh.decompress(data, perceptual=True)), rich)  # deterministic
-    assert np.array_equal(rich, tiling.refine_tiled(codec.perceptual_decoder(), plain, codec.tile_pixels))
+    assert np.array_equal(rich, tiling.refine_tiled(codec.perceptual_decoder(), plain, codec.tile_pixels, codec.transform_dtype))
 
 
 SHIPPED = (ROOT / "models" / "pqmim-texture.safetensors").is_file()

@@ -18,9 +18,11 @@ Invariants:
 - Same files: its input is the default decoder's 8-bit image, a function of the codes, so every
   file decodes either way and the default path is untouched.
 - Deterministic: the noise comes from a generator seeded by the tile's own pixels, and each tile
-  of fixed size (pqmim/tiling.py `refine_tiled`) is computed by one single-threaded call (taef2's
-  GroupNorm spans its input, so it cannot run in row bands): a file gives the same perceptual
-  pixels with any thread count or batch, on one machine.
+  of fixed size (pqmim/tiling.py `refine_tiled`) is computed by single-threaded calls, its
+  encoding and then its two decodings (taef2's GroupNorm spans its input, so no pass can run in
+  row bands): a file gives the same perceptual pixels with any thread count or batch, on one
+  machine and transforms setting (bfloat16 passes give other pixels than float32 ones, by about
+  46 dB PSNR on kodim01, and may differ between bfloat16 ISAs, as the default decoder's do).
 - One file serves several models: taef2 is shared, one head per model, keyed by the model id
   it was fitted on; loading picks the head of one model and refuses a model it has none for.
 """
@@ -96,8 +98,15 @@ class LatentTexture(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         z = self.encoder(x)  # (B, 32, H/8, W/8)
-        mu, log_sigma = self.head(z)
-        change = self.decoder(z + mu + self.cfg.strength * log_sigma.exp() * noise) - self.decoder(z)
+        return self.finish(x, self.decoder(self.drawn(z, noise)) - self.decoder(z))
+
+    def drawn(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """z + mu + strength * sigma * noise: the latents with texture drawn in (float32)."""
+        mu, log_sigma = self.head(z.float())
+        return z.float() + mu + self.cfg.strength * log_sigma.exp() * noise
+
+    def finish(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """x plus the change dec(z') - dec(z), less its local mean where `flatten` asks."""
         if self.cfg.flatten:  # texture only: colour and shading stay the default decoder's
             r = self.cfg.flatten
             mean = change
@@ -109,23 +118,33 @@ class LatentTexture(nn.Module):
     @torch.no_grad()
     def refine(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """`forward` for decoding, clamped to [0, 1], image by image, with noise seeded by each
-        image's own pixels; on the CPU each image is one single-threaded call (the same pixels
-        with any thread count or batch). Runs in float32 whatever `dtype` the transforms use."""
-        del dtype  # taef2 was trained in float32 and runs in it
+        image's own pixels. On the CPU taef2's passes run in `dtype` (the codec's transforms
+        setting: bfloat16 where the CPU has it natively, about 4x faster; the head and the
+        noise stay in float32), each pass one single-threaded call on the fixed_pieces pool:
+        an image's encoding, then its two decodings side by side, so the same pixels come with
+        any thread count or batch."""
         _, _, h, w = x.shape
         gens = [torch.Generator().manual_seed(seed_of(image)) for image in x]
         noise = [torch.randn((1, LATENT, h // self.f, w // self.f), generator=g).to(x.device) for g in gens]
+        images = [image[None] for image in x]
         if x.device.type != "cpu":
-            return torch.cat([self(image[None], n) for image, n in zip(x, noise)]).clamp(0, 1)
+            return torch.cat([self(image, n) for image, n in zip(images, noise)]).clamp(0, 1)
         with fixed_pieces() as pool:
-            jobs = [pool.submit(self._inference, image[None], n) for image, n in zip(x, noise)]
-            return torch.cat([j.result() for j in jobs]).clamp(0, 1)
+            pas = lambda net, v: pool.submit(self._pass, net, v, dtype)  # noqa: E731
+            latents = [job.result() for job in [pas(self.encoder, image) for image in images]]
+            pairs = [(pas(self.decoder, self.drawn(z, n)), pas(self.decoder, z)) for z, n in zip(latents, noise)]
+            out = [self.finish(image, a.result() - b.result()) for image, (a, b) in zip(images, pairs)]
+        return torch.cat(out).clamp(0, 1)
 
+    @staticmethod
     @torch.no_grad()
-    def _inference(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """`forward` in a pool's thread: grad mode is per thread, so it is switched off here too
-        (else autograd would keep every activation: gigabytes at full resolution)."""
-        return self(x, noise)
+    def _pass(net: nn.Module, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """net(v) in a pool's thread, in float32 out: channels-last (oneDNN's fast layout), in
+        bfloat16 under autocast when `dtype` asks (GroupNorm stays float32 there). Grad mode and
+        autocast are per thread, so both are set here (without no_grad autograd would keep every
+        activation: gigabytes at full resolution)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return net(v.contiguous(memory_format=torch.channels_last)).float()
 
     # -- weights
     def save(self, path: str | Path, heads: dict[str, dict[str, torch.Tensor]], serves: list[dict], storage: str = "int8") -> None:
