@@ -130,9 +130,9 @@ class LatentTexture(nn.Module):
         if x.device.type != "cpu":
             return torch.cat([self(image, n) for image, n in zip(images, noise)]).clamp(0, 1)
         with fixed_pieces() as pool:
-            pas = lambda net, v: pool.submit(self._pass, net, v, dtype)  # noqa: E731
-            latents = [job.result() for job in [pas(self.encoder, image) for image in images]]
-            pairs = [(pas(self.decoder, self.drawn(z, n)), pas(self.decoder, z)) for z, n in zip(latents, noise)]
+            run = lambda net, v: pool.submit(self._pass, net, v, dtype)  # noqa: E731
+            latents = [job.result() for job in [run(self.encoder, image) for image in images]]
+            pairs = [(run(self.decoder, self.drawn(z, n)), run(self.decoder, z)) for z, n in zip(latents, noise)]
             out = [self.finish(image, a.result() - b.result()) for image, (a, b) in zip(images, pairs)]
         return torch.cat(out).clamp(0, 1)
 
