@@ -9,6 +9,7 @@ import torch
 
 from pqmim.codec import Codec
 from pqmim.config import ModelConfig
+from pqmim.image import to_tensor
 from pqmim.models import PQMIM
 
 from pqmim.checkout import ROOT, SHARED  # noqa: F401  (SHARED: not every checkout has it)
@@ -57,6 +58,18 @@ def _photo(variant: int) -> np.ndarray:
     rgb = np.ascontiguousarray(rgb)
     rgb.flags.writeable = False
     return rgb
+
+
+def assert_same_pixels_any_threads_or_batch(decoder, w: int, h: int, dtype: torch.dtype) -> None:
+    """A perceptual decoder's `refine` (a Refiner or a LatentTexture) gives an image the same
+    pixels on 1 and 2 threads and alone or second in a batch, and another image other pixels."""
+    a, b = to_tensor(photo_crop(0, 0, w, h)), to_tensor(photo_crop(0, 0, w, h, variant=3))
+    torch.set_num_threads(1)
+    one = decoder.refine(a, dtype)
+    torch.set_num_threads(2)
+    assert torch.equal(decoder.refine(a, dtype), one)
+    assert torch.equal(decoder.refine(torch.cat([b, a]), dtype)[1:], one)
+    assert not torch.equal(decoder.refine(b, dtype), one)
 
 
 def photo_crop(x: int, y: int, w: int, h: int, variant: int = 0) -> np.ndarray:

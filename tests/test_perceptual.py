@@ -16,7 +16,7 @@ from pqmim.image import to_tensor
 from pqmim.models import ModelFileError
 from pqmim.models.perceptual import Refiner, RefinerConfig
 
-from conftest import PHOTO, ROOT, flags, needs_shared, photo_crop, write_photos
+from conftest import PHOTO, ROOT, assert_same_pixels_any_threads_or_batch, flags, needs_shared, photo_crop, write_photos
 
 SMALL = RefinerConfig(width=8, channels=16, blocks=1)
 
@@ -56,13 +56,7 @@ def test_refiner_file_roundtrip_and_validation(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_refined_pixels_do_not_depend_on_threads_or_batch(dtype):
-    r = random_refiner()
-    a, b = to_tensor(photo_crop(0, 0, 200, 124)), to_tensor(photo_crop(0, 0, 200, 124, variant=3))
-    torch.set_num_threads(1)
-    one = r.refine(a, dtype)
-    torch.set_num_threads(2)
-    assert torch.equal(r.refine(a, dtype), one)
-    assert torch.equal(r.refine(torch.cat([b, a]), dtype)[1:], one)
+    assert_same_pixels_any_threads_or_batch(random_refiner(), 200, 124, dtype)
 
 
 def test_tiles_match_the_whole_image():

@@ -13,7 +13,7 @@ from pqmim.models import ModelFileError
 from pqmim.models.perceptual import Refiner, RefinerConfig, load_decoder
 from pqmim.models.texture import LatentTexture, TextureConfig, TextureHead, seed_of
 
-from conftest import PHOTO, ROOT, photo_crop
+from conftest import PHOTO, ROOT, assert_same_pixels_any_threads_or_batch, photo_crop
 
 SMALL = TextureConfig(channels=8)
 
@@ -55,14 +55,7 @@ def test_texture_file_holds_one_head_per_model(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype):
-    t = random_texture()
-    a, b = to_tensor(photo_crop(0, 0, 96, 64)), to_tensor(photo_crop(0, 0, 96, 64, variant=3))
-    torch.set_num_threads(1)
-    one = t.refine(a, dtype)
-    torch.set_num_threads(2)
-    assert torch.equal(t.refine(a, dtype), one)
-    assert torch.equal(t.refine(torch.cat([b, a]), dtype)[1:], one)
-    assert not torch.equal(t.refine(b, dtype), one)
+    assert_same_pixels_any_threads_or_batch(random_texture(), 96, 64, dtype)
 
 
 def test_texture_in_bfloat16_is_float32_rounded():
