@@ -119,7 +119,7 @@ class LatentTexture(nn.Module):
     def refine(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """`forward` for decoding, clamped to [0, 1], image by image, with noise seeded by each
         image's own pixels. On the CPU taef2's passes run in `dtype` (the codec's transforms
-        setting: bfloat16 where the CPU has it natively, about 4x faster; the head and the
+        setting: bfloat16 where the CPU has it natively, about 3x faster per pass on AMX; the head and the
         noise stay in float32), each pass one single-threaded call on the fixed_pieces pool:
         an image's encoding, then its two decodings side by side, so the same pixels come with
         any thread count or batch."""
