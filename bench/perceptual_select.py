@@ -19,7 +19,10 @@ images neither training nor the bench uses:
   90% interval of each candidate's FID minus the default decoder's, by a paired bootstrap over
   the photos (bench.fid.fid_differences: on a few hundred patches FID moves by points with the
   photos, so a difference of a point or two may be none); LPIPS (Alex), PSNR, and the PSNR of
-  8x8 block means (colour and shading, which a refiner should not move).
+  8x8 block means (colour and shading, which a refiner should not move);
+- with `--against FILE` (the shipped decoder, say), also a 90% interval of each candidate's FID
+  minus that file's, paired the same way: two decoders of the same images differ far less than
+  either differs from the default decoder, so this is the test of "better than what ships".
 
 A candidate's score is its FID over the default decoder's, averaged over the models (lower is
 better; 1 is the default decoder). `--pick DEST` copies the best candidate that serves every
@@ -117,9 +120,12 @@ def score(
     }
 
 
-def select(paths: list[Path], models: list[str], images: list[Path], weights: Path, backbone: Path, cache: Path) -> list[dict]:
+def select(
+    paths: list[Path], models: list[str], images: list[Path], weights: Path, backbone: Path, cache: Path, against: Path | None = None
+) -> list[dict]:
     """One row per candidate (and the default decoder first): per model its figures, with a 90%
-    interval of its FID minus the default decoder's (bench.fid.fid_differences), and the score."""
+    interval of its FID minus the default decoder's (bench.fid.fid_differences), and minus
+    `against`'s where that is one of `paths` and serves the model, and the score."""
     originals = [load_image(p) for p in images]
     groups = [len(patches(im)) for im in originals]
     features = lambda ims, cached=False: inception_features(  # noqa: E731
@@ -151,6 +157,11 @@ def select(paths: list[Path], models: list[str], images: list[Path], weights: Pa
         intervals = fid_differences(reference, base_features, [f for _, f in measured], groups) if measured else []
         for (row, _), interval in zip(measured, intervals):
             row["models"][name]["fid_delta_90"] = interval
+        paired = [f for row, f in measured if against is not None and row["candidate"] == str(against)]
+        others = [(row, f) for row, f in measured if row["candidate"] != str(against)]
+        if paired and others:
+            for (row, _), interval in zip(others, fid_differences(reference, paired[0], [f for _, f in others], groups)):
+                row["models"][name]["fid_delta_against_90"] = interval
     for row in rows:
         served = [n for n in models if n in row["models"]]
         row["serves_all"] = len(served) == len(models)
@@ -165,7 +176,9 @@ def _fmt(m: dict) -> str:
 def table(rows: list[dict], models: list[str]) -> str:
     head = (
         "| candidate | score | "
-        + " | ".join(f"{n} FID [90% of FID - default's] / KID x 1000 / LPIPS / PSNR / block PSNR" for n in models)
+        + " | ".join(
+            f"{n} FID [90% of FID - default's] {{90% of FID - against's}} / KID x 1000 / LPIPS / PSNR / block PSNR" for n in models
+        )
         + " |"
     )
     lines = [head, "|" + "---|" * (2 + len(models))]
@@ -181,7 +194,8 @@ def table(rows: list[dict], models: list[str]) -> str:
 
 
 def _interval(m: dict) -> str:
-    return " [%+.1f, %+.1f]" % tuple(m["fid_delta_90"]) if "fid_delta_90" in m else ""
+    out = " [%+.1f, %+.1f]" % tuple(m["fid_delta_90"]) if "fid_delta_90" in m else ""
+    return out + (" {against: %+.1f, %+.1f}" % tuple(m["fid_delta_against_90"]) if "fid_delta_against_90" in m else "")
 
 
 def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         help="decoded images, features (ignored by git)",
     )
     ap.add_argument("--json", default="", help="write the rows here")
+    ap.add_argument("--against", default="", help="a candidate (the shipped decoder, say): also a 90%% interval of FID minus its FID")
     ap.add_argument("--pick", default="", help="folder to write the best candidate into (as NAME.safetensors + card)")
     ap.add_argument("--name", default="pqmim-perceptual")
     ap.add_argument("--threads", type=int, default=0)
@@ -243,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     images = held_out(Path(args.val), args.images)
-    paths = candidates(args.candidates)
+    against = Path(args.against) if args.against else None
+    paths = candidates(args.candidates + ([args.against] if against and against not in candidates(args.candidates) else []))
     print(f"{len(paths)} candidates, {len(args.models)} models, {len(images)} held-out photos of {args.val}", flush=True)
-    rows = select(paths, args.models, images, Path(args.fid_weights), Path(args.lpips_backbone), Path(args.cache))
+    rows = select(paths, args.models, images, Path(args.fid_weights), Path(args.lpips_backbone), Path(args.cache), against)
     print(table(rows, args.models))
     setup = {"models": args.models, "images": [p.name for p in images], "val": args.val, "date": time.strftime("%Y-%m-%d")}
     if args.json:

@@ -1,6 +1,7 @@
 """Fit the latent-texture perceptual decoder's heads (pqmim/models/texture.py) and ship it.
 
-    python -m pqmim.train.texture --models pqmim-q1 --train ../shared/data/train --out runs/texture --export models
+    python -m pqmim.train.texture --models pqmim-q1 --train ../shared/data/train --out runs/tex-q1c128 \
+        --crops 1200 --steps 8000 --channels 128 --threads 1 --export models    # the shipped file (0.10.2)
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -46,10 +47,11 @@ CROP = 256
 
 def residuals(model: PQMIM, enc: torch.nn.Module, photos: list[Path], n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(z, r), each (N, 32, CROP/8, CROP/8): taef2 latents of the model's reconstructions of N
-    random crops (one per photo drawn, photos smaller than CROP skipped) and what they miss."""
+    random crops (photos drawn without replacement while there are enough of them, with
+    replacement beyond; photos smaller than CROP skipped) and what they miss."""
     rng = np.random.default_rng(seed)
     zs, rs = [], []
-    for i in rng.choice(len(photos), min(n, len(photos)), replace=False):
+    for i in rng.choice(len(photos), n, replace=n > len(photos)):
         rgb = load_rgb(photos[i])
         if min(rgb.shape[:2]) < CROP:
             continue
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--taef2", type=Path, default=SHARED / "weights", help="folder with taef2_encoder.pth and taef2_decoder.pth")
     ap.add_argument("--crops", type=int, default=360)
     ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--channels", type=int, default=TextureConfig.channels, help="the head's hidden channels")
     ap.add_argument("--strength", type=float, default=TextureConfig.strength)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--export", type=Path, help="write pqmim-texture.safetensors and its card here (e.g. models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TextureConfig(strength=args.strength)
+    cfg = TextureConfig(channels=args.channels, strength=args.strength)
     args.out.mkdir(parents=True, exist_ok=True)
     enc, dec = load_taef2(args.taef2)
     enc.eval().requires_grad_(False)
