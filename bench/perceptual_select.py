@@ -157,8 +157,9 @@ def select(
         intervals = fid_differences(reference, base_features, [f for _, f in measured], groups) if measured else []
         for (row, _), interval in zip(measured, intervals):
             row["models"][name]["fid_delta_90"] = interval
-        paired = [f for row, f in measured if against is not None and row["candidate"] == str(against)]
-        others = [(row, f) for row, f in measured if row["candidate"] != str(against)]
+        is_against = lambda row: against is not None and Path(row["candidate"]).resolve() == against.resolve()  # noqa: E731
+        paired = [f for row, f in measured if is_against(row)]
+        others = [(row, f) for row, f in measured if not is_against(row)]
         if paired and others:
             for (row, _), interval in zip(others, fid_differences(reference, paired[0], [f for _, f in others], groups)):
                 row["models"][name]["fid_delta_against_90"] = interval
@@ -258,8 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     images = held_out(Path(args.val), args.images)
+    paths = candidates(args.candidates)
     against = Path(args.against) if args.against else None
-    paths = candidates(args.candidates + ([args.against] if against and against not in candidates(args.candidates) else []))
+    if against is not None:
+        if not against.is_file():
+            raise SystemExit(f"{against}: --against takes one perceptual decoder file")
+        if against.resolve() not in [p.resolve() for p in paths]:
+            paths.append(against)
     print(f"{len(paths)} candidates, {len(args.models)} models, {len(images)} held-out photos of {args.val}", flush=True)
     rows = select(paths, args.models, images, Path(args.fid_weights), Path(args.lpips_backbone), Path(args.cache), against)
     print(table(rows, args.models))
