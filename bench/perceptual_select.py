@@ -201,7 +201,8 @@ def _interval(m: dict) -> str:
 
 def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
     """Copy the best candidate serving every model into dest/name.safetensors, with a card: its
-    run's card (plan, data, device) where one is beside it, and the selection's figures."""
+    run's card (plan, data, device) where one is beside it, the selection's figures, and `serves`
+    naming the models measured (its file may have been trained for more)."""
     best = min((r for r in rows[1:] if r["serves_all"]), key=lambda r: r["score"], default=None)
     if best is None:
         raise SystemExit("no candidate serves every model measured")
@@ -210,7 +211,8 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
     run_card = src.with_name(f"{SNAPSHOT.sub('', stem)}.json")
     card = json.loads(run_card.read_text()) if run_card.exists() else {"kind": zoo.PERCEPTUAL}
     names = {c.get("model_id"): c["name"] for c in zoo.list_models()}
-    card["serves"] = [{"name": names.get(i, "?"), "model_id": i} for i in served_ids(src) or []]
+    # it routes only the models it was chosen on (another decoder may serve the rest: one each)
+    card["serves"] = [{"name": names[i], "model_id": i} for i in served_ids(src) or [] if names.get(i) in best["models"]]
     if snapshot:  # the run's card describes its end: this is an earlier iteration of it
         iterations = int(snapshot.group(1))
         card["training"] = {**card.get("training", {}), "iterations_done": iterations, "wall_s": None, "seen": None, "per_s": None}

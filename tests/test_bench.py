@@ -256,8 +256,9 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
     run = tmp_path / "export"
     run.mkdir()
     small = RefinerConfig(width=8, channels=16, blocks=1)
-    for stem in ("job.it000100", "job.it000200", "other"):
-        Refiner(small).save(run / f"{stem}.safetensors", [{"name": "pqmim-q1", "model_id": "aa"}])
+    q1, q2 = (next(c["model_id"] for c in zoo.list_models() if c["name"] == n) for n in ("pqmim-q1", "pqmim-q2"))
+    for stem in ("job.it000100", "job.it000200", "other"):  # trained for q1 and q2, chosen on q1
+        Refiner(small).save(run / f"{stem}.safetensors", [{"name": "pqmim-q1", "model_id": q1}, {"name": "pqmim-q2", "model_id": q2}])
     plan = {"ema": 0.999, "k_adv": 0.15, "gan_from": 150, "k_low": 4000}
     (run / "job.json").write_text(json.dumps({"kind": "perceptual decoder", "description": "(... + conditional GAN)", "plan": plan}))
     fid = lambda v: {"pqmim-q1": {"fid": v}}  # noqa: E731
@@ -273,7 +274,8 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
     card = json.loads(out.with_suffix(".json").read_text())
     assert out.read_bytes() == (run / "job.it000100.safetensors").read_bytes()
     assert card["selection"]["chosen"] == "job.it000100.safetensors" and card["plan"] == plan
-    assert card["training"]["iterations_done"] == 100 and card["serves"] == [{"name": "?", "model_id": "aa"}]  # no shipped model has id aa
+    assert card["serves"] == [{"name": "pqmim-q1", "model_id": q1}]  # routes what it was chosen on, not q2
+    assert card["training"]["iterations_done"] == 100
     assert "GAN" not in card["description"]  # iteration 100 came before the GAN term (from 150)
     with pytest.raises(SystemExit, match="serves every model"):
         pick([rows[0], rows[3]], tmp_path / "dest2", "pqmim-perceptual", {})

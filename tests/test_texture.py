@@ -3,6 +3,8 @@ place beside the refiner in the codec, and what the shipped one does to a real p
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from pqmim.models import ModelFileError
 from pqmim.models.perceptual import Refiner, RefinerConfig, load_decoder
 from pqmim.models.texture import LatentTexture, TextureConfig, TextureHead, seed_of
 
-from conftest import PHOTO, ROOT, assert_same_pixels_any_threads_or_batch, photo_crop
+from conftest import PHOTO, ROOT, assert_same_pixels_any_threads_or_batch, flags, needs_shared, photo_crop, write_photos
 
 SMALL = TextureConfig(channels=8)
 
@@ -141,3 +143,29 @@ def test_each_model_has_at_most_one_shipped_perceptual_decoder():
     assert len(routed) == len(set(routed))
     for c in cards:
         assert {s["model_id"] for s in c["serves"]} <= set(served_ids(c["path"])), c["name"]
+
+
+@needs_shared
+def test_heads_fitted_one_model_per_run_make_the_file_one_run_makes(tiny_ladder, tmp_path, monkeypatch):
+    """train.texture keeps each model's fitted head in its run folder: one-model runs side by
+    side, then the command with all the models, write the file one run for all of them writes,
+    without fitting again."""
+    from pqmim.models.texture import FORMAT_TAG
+    from pqmim.models.weights import read_tensors
+    from pqmim.train import texture as train_texture
+
+    folder, ids = tiny_ladder
+    write_photos(tmp_path / "data", {"train": [photo_crop(0, 0, 320, 256, v) for v in range(3)]})
+    common = dict(train=tmp_path / "data" / "train", crops=4, steps=3, channels=8, threads=1)
+    both = ["--models", "pqmim-q1", "pqmim-q2"]
+    one_run = train_texture.main(both + flags(out=tmp_path / "one", export=tmp_path / "one" / "export", **common))
+    for name in ("pqmim-q1", "pqmim-q2"):
+        train_texture.main(["--models", name] + flags(out=tmp_path / "split", **common))
+    monkeypatch.setattr(train_texture, "fit_head", lambda *a: pytest.fail("fitted again"))
+    joined = train_texture.main(both + flags(out=tmp_path / "split", export=tmp_path / "split" / "export", **common))
+    (meta_a, a), (meta_b, b) = read_tensors(one_run, FORMAT_TAG, "t"), read_tensors(joined, FORMAT_TAG, "t")
+    assert meta_a["serves"] == meta_b["serves"] and ids["pqmim-q2"] in meta_b["serves"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = lambda p: json.loads(p.with_suffix(".json").read_text())  # noqa: E731
+    assert card(joined)["training"]["heads_fitted_before"] == ["pqmim-q1", "pqmim-q2"]
+    assert card(one_run)["fit"] == card(joined)["fit"] and set(card(joined)["fit"]) == {"pqmim-q1", "pqmim-q2"}

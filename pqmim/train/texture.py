@@ -1,7 +1,7 @@
 """Fit the latent-texture perceptual decoder's heads (pqmim/models/texture.py) and ship it.
 
-    python -m pqmim.train.texture --models pqmim-q1 --train ../shared/data/train --out runs/tex-q1c128 \
-        --crops 1200 --steps 8000 --channels 128 --threads 1 --export models    # the shipped file (0.10.2)
+    python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --train ../shared/data/train --out runs/tex-q12 \
+        --crops 1200 --steps 8000 --channels 128 --threads 1 --export models    # the shipped file (0.10.3)
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -11,7 +11,9 @@ Gaussian negative log-likelihood, log sigma + (r - mu)^2 / (2 sigma^2) (a hetero
 regression: where the codes pin the texture down it predicts a small sigma, where they leave it
 open a large one). Crops are taken once, seeded, and kept in the run folder; an eighth are held
 out, and the log gives their NLL beside that of a fixed per-channel sigma, the baseline the
-head must beat.
+head must beat. Each model's head is fitted on its own (seeded alike), and kept in the run
+folder too: runs for one model each, side by side, then the same command with all of them
+(reading what they kept) writes the file that serves them all.
 
 What ships is one file: taef2 (published in float16; int8 per output channel by default, to fit
 the models/ budget) and one head per model, with its card.
@@ -34,7 +36,7 @@ import torch
 from .. import zoo
 from ..checkout import SHARED, TRAIN
 from ..data import describe_source, list_images, load_rgb
-from ..fileio import atomic_write_json
+from ..fileio import atomic_file, atomic_write_json
 from ..image import to_tensor
 from ..models import PQMIM
 from ..models.texture import LatentTexture, TextureConfig, TextureHead
@@ -119,21 +121,29 @@ def main(argv: list[str] | None = None) -> Path | None:
     enc, dec = load_taef2(args.taef2)
     enc.eval().requires_grad_(False)
     photos = list_images(args.train)
-    heads, serves, reports = {}, [], {}
+    heads, serves, reports, read = {}, [], {}, []
     t0 = time.time()
     for name in args.models:
         model = PQMIM.load(zoo.model_path(name)).eval()
         mid = model.model_id().hex()
-        cache = args.out / f"residuals-{mid}-{args.crops}-{args.seed}.pt"
-        if cache.is_file():
-            z, r = torch.load(cache)
+        fitted = args.out / f"head-{mid}-{args.crops}-{args.seed}-{args.steps}-{args.channels}-x{args.threads}.pt"
+        if fitted.is_file():  # fitted before, at this thread count (float sums differ between counts)
+            heads[mid], reports[name] = torch.load(fitted)
+            read.append(name)
         else:
-            z, r = residuals(model, enc, photos, args.crops, args.seed)
-            torch.save((z, r), cache)
-        print(f"{name}: {len(z)} crops of residuals", flush=True)
-        head, reports[name] = fit_head(z, r, cfg, args.steps, args.seed)
+            cache = args.out / f"residuals-{mid}-{args.crops}-{args.seed}.pt"
+            if cache.is_file():
+                z, r = torch.load(cache)
+            else:
+                z, r = residuals(model, enc, photos, args.crops, args.seed)
+                with atomic_file(cache) as fh:  # a run stopped mid-write leaves no half cache
+                    torch.save((z, r), fh)
+            print(f"{name}: {len(z)} crops of residuals", flush=True)
+            head, reports[name] = fit_head(z, r, cfg, args.steps, args.seed)
+            heads[mid] = head.state_dict()
+            with atomic_file(fitted) as fh:
+                torch.save((heads[mid], reports[name]), fh)
         print(f"{name}: {json.dumps(reports[name])}", flush=True)
-        heads[mid] = head.state_dict()
         serves.append({"name": name, "model_id": mid})
     if args.export is None:
         return None
@@ -155,7 +165,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         "taef2": "github madebyollin/taesd taef2_encoder.pth, taef2_decoder.pth (MIT, models/LICENSE.taesd)",
         "plan": {"crops": args.crops, "crop": CROP, "steps": args.steps, "batch": 16, "lr": 1e-3, "seed": args.seed},
         "fit": reports,
-        "training": {"wall_s": round(time.time() - t0), "device": f"CPU {platform.machine()} x{args.threads}", "torch": torch.__version__},
+        "training": {
+            "wall_s": round(time.time() - t0),  # this run's: not the fits of heads it read from the run folder
+            "heads_fitted_before": read,
+            "device": f"CPU {platform.machine()} x{args.threads}",
+            "torch": torch.__version__,
+        },
         "data": describe_source(args.train),
     }
     atomic_write_json(path.with_suffix(".json"), card)
