@@ -139,15 +139,18 @@ def mosaic(width: int, height: int, path: Path) -> None:
     Image.fromarray(out).save(path)
 
 
-def large(model: str, megapixels: list[int], threads: int, repeat: int, device: str = "cpu", transforms: str = "auto") -> list[dict]:
-    """Time and peak memory of square photo-like images of the given megapixels."""
+def large(
+    model: str, megapixels: list[int], threads: int, repeat: int, device: str = "cpu", transforms: str = "auto", perceptual: bool = False
+) -> list[dict]:
+    """Time and peak memory of square photo-like images of the given megapixels (and of decoding
+    them with the perceptual decoder)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mp in megapixels:
             side = int(round((mp * 2**20) ** 0.5))
             path = Path(tmp) / f"mosaic{mp}.png"
             mosaic(side, side, path)
-            enc, dec = measure(model, str(path), repeat, threads, device, transforms)
+            enc, dec, *rich = measure(model, str(path), repeat, threads, device, transforms, perceptual=perceptual)
             rows.append(
                 {
                     "megapixels": mp,
@@ -160,6 +163,7 @@ def large(model: str, megapixels: list[int], threads: int, repeat: int, device: 
                     "decode_peak_mb": dec["peak_rss_mb"],
                     "threads": threads,
                 }
+                | ({"perceptual_decode_s": rich[0]["median_s"], "perceptual_decode_peak_mb": rich[0]["peak_rss_mb"]} if rich else {})
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
@@ -255,17 +259,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.megapixels:
         repeat = 1 if args.repeat == 5 else args.repeat
-        rows = [r for t in args.transforms for r in large(args.model, args.megapixels, args.threads[0], repeat, args.device, t)]
+        rows = [
+            r for t in args.transforms for r in large(args.model, args.megapixels, args.threads[0], repeat, args.device, t, args.perceptual)
+        ]
+        rich = args.perceptual and "perceptual_decode_s" in rows[0]
         print(f"{args.model}, {rows[0]['threads']} threads, photo-like Kodak mosaics, each job in a fresh process")
         print(
-            "| megapixels | size | transforms | encode (s) | decode (s) | encode s per MP | decode s per MP | encode peak RSS (MB) | decode peak RSS (MB) |\n"
-            "|---|---|---|---|---|---|---|---|---|"
+            "| megapixels | size | transforms | encode (s) | decode (s) | encode s per MP | decode s per MP | encode peak RSS (MB) | decode peak RSS (MB) |"
+            + (" decode --perceptual (s) | its peak RSS (MB) |" if rich else "")
+            + "\n|---|---|---|---|---|---|---|---|---|"
+            + ("---|---|" if rich else "")
         )
         for r in rows:
             mp = r["side"] ** 2 / 2**20
             print(
                 f"| {r['megapixels']} | {r['side']}x{r['side']} | {r['transforms']} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | "
                 f"{r['encode_s'] / mp:.2f} | {r['decode_s'] / mp:.2f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} |"
+                + (f" {r['perceptual_decode_s']:.1f} | {r['perceptual_decode_peak_mb']:.0f} |" if rich else "")
             )
     else:
         from PIL import Image

@@ -93,10 +93,14 @@ def refine_tiled(refiner, rgb: np.ndarray, tile: int, dtype: torch.dtype = torch
     tile = max(f, tile - tile % f)
     halo = refiner.halo
     out = np.empty_like(rgb)
-    for y0, y1 in spans(h, tile):
-        for x0, x1 in spans(w, tile):
-            a, b, c, d = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
-            x = to_tensor(padded[a:b, c:d]).to(model_device(refiner))
-            core = to_uint8(refiner.refine(x, dtype)[0, :, y0 - a : y1 - a, x0 - c : x1 - c])
-            out[y0 : min(y1, height), x0 : min(x1, width)] = core[: min(y1, height) - y0, : min(x1, width) - x0]
+    boxes = [
+        (y0, y1, x0, x1, max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
+        for y0, y1 in spans(h, tile)
+        for x0, x1 in spans(w, tile)
+    ]
+    device = model_device(refiner)
+    tiles = (to_tensor(padded[a:b, c:d]).to(device) for *_, a, b, c, d in boxes)  # made as the refiner takes them
+    for (y0, y1, x0, x1, a, b, c, d), refined in zip(boxes, refiner.refine_pieces(tiles, dtype)):
+        core = to_uint8(refined[0, :, y0 - a : y1 - a, x0 - c : x1 - c])
+        out[y0 : min(y1, height), x0 : min(x1, width)] = core[: min(y1, height) - y0, : min(x1, width) - x0]
     return out

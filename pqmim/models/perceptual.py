@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -101,6 +102,12 @@ class Refiner(nn.Module):
         net = banded.net_in(self, self.net, dtype)
         with fixed_pieces() as pool:
             return (x + banded.run(net, x - 0.5, pool)).clamp(0, 1)
+
+    def refine_pieces(self, pieces: Iterable[torch.Tensor], dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """`refine` of each piece in turn (a large image's tiles: pqmim/tiling.py `refine_tiled`);
+        each already spreads over every thread in bands."""
+        for piece in pieces:
+            yield self.refine(piece, dtype)
 
     # -- weights
     def save(self, path: str | Path, serves: list[dict], storage: str = "int8") -> None:

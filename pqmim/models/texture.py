@@ -20,7 +20,10 @@ Invariants:
 - Deterministic: the noise comes from a generator seeded by the tile's own pixels, and each tile
   of fixed size (pqmim/tiling.py `refine_tiled`) is computed by single-threaded calls, its
   encoding and then its two decodings (taef2's GroupNorm spans its input, so no pass can run in
-  row bands): a file gives the same perceptual pixels with any thread count or batch, on one
+  row bands); tiles go side by side, as many as there are threads, which changes no call's
+  arithmetic, and every pass gets channels-last input with that layout's own strides (a view
+  that merely passes for channels-last is convolved as NCHW: other arithmetic). A file gives
+  the same perceptual pixels with any thread count or batch, on one
   machine and transforms setting (bfloat16 passes give other pixels than float32 ones, by about
   46 dB PSNR on kodim01, and may differ between bfloat16 ISAs, as the default decoder's do).
 - One file serves several models: taef2 is shared, one head per model, keyed by the model id
@@ -30,7 +33,9 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -117,24 +122,37 @@ class LatentTexture(nn.Module):
 
     @torch.no_grad()
     def refine(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """`forward` for decoding, clamped to [0, 1], image by image, with noise seeded by each
-        image's own pixels. On the CPU taef2's passes run in `dtype` (the codec's transforms
-        setting: bfloat16 where the CPU has it natively, about 3x faster per pass on AMX; the head and the
+        """`forward` for decoding, clamped to [0, 1], image by image (`refine_pieces`)."""
+        return torch.cat(list(self.refine_pieces(x.split(1), dtype)))
+
+    @torch.no_grad()
+    def refine_pieces(self, pieces: Iterable[torch.Tensor], dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """`refine` of each (1, 3, h, w) piece, yielded in order; sizes may differ (a large
+        image's tiles: pqmim/tiling.py `refine_tiled`). Each piece's noise is seeded by its own
+        pixels. On the CPU taef2's passes run in `dtype` (the codec's transforms setting:
+        bfloat16 where the CPU has it natively, about 3x faster per pass on AMX; the head and the
         noise stay in float32), each pass one single-threaded call on the fixed_pieces pool:
-        an image's encoding, then its two decodings side by side, so the same pixels come with
-        any thread count or batch."""
-        _, _, h, w = x.shape
-        gens = [torch.Generator().manual_seed(seed_of(image)) for image in x]
-        noise = [torch.randn((1, LATENT, h // self.f, w // self.f), generator=g).to(x.device) for g in gens]
-        images = [image[None] for image in x]
-        if x.device.type != "cpu":
-            return torch.cat([self(image, n) for image, n in zip(images, noise)]).clamp(0, 1)
+        as many pieces at a time as the pool has threads, their encodings side by side, then
+        their decodings (two a piece). Which thread runs a pass, and how many run together,
+        changes no pass's arithmetic: the same pixels with any thread count or batch."""
+        pieces = iter(pieces)
+        if next(self.parameters()).device.type != "cpu":
+            for p in pieces:
+                yield self(p, self._noise(p).to(p.device)).clamp(0, 1)
+            return
+        workers = torch.get_num_threads()  # the pool's size (fixed_pieces)
         with fixed_pieces() as pool:
             run = lambda net, v: pool.submit(self._pass, net, v, dtype)  # noqa: E731
-            latents = [job.result() for job in [run(self.encoder, image) for image in images]]
-            pairs = [(run(self.decoder, self.drawn(z, n)), run(self.decoder, z)) for z, n in zip(latents, noise)]
-            out = [self.finish(image, a.result() - b.result()) for image, (a, b) in zip(images, pairs)]
-        return torch.cat(out).clamp(0, 1)
+            while group := list(itertools.islice(pieces, workers)):
+                latents = [job.result() for job in [run(self.encoder, p) for p in group]]
+                pairs = [(run(self.decoder, self.drawn(z, self._noise(p))), run(self.decoder, z)) for p, z in zip(group, latents)]
+                for p, (a, b) in zip(group, pairs):
+                    yield self.finish(p, a.result() - b.result()).clamp(0, 1)
+
+    def _noise(self, piece: torch.Tensor) -> torch.Tensor:
+        """The (1, 32, h/8, w/8) standard normal draw for a (1, 3, h, w) piece, seeded by its pixels."""
+        _, _, h, w = piece.shape
+        return torch.randn((1, LATENT, h // self.f, w // self.f), generator=torch.Generator().manual_seed(seed_of(piece[0])))
 
     @staticmethod
     @torch.no_grad()
@@ -143,8 +161,12 @@ class LatentTexture(nn.Module):
         bfloat16 under autocast when `dtype` asks (GroupNorm stays float32 there). Grad mode and
         autocast are per thread, so both are set here (without no_grad autograd would keep every
         activation: gigabytes at full resolution)."""
+        # A copy with channels-last's own strides, not `contiguous`: that passes a view such as
+        # image[None] of a channels-last batch (batch stride 3) as it is, and the convolutions
+        # then take it for NCHW and run about 2.7x slower (taef2's encoder on kodim01).
+        v = v.clone(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            return net(v.contiguous(memory_format=torch.channels_last)).float()
+            return net(v).float()
 
     # -- weights
     def save(self, path: str | Path, heads: dict[str, dict[str, torch.Tensor]], serves: list[dict], storage: str = "int8") -> None:
