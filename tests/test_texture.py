@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pqmim import Codec, tiling, zoo
 from pqmim.image import to_tensor, to_uint8
@@ -94,6 +95,18 @@ def test_texture_in_bfloat16_is_float32_rounded():
     full, low = t.refine(a), t.refine(a, torch.bfloat16)
     assert not torch.equal(full, low)
     assert 10 * torch.log10(1 / (full - low).pow(2).mean()) > 40
+
+
+def test_flatten_removes_the_changes_local_mean():
+    """`flatten` r subtracts the change's mean over a (2r + 1)-pixel box, twice (computed as row
+    and column boxes): a constant change (a shift of colour) leaves the image as it was, and any
+    change loses what the square box, applied twice, averages out of it."""
+    t = random_texture(cfg=TextureConfig(channels=8, flatten=5))
+    x = to_tensor(photo_crop(0, 0, 40, 24))
+    assert torch.allclose(t.finish(x, torch.full_like(x, 0.1)), x, atol=1e-6)
+    change = torch.randn(1, 3, 24, 40, generator=torch.Generator().manual_seed(0))
+    box = lambda v: F.avg_pool2d(v, 11, stride=1, padding=5, count_include_pad=False)  # noqa: E731
+    assert torch.allclose(t.finish(x, change), x + change - box(box(change)), atol=1e-5)
 
 
 def test_the_noise_is_fixed_by_the_pixels():

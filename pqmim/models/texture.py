@@ -12,7 +12,9 @@ r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and
     out = x + dec(z') - dec(z)
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
-would lose (it is not lossless either): where the head predicts nothing, out = x.
+would lose (it is not lossless either): where the head predicts nothing, out = x. With
+`flatten` r the change's local mean (a (2r + 1)-pixel box, applied twice) is taken out first, so
+the slow part of it, a shift of colour and shading, stays the default decoder's (32 as shipped).
 
 Invariants:
 - Same files: its input is the default decoder's 8-bit image, a function of the codes, so every
@@ -115,8 +117,9 @@ class LatentTexture(nn.Module):
         if self.cfg.flatten:  # texture only: colour and shading stay the default decoder's
             r = self.cfg.flatten
             mean = change
-            for _ in range(2):
-                mean = F.avg_pool2d(mean, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+            for _ in range(2):  # a box is a row box then a column box: 2(2r + 1) reads a pixel, not (2r + 1)^2
+                mean = F.avg_pool2d(mean, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
+                mean = F.avg_pool2d(mean, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
             change = change - mean
         return x + change
 
