@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
