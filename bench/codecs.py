@@ -6,7 +6,11 @@ real compressed size, the decoded 8-bit image and the encode / decode seconds.
 - baselines: one point per CompressAI model we trained (models/baselines/, see bench/baselines.py);
 - classical: one point per Pillow quality setting of JPEG 4:2:0 / 4:4:4, WebP and AVIF.
 
-A point's `key` names its cache files: it changes when the weights or the encoder library do.
+A point's `key` names its cache files: it changes when the weights or the encoder library do,
+and a pqmim point's also when what it gives for a fixed probe image does (`outcome`: its bytes
+and decoded pixels), so a change of code or transforms precision that moves pixels starts a new
+measurement instead of reusing the old one's figures (a change seen only on images larger than
+one tile is not caught).
 """
 
 from __future__ import annotations
@@ -73,6 +77,22 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
 
 
+def probe_image() -> np.ndarray:
+    """80x96 RGB uint8: ramps, a checkerboard and integer-hashed noise (integer arithmetic only,
+    so the same array on every machine and numpy)."""
+    y, x = np.mgrid[0:80, 0:96]
+    noise = (x * 7919 + y * 104729 + x * y * 31) % 251
+    return np.stack([x * 255 // 95, (y * 255 // 79 + noise) // 2, ((x // 8 + y // 8) % 2) * 160 + noise // 4], -1).astype(np.uint8)
+
+
+def outcome(codec) -> str:
+    """A hash of a codec's bytes and decoded pixels for `probe_image` (anything with
+    compress / decompress)."""
+    data = codec.compress(probe_image())
+    pixels = np.ascontiguousarray(np.asarray(codec.decompress(data)))
+    return hashlib.sha256(data + pixels.tobytes()).hexdigest()[:8]
+
+
 def pqmim_points(names: list[str] | None = None) -> list[Point]:
     """The shipped ladder (or the named models); decoding checks the codes match the encoder's."""
     points = []
@@ -82,7 +102,7 @@ def pqmim_points(names: list[str] | None = None) -> list[Point]:
             Point(
                 "pqmim",
                 name.replace("pqmim-", ""),
-                f"pqmim-{name}-{codec.model_id.hex()}-v{fmt.VERSION}",
+                f"pqmim-{name}-{codec.model_id.hex()}-v{fmt.VERSION}-{outcome(codec)}",
                 _checked(codec),
                 {"model": name, "model_id": codec.model_id.hex(), "config": codec.cfg.to_dict()},
             )
@@ -113,12 +133,13 @@ def perceptual_points(names: list[str] | None = None) -> list[Point]:
             path = zoo.perceptual_path(codec.model_id)
         except FileNotFoundError:
             continue
+        perceptual = _Perceptual(codec)
         points.append(
             Point(
                 PERCEPTUAL,
                 name.replace("pqmim-", ""),
-                f"pqmim-perceptual-{name}-{codec.model_id.hex()}-{_file_hash(path)}-v{fmt.VERSION}",
-                _checked(_Perceptual(codec)),
+                f"pqmim-perceptual-{name}-{codec.model_id.hex()}-{_file_hash(path)}-v{fmt.VERSION}-{outcome(perceptual)}",
+                _checked(perceptual),
                 {"model": name, "model_id": codec.model_id.hex(), "perceptual": path.stem},
             )
         )

@@ -111,8 +111,16 @@ def inception_features(
 
 def fid_kid_of(reference: torch.Tensor, decoded: torch.Tensor) -> dict:
     """FID and KID of two feature sets (`inception_features`), by torch-fidelity's own
-    functions: KID with the cubic polynomial kernel, 100 subsets of min(1000, n), seed 2020."""
+    functions: KID with the cubic polynomial kernel, 100 subsets of min(1000, n), seed 2020.
+
+    The bench's sets are paired (patch i of both is the same place), and torch-fidelity's
+    unbiased KID counts those pairs, whose kernel is above average: near-lossless codecs get KID
+    slightly below 0 (about -2 * 0.2 / 1000 = -0.0004 with 1000-patch subsets). With n < 2048
+    patches the covariances are rank-deficient; FID is still defined, comparable within this
+    set only."""
     n = len(decoded)
+    if len(reference) != n or n < 2:
+        raise ValueError(f"need two equal sets of at least 2 patches, got {len(reference)} and {n}")
     fid = tf_fid.fid_statistics_to_metric(tf_fid.fid_features_to_statistics(reference), tf_fid.fid_features_to_statistics(decoded), False)
     kid = tf_kid.kid_features_to_metric(reference, decoded, kid_subset_size=min(1000, n), rng_seed=2020, verbose=False)
     return {
@@ -121,31 +129,6 @@ def fid_kid_of(reference: torch.Tensor, decoded: torch.Tensor) -> dict:
         "kid_std": float(kid[torch_fidelity.KEY_METRIC_KID_STD]),
         "patches": n,
     }
-
-
-def fid_kid(
-    reference: list[np.ndarray],
-    decoded: list[np.ndarray],
-    weights: str | Path,
-    device: str = "cpu",
-    *,
-    cache_dir: Path | None = None,
-    progress: bool = False,
-) -> dict:
-    """FID and KID between two equally sized lists of HxWx3 uint8 patches.
-
-    With `cache_dir`, the reference set's features are cached (`inception_features`); the
-    decoded set's are not (each codec's are measured once and its figures cached instead).
-
-    The sets are paired (patch i of both is the same place), and torch-fidelity's unbiased KID
-    counts those pairs, whose kernel is above average: near-lossless codecs get KID slightly
-    below 0 (about -2 * 0.2 / 1000 = -0.0004 with 1000-patch subsets). With n < 2048 patches
-    the covariances are rank-deficient; FID is still defined, comparable within this set only."""
-    n = len(decoded)
-    if len(reference) != n or n < 2:
-        raise ValueError(f"need two equal sets of at least 2 patches, got {len(reference)} and {n}")
-    ref = inception_features(reference, weights, device, cache_dir=cache_dir, progress=progress)
-    return fid_kid_of(ref, inception_features(decoded, weights, device, progress=progress))
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -200,6 +183,43 @@ def _cached(path: Path, images: int, limit: int | None) -> dict | None:
     return r if r.get("images") == images and r.get("limit") == limit else None
 
 
+def point_features(
+    point: PointLike,
+    images: list[np.ndarray],
+    weights: str | Path,
+    device: str = "cpu",
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[float]]:
+    """Inception features of the patches of `point`'s decoded `images` (image by image, each in
+    `patches` order, so paired with the originals' patches) and each image's bits per pixel.
+
+    With `cache_dir`, both are kept as cache_dir/inception/point-KEY-NAME.pt, NAME a hash of the
+    originals' pixels: a point's key changes with its weights and encoder library
+    (bench/codecs.py), not with decoding code, so delete the file when that changes."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "inception" / f"point-{point.key}-{_fingerprint(images, Path(weights))}.pt"
+        if path.exists():
+            d = torch.load(path, weights_only=True)
+            return d["features"], d["bpp"].tolist()
+    bpp, decoded = [], []
+    for rgb in tqdm(images, desc=f"{point.codec} {point.label}", leave=False, disable=not progress):
+        n, out, _, _ = point.roundtrip(rgb)
+        if out.shape != rgb.shape:
+            raise ValueError(f"{point.key}: decoded {out.shape} != original {rgb.shape}")
+        bpp.append(n * 8 / (rgb.shape[0] * rgb.shape[1]))
+        decoded += patches(out)
+    f = inception_features(decoded, weights, device, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"features": f, "bpp": torch.tensor(bpp, dtype=torch.float64)}, tmp)
+        tmp.replace(path)
+    return f, bpp
+
+
 def _measure_point(
     point: PointLike,
     images: list[np.ndarray],
@@ -210,14 +230,8 @@ def _measure_point(
     progress: bool,
 ) -> dict:
     t = time.perf_counter()
-    bpp, decoded = [], []
-    for rgb in tqdm(images, desc=f"{point.codec} {point.label}", leave=False, disable=not progress):
-        n, out, _, _ = point.roundtrip(rgb)
-        if out.shape != rgb.shape:
-            raise ValueError(f"{point.key}: decoded {out.shape} != original {rgb.shape}")
-        bpp.append(n * 8 / (rgb.shape[0] * rgb.shape[1]))
-        decoded += patches(out)
-    m = fid_kid(reference, decoded, weights, device, cache_dir=cache_dir, progress=progress)
+    decoded, bpp = point_features(point, images, weights, device, progress=progress)
+    m = fid_kid_of(inception_features(reference, weights, device, cache_dir=cache_dir, progress=progress), decoded)
     return {
         "codec": point.codec,
         "label": point.label,

@@ -15,7 +15,7 @@ images neither training nor the bench uses:
   `--images` of them evenly spaced (24 by default), whole;
 - for each model served: the file the real codec writes for each photo, its default decoder's
   image, and the candidate applied as `pqmim decode --perceptual` applies it (tiles, precision);
-- FID and KID (as bench.fid.fid_kid, HiFiC's patches) against the originals' patches, and a
+- FID and KID (as bench.fid.fid_kid_of, HiFiC's patches) against the originals' patches, and a
   90% interval of each candidate's FID minus the default decoder's, by a paired bootstrap over
   the photos (bench.fid.fid_differences: on a few hundred patches FID moves by points with the
   photos, so a difference of a point or two may be none); LPIPS (Alex), PSNR, and the PSNR of

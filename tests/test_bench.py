@@ -279,3 +279,72 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
     assert "GAN" not in card["description"]  # iteration 100 came before the GAN term (from 150)
     with pytest.raises(SystemExit, match="serves every model"):
         pick([rows[0], rows[3]], tmp_path / "dest2", "pqmim-perceptual", {})
+
+
+@needs_shared  # the FID Inception weights
+def test_point_features_pair_each_patch_with_the_originals_and_are_cached(tmp_path):
+    """A point's features come in the originals' patch order (a lossless point gives the
+    originals' features exactly: a difference of 0 on every bootstrap draw), with the bits per
+    pixel of its real bytes; a blurred point's FID is above it on every draw; a second call
+    reads the cache and decodes nothing."""
+    import torch
+
+    from bench.codecs import Point
+    from bench.fid import fid_differences, inception_features, patches, point_features
+    from pqmim.checkout import FID_WEIGHTS
+
+    images = [photo_crop(0, 0, 512, 384, v) for v in range(4)]  # 3 patches each
+    decoded = []
+
+    def lossless(rgb):
+        decoded.append(rgb)
+        return 1000, rgb.copy(), 0.0, 0.0
+
+    def blurred(rgb):
+        out = rgb.astype(np.float32)
+        for axis in (0, 1):
+            out = (np.roll(out, 2, axis) + out + np.roll(out, -2, axis)) / 3
+        return 4000, out.round().astype(np.uint8), 0.0, 0.0
+
+    reference = inception_features([p for im in images for p in patches(im)], FID_WEIGHTS)
+    same, bpp = point_features(Point("x", "lossless", "x-lossless", lossless), images, FID_WEIGHTS, cache_dir=tmp_path)
+    assert len(decoded) == 4 and torch.equal(same, reference)
+    assert bpp == [1000 * 8 / (512 * 384)] * 4
+    blur, _ = point_features(Point("x", "blurred", "x-blurred", blurred), images, FID_WEIGHTS)
+    [(lo, hi)] = fid_differences(reference, same, [blur], [3] * 4, draws=50)
+    assert 0 < lo <= hi
+    again, bpp_again = point_features(Point("x", "lossless", "x-lossless", lossless), images, FID_WEIGHTS, cache_dir=tmp_path)
+    assert len(decoded) == 4 and torch.equal(again, same) and bpp_again == bpp
+    assert len(list((tmp_path / "inception").glob("point-x-lossless-*.pt"))) == 1
+
+
+def test_classical_at_names_its_points_and_refuses_bad_ones():
+    """CODEC:QUALITY is a classical setting, pqmim-qN a model's default decoder and
+    pqmim-qN:perceptual its perceptual one; anything else is refused with the forms it takes."""
+    from bench.classical_at import point_of
+    from bench.codecs import PERCEPTUAL
+
+    assert point_of("avif:15").key.startswith("avif-q15-")
+    assert (point_of("pqmim-q1").codec, point_of("pqmim-q1").label) == ("pqmim", "q1")
+    if zoo.perceptual_decoders():
+        assert point_of("pqmim-q1:perceptual").codec == PERCEPTUAL
+    with pytest.raises(ValueError, match="no perceptual decoder"):
+        point_of("pqmim-q5:perceptual")
+    for bad in ("avif", "avif:x", "pqmim-q1:fast", "gif:3"):
+        with pytest.raises(ValueError, match="CODEC:QUALITY"):
+            point_of(bad)
+    r = run_module("bench.classical_at", "avif:15", "--against", "pqmim-q9")
+    assert r.returncode == 2 and "unknown model 'pqmim-q9'" in r.stderr
+
+
+def test_a_pqmim_points_cache_key_sees_its_pixels():
+    """The probe in a pqmim point's key (bench.codecs.outcome) is the same on every call and
+    moves with what moves the pixels: the transforms precision, the perceptual decoder."""
+    from bench.codecs import _Perceptual, outcome
+    from pqmim import Codec
+
+    f32 = Codec.from_pretrained("pqmim-q1", transforms="float32")
+    assert outcome(f32) == outcome(Codec.from_pretrained("pqmim-q1", transforms="float32"))
+    assert outcome(f32) != outcome(Codec.from_pretrained("pqmim-q1", transforms="bfloat16"))
+    if zoo.perceptual_decoders():
+        assert outcome(_Perceptual(f32)) != outcome(f32)
