@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pqmim.data import list_images
 from pqmim.image import load_image
 
-from pqmim.fileio import atomic_write_json
+from pqmim.fileio import atomic_file, atomic_write_json
 
 PATCH = 256
 
@@ -103,9 +103,8 @@ def inception_features(
         f = tf_utils.get_featuresdict_from_dataset(_Patches(items), net, 64, cuda, True, progress)["2048"]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(f, tmp)
-        tmp.replace(path)
+        with atomic_file(path) as out:
+            torch.save(f, out)
     return f
 
 
@@ -196,8 +195,8 @@ def point_features(
     `patches` order, so paired with the originals' patches) and each image's bits per pixel.
 
     With `cache_dir`, both are kept as cache_dir/inception/point-KEY-NAME.pt, NAME a hash of the
-    originals' pixels: a point's key changes with its weights and encoder library
-    (bench/codecs.py), not with decoding code, so delete the file when that changes."""
+    originals' pixels: the point's key (bench/codecs.py) names its weights, encoder library and,
+    for pqmim, its bytes and pixels on a probe image."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "inception" / f"point-{point.key}-{_fingerprint(images, Path(weights))}.pt"
@@ -214,9 +213,8 @@ def point_features(
     f = inception_features(decoded, weights, device, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"features": f, "bpp": torch.tensor(bpp, dtype=torch.float64)}, tmp)
-        tmp.replace(path)
+        with atomic_file(path) as out:
+            torch.save({"features": f, "bpp": torch.tensor(bpp, dtype=torch.float64)}, out)
     return f, bpp
 
 
