@@ -54,11 +54,14 @@ def test_texture_file_holds_one_head_per_model(tmp_path):
     assert isinstance(load_decoder(path, "0000000a"), LatentTexture)  # told apart by the format tag
     with pytest.raises(ValueError, match="invalid texture config"):
         TextureConfig(strength=-1)
+    with pytest.raises(ValueError, match="sharpen must be a number from 0 to 1"):
+        TextureConfig(sharpen=1.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype):
-    assert_same_pixels_any_threads_or_batch(random_texture(), 96, 64, dtype)
+@pytest.mark.parametrize("sharpen", [0.0, 0.5])
+def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype, sharpen):
+    assert_same_pixels_any_threads_or_batch(random_texture(cfg=TextureConfig(channels=8, sharpen=sharpen)), 96, 64, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -107,6 +110,23 @@ def test_flatten_removes_the_changes_local_mean():
     change = torch.randn(1, 3, 24, 40, generator=torch.Generator().manual_seed(0))
     box = lambda v: F.avg_pool2d(v, 11, stride=1, padding=5, count_include_pad=False)  # noqa: E731
     assert torch.allclose(t.finish(x, change), x + change - box(box(change)), atol=1e-5)
+
+
+def test_sharpened_noise_is_blue_with_unit_variance():
+    """`sharpen` a takes a of the noise's 3x3 local mean out: unit variance still, and neighbours
+    anticorrelated by what that kernel gives (a = 0.5: -0.101), where white noise has none. With
+    a = 0 the draw is the one files decoded to before `sharpen` existed: N(0, 1) of the seed."""
+    piece = to_tensor(photo_crop(0, 0, 512, 512))
+    white = random_texture()._noise(piece)
+    assert torch.equal(white, torch.randn((1, 32, 64, 64), generator=torch.Generator().manual_seed(seed_of(piece[0]))))
+    blue = random_texture(cfg=TextureConfig(channels=8, sharpen=0.5))._noise(piece)
+    assert blue.shape == white.shape and not torch.equal(blue, white)
+    c, e = 1 - 0.5 / 9, 0.5 / 9  # the kernel: c at the centre, -e around it
+    expected = (-2 * c * e + 4 * e * e) / (c * c + 8 * e * e)
+    for n, lag1 in ((white, 0.0), (blue, expected)):
+        assert abs(n.var().item() - 1) < 0.02
+        for a, b in ((n[..., 1:], n[..., :-1]), (n[..., 1:, :], n[..., :-1, :])):
+            assert abs((a * b).mean().item() / n.var().item() - lag1) < 0.015
 
 
 def test_the_noise_is_fixed_by_the_pixels():

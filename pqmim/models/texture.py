@@ -8,7 +8,8 @@ resolution, trained on far more photos than ours), where a small head predicts, 
 position, the mean `mu` and spread `sigma` of what the coding lost there,
 r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and adds a draw:
 
-    z = enc(x);  z' = z + mu + strength * sigma * n,  n ~ N(0, 1) from a fixed seed
+    z = enc(x);  z' = z + mu + strength * sigma * n,  n ~ N(0, 1) from a fixed seed (with `sharpen`,
+                                                          blue: its 3x3 local mean partly taken out)
     out = x + dec(z') - dec(z)
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
@@ -59,6 +60,7 @@ class TextureConfig:
     channels: int = 64  # the head's hidden channels
     strength: float = 0.6  # of the predicted spread: the FID-best of 0.6 and 1.0 at q1 (models/TRAINING.md)
     flatten: int = 0  # radius in pixels: remove the change's local mean (a box blur, twice), 0 = keep it
+    sharpen: float = 0.0  # of the noise's 3x3 local mean taken out (blue noise); 0 = white noise, as before 0.11
 
     def __post_init__(self) -> None:
         if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
@@ -67,6 +69,8 @@ class TextureConfig:
             raise ValueError("invalid texture config: strength must be a number from 0 to 4")
         if not (isinstance(self.flatten, int) and not isinstance(self.flatten, bool) and 0 <= self.flatten <= 64):
             raise ValueError("invalid texture config: flatten must be an integer from 0 to 64")
+        if not (isinstance(self.sharpen, (int, float)) and not isinstance(self.sharpen, bool) and 0 <= self.sharpen <= 1):
+            raise ValueError("invalid texture config: sharpen must be a number from 0 to 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextureConfig":
@@ -153,9 +157,19 @@ class LatentTexture(nn.Module):
                     yield self.finish(p, a.result() - b.result()).clamp(0, 1)
 
     def _noise(self, piece: torch.Tensor) -> torch.Tensor:
-        """The (1, 32, h/8, w/8) standard normal draw for a (1, 3, h, w) piece, seeded by its pixels."""
+        """The (1, 32, h/8, w/8) noise for a (1, 3, h, w) piece, seeded by its pixels: standard
+        normal, or with `sharpen` a its 3x3 local mean taken out, n - a * box(n), scaled back to
+        unit variance (a draw one position wider on each side, so every position has its box).
+        Less of the noise's low frequencies: taef2 draws finer grain from it, which held-out FID
+        prefers (models/TRAINING.md, 0.11.0; noise with the residual's own covariance was worse)."""
         _, _, h, w = piece.shape
-        return torch.randn((1, LATENT, h // self.f, w // self.f), generator=torch.Generator().manual_seed(seed_of(piece[0])))
+        a, m = self.cfg.sharpen, 1 if self.cfg.sharpen else 0
+        gen = torch.Generator().manual_seed(seed_of(piece[0]))
+        n = torch.randn((1, LATENT, h // self.f + 2 * m, w // self.f + 2 * m), generator=gen)
+        if not a:
+            return n
+        centre = n[:, :, 1:-1, 1:-1]
+        return (centre - a * F.avg_pool2d(n, 3, stride=1)) / ((1 - a / 9) ** 2 + 8 * (a / 9) ** 2) ** 0.5
 
     @staticmethod
     @torch.no_grad()

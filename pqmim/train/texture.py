@@ -1,7 +1,7 @@
 """Fit the latent-texture perceptual decoder's heads (pqmim/models/texture.py) and ship it.
 
     python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --train ../shared/data/train --out runs/tex-q12 \
-        --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --export models    # the shipped file (0.10.5)
+        --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --sharpen 0.5 --export models   # shipped (0.11.0)
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -111,13 +111,14 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--channels", type=int, default=TextureConfig.channels, help="the head's hidden channels")
     ap.add_argument("--strength", type=float, default=TextureConfig.strength)
     ap.add_argument("--flatten", type=int, default=TextureConfig.flatten, help="radius of the change's local mean removed (0: kept)")
+    ap.add_argument("--sharpen", type=float, default=TextureConfig.sharpen, help="of the noise's 3x3 local mean taken out (0: white)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--storage", default="int8", choices=STORAGES, help="weights as shipped (int8: the models/ budget)")
     ap.add_argument("--export", type=Path, help="write pqmim-texture.safetensors and its card here (e.g. models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TextureConfig(channels=args.channels, strength=args.strength, flatten=args.flatten)
+    cfg = TextureConfig(channels=args.channels, strength=args.strength, flatten=args.flatten, sharpen=args.sharpen)
     args.out.mkdir(parents=True, exist_ok=True)
     enc, dec = load_taef2(args.taef2)
     enc.eval().requires_grad_(False)
