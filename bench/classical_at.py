@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.images < 1:
+        ap.error("--images must be at least 1")
     torch.set_num_threads(args.threads)
     try:
         points = [point_of(s) for s in args.settings]

@@ -335,6 +335,8 @@ def test_classical_at_names_its_points_and_refuses_bad_ones():
             point_of(bad)
     r = run_module("bench.classical_at", "avif:15", "--against", "pqmim-q9")
     assert r.returncode == 2 and "unknown model 'pqmim-q9'" in r.stderr
+    r = run_module("bench.classical_at", "avif:15", "--images", "0")
+    assert r.returncode == 2 and "--images must be at least 1" in r.stderr
 
 
 def test_a_pqmim_points_cache_key_sees_its_pixels():
