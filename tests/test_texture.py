@@ -129,6 +129,19 @@ def test_sharpened_noise_is_blue_with_unit_variance():
             assert abs((a * b).mean().item() / n.var().item() - lag1) < 0.015
 
 
+def test_power_shapes_the_draws_spread():
+    """The draw is z + mu + strength * sigma^power * n: power 1 (the default) is the draw files
+    decoded to before `power` existed, power 2 draws more where the head is unsure."""
+    a, b = random_texture(), random_texture(cfg=TextureConfig(channels=8, strength=0.9, power=2))  # the same head
+    gen = torch.Generator().manual_seed(1)
+    z, n = torch.randn((1, 32, 4, 6), generator=gen), torch.randn((1, 32, 4, 6), generator=gen)
+    mu, log_sigma = a.head(z)
+    assert torch.equal(a.drawn(z, n), z + mu + 0.6 * log_sigma.exp() * n)
+    assert torch.allclose(b.drawn(z, n), z + mu + 0.9 * log_sigma.exp() ** 2 * n, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="power must be a number from 0 to 4"):
+        TextureConfig(power=5)
+
+
 def test_the_noise_is_fixed_by_the_pixels():
     a, b = to_tensor(photo_crop(0, 0, 96, 64)), to_tensor(photo_crop(0, 0, 96, 64, variant=3))
     assert seed_of(a) == seed_of(a.clone()) != seed_of(b)
@@ -228,3 +241,10 @@ def test_heads_fitted_one_model_per_run_make_the_file_one_run_makes(tiny_ladder,
     card = lambda p: json.loads(p.with_suffix(".json").read_text())  # noqa: E731
     assert card(joined)["training"]["heads_fitted_before"] == ["pqmim-q1", "pqmim-q2"]
     assert card(one_run)["fit"] == card(joined)["fit"] and set(card(joined)["fit"]) == {"pqmim-q1", "pqmim-q2"}
+    # --heads-from: a file's heads under another config (how 0.12.0 was made from 0.11.0), every tensor as it was
+    again = ["--strength", "0.9", "--power", "2", "--heads-from", str(joined)]
+    redrawn = train_texture.main(both + again + flags(out=tmp_path / "re", export=tmp_path / "re" / "export", **common))
+    meta_c, c = read_tensors(redrawn, FORMAT_TAG, "t")
+    assert c.keys() == b.keys() and all(torch.equal(b[k], c[k]) for k in b) and meta_c["serves"] == meta_b["serves"]
+    assert LatentTexture.load(redrawn, ids["pqmim-q1"]).cfg == TextureConfig(8, 0.9, power=2)
+    assert card(redrawn)["fit"] == card(joined)["fit"] and card(redrawn)["plan"]["heads_from"] == joined.name

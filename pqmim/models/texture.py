@@ -8,9 +8,11 @@ resolution, trained on far more photos than ours), where a small head predicts, 
 position, the mean `mu` and spread `sigma` of what the coding lost there,
 r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and adds a draw:
 
-    z = enc(x);  z' = z + mu + strength * sigma * n,  n ~ N(0, 1) from a fixed seed (with `sharpen`,
+    z = enc(x);  z' = z + mu + strength * sigma^p * n,  n ~ N(0, 1) from a fixed seed (with `sharpen`,
                                                           blue: its 3x3 local mean partly taken out)
     out = x + dec(z') - dec(z)
+
+with p = `power` (1 before 0.12.0; 2 since: texture drawn where the head is unsure of what was lost).
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
 would lose (it is not lossless either): where the head predicts nothing, out = x. With
@@ -61,6 +63,7 @@ class TextureConfig:
     strength: float = 0.6  # of the predicted spread: the FID-best of 0.6 and 1.0 at q1 (models/TRAINING.md)
     flatten: int = 0  # radius in pixels: remove the change's local mean (a box blur, twice), 0 = keep it
     sharpen: float = 0.0  # of the noise's 3x3 local mean taken out (blue noise); 0 = white noise, as before 0.11
+    power: float = 1.0  # the draw's spread is strength * sigma^power: 1 as predicted, as before 0.12; 2 more where sigma is large
 
     def __post_init__(self) -> None:
         if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
@@ -71,6 +74,8 @@ class TextureConfig:
             raise ValueError("invalid texture config: flatten must be an integer from 0 to 64")
         if not (isinstance(self.sharpen, (int, float)) and not isinstance(self.sharpen, bool) and 0 <= self.sharpen <= 1):
             raise ValueError("invalid texture config: sharpen must be a number from 0 to 1")
+        if not (isinstance(self.power, (int, float)) and not isinstance(self.power, bool) and 0 <= self.power <= 4):
+            raise ValueError("invalid texture config: power must be a number from 0 to 4")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextureConfig":
@@ -112,9 +117,11 @@ class LatentTexture(nn.Module):
         return self.finish(x, self.decoder(self.drawn(z, noise)) - self.decoder(z))
 
     def drawn(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """z + mu + strength * sigma * noise: the latents with texture drawn in (float32)."""
+        """z + mu + strength * sigma^power * noise: the latents with texture drawn in (float32).
+        A power above 1 draws more where the head is unsure what was lost (edges, foliage) and
+        less where it is sure (flat sky): held-out FID and KID prefer it (models/TRAINING.md, 0.12.0)."""
         mu, log_sigma = self.head(z.float())
-        return z.float() + mu + self.cfg.strength * log_sigma.exp() * noise
+        return z.float() + mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
 
     def finish(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         """x plus the change dec(z') - dec(z), less its local mean where `flatten` asks."""

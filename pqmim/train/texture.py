@@ -1,7 +1,9 @@
 """Fit the latent-texture perceptual decoder's heads (pqmim/models/texture.py) and ship it.
 
     python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --train ../shared/data/train --out runs/tex-q12 \
-        --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --sharpen 0.5 --export models   # shipped (0.11.0)
+        --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --sharpen 0.5 --export models   # 0.11.0
+    python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --heads-from 0.11.0.safetensors --channels 128 \
+        --flatten 32 --sharpen 0.5 --strength 0.9375 --power 2 --export models   # shipped (0.12.0): 0.11.0's heads
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -112,13 +114,15 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--strength", type=float, default=TextureConfig.strength)
     ap.add_argument("--flatten", type=int, default=TextureConfig.flatten, help="radius of the change's local mean removed (0: kept)")
     ap.add_argument("--sharpen", type=float, default=TextureConfig.sharpen, help="of the noise's 3x3 local mean taken out (0: white)")
+    ap.add_argument("--power", type=float, default=TextureConfig.power, help="the draw's spread is strength * sigma^power")
+    ap.add_argument("--heads-from", type=Path, help="a texture decoder file: its heads as stored, not fitted (another config for them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--storage", default="int8", choices=STORAGES, help="weights as shipped (int8: the models/ budget)")
     ap.add_argument("--export", type=Path, help="write pqmim-texture.safetensors and its card here (e.g. models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TextureConfig(channels=args.channels, strength=args.strength, flatten=args.flatten, sharpen=args.sharpen)
+    cfg = TextureConfig(args.channels, args.strength, args.flatten, args.sharpen, args.power)
     args.out.mkdir(parents=True, exist_ok=True)
     enc, dec = load_taef2(args.taef2)
     enc.eval().requires_grad_(False)
@@ -129,7 +133,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         model = PQMIM.load(zoo.model_path(name)).eval()
         mid = model.model_id().hex()
         fitted = args.out / f"head-{mid}-{args.crops}-{args.seed}-{args.steps}-{args.channels}-x{args.threads}.pt"
-        if fitted.is_file():  # fitted before, at this thread count (float sums differ between counts)
+        if args.heads_from:  # the heads as that file stores them; its card (beside it) has their fit
+            heads[mid] = LatentTexture.load(args.heads_from, mid).head.state_dict()
+            card = args.heads_from.with_suffix(".json")
+            reports[name] = json.loads(card.read_text())["fit"][name] if card.is_file() else None
+            read.append(name)
+        elif fitted.is_file():  # fitted before, at this thread count (float sums differ between counts)
             heads[mid], reports[name] = torch.load(fitted)
             read.append(name)
         else:
@@ -157,6 +166,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     texture.save(path, heads, serves, args.storage)
     for s in serves:
         LatentTexture.load(path, s["model_id"])  # what ships reads back
+    plan = {"crops": args.crops, "crop": CROP, "steps": args.steps, "batch": 16, "lr": 1e-3, "seed": args.seed}
+    if args.heads_from:  # the heads' plan is the file's they came from
+        old = args.heads_from.with_suffix(".json")
+        plan = {**(json.loads(old.read_text()).get("plan", {}) if old.is_file() else {}), "heads_from": args.heads_from.name}
     card = {
         "kind": zoo.PERCEPTUAL,
         "description": "adds texture in taef2's latent space (a predicted mean and seeded noise) to the default decoder's image; same files",
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "serves": serves,
         "storage": args.storage,
         "taef2": "github madebyollin/taesd taef2_encoder.pth, taef2_decoder.pth (MIT, models/LICENSE.taesd)",
-        "plan": {"crops": args.crops, "crop": CROP, "steps": args.steps, "batch": 16, "lr": 1e-3, "seed": args.seed},
+        "plan": plan,
         "fit": reports,
         "training": {
             "wall_s": round(time.time() - t0),  # this run's: not the fits of heads it read from the run folder
