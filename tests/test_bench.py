@@ -229,6 +229,14 @@ def test_fast_fid_equals_torch_fidelitys_and_the_bootstrap_tells_decoders_apart(
     fid = fid_kid_of(reference, base)["fid"]
     assert frechet(reference.numpy(), base.numpy()) == pytest.approx(fid, rel=1e-6)
     assert frechet(base.numpy()[:30], reference.numpy()) == pytest.approx(frechet(reference.numpy(), base.numpy()[:30]), rel=1e-9)
+    # weights count rows as repeats: what the bootstrap's draws use instead of repeating photos
+    times = rng.integers(1, 4, size=n)
+    repeated = np.repeat(np.arange(n), times)
+    assert frechet(reference.numpy(), base.numpy(), times) == pytest.approx(
+        frechet(reference.numpy()[repeated], base.numpy()[repeated]), rel=1e-9
+    )
+    with pytest.raises(ValueError, match="weights"):
+        frechet(reference.numpy(), base.numpy()[:30], times)
     worse = base + 0.5
     better = reference + torch.from_numpy(rng.normal(scale=0.3, size=(n, d)).astype(np.float32))
     same, up, down = fid_differences(reference, base, [base, worse, better], groups, draws=50)

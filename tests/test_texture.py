@@ -248,3 +248,9 @@ def test_heads_fitted_one_model_per_run_make_the_file_one_run_makes(tiny_ladder,
     assert c.keys() == b.keys() and all(torch.equal(b[k], c[k]) for k in b) and meta_c["serves"] == meta_b["serves"]
     assert LatentTexture.load(redrawn, ids["pqmim-q1"]).cfg == TextureConfig(8, 0.9, power=2)
     assert card(redrawn)["fit"] == card(joined)["fit"] and card(redrawn)["plan"]["heads_from"] == joined.name
+    # a source card without a model's fit report (an older card): that report is missing, not an error
+    older = card(joined)
+    del older["fit"]["pqmim-q2"]
+    joined.with_suffix(".json").write_text(json.dumps(older))
+    redrawn = train_texture.main(both + again + flags(out=tmp_path / "re2", export=tmp_path / "re2" / "export", **common))
+    assert card(redrawn)["fit"] == {"pqmim-q1": older["fit"]["pqmim-q1"], "pqmim-q2": None}

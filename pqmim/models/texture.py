@@ -12,7 +12,8 @@ r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and
                                                           blue: its 3x3 local mean partly taken out)
     out = x + dec(z') - dec(z)
 
-with p = `power` (1 before 0.12.0; 2 since: texture drawn where the head is unsure of what was lost).
+with p = `power` (1 before 0.12.0; 2 since: texture drawn where the head is unsure of what was lost;
+strength 0.8 since 0.12.1).
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
 would lose (it is not lossless either): where the head predicts nothing, out = x. With

@@ -3,7 +3,8 @@
     python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --train ../shared/data/train --out runs/tex-q12 \
         --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --sharpen 0.5 --export models   # 0.11.0
     python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --heads-from 0.11.0.safetensors --channels 128 \
-        --flatten 32 --sharpen 0.5 --strength 0.9375 --power 2 --export models   # shipped (0.12.0): 0.11.0's heads
+        --flatten 32 --sharpen 0.5 --strength 0.9375 --power 2 --export models   # 0.12.0: 0.11.0's heads
+    (0.12.1, shipped: the same from 0.12.0's file with --strength 0.8)
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         if args.heads_from:  # the heads as that file stores them; its card (beside it) has their fit
             heads[mid] = LatentTexture.load(args.heads_from, mid).head.state_dict()
             card = args.heads_from.with_suffix(".json")
-            reports[name] = json.loads(card.read_text())["fit"][name] if card.is_file() else None
+            reports[name] = json.loads(card.read_text()).get("fit", {}).get(name) if card.is_file() else None
             read.append(name)
         elif fitted.is_file():  # fitted before, at this thread count (float sums differ between counts)
             heads[mid], reports[name] = torch.load(fitted)
