@@ -57,10 +57,13 @@ def test_logits_do_not_depend_on_threads_or_batching(which, q3, tiny_codec, monk
     assert torch.equal(together, alone)
 
 
-def test_logits_do_not_depend_on_the_backend(q3, monkeypatch):
+@pytest.mark.parametrize("kernel", ["int8", "float32"])
+def test_logits_do_not_depend_on_the_backend(kernel, q3, monkeypatch):
     """Another machine's kernels, simulated: int8 products and float32 products of integers
-    computed as float64 matrix products instead (any exact method must give the same bits)."""
+    computed as float64 matrix products instead (any exact method must give the same bits),
+    against each of the linear layers' two CPU kernels (`exact.linear_kernel`)."""
     codes = q3.encode_codes([photo_crop(*CROP)])[0]
+    monkeypatch.setattr(exact, "LINEAR_KERNEL", kernel)
     ours, _ = _logits(q3, codes)
     calls = []
 
@@ -71,7 +74,16 @@ def test_logits_do_not_depend_on_the_backend(q3, monkeypatch):
     monkeypatch.setattr(torch, "_int_mm", int_mm)
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")  # int_product's float64 path
     theirs, _ = _logits(q3, codes)
-    assert calls and torch.equal(ours, theirs)
+    assert bool(calls) == (kernel == "int8") and torch.equal(ours, theirs)
+
+
+def test_linear_kernel_is_timed_once(monkeypatch):
+    monkeypatch.setattr(exact, "LINEAR_KERNEL", None)
+    monkeypatch.setattr(exact, "_TIMED_KERNEL", None)
+    first = exact.linear_kernel()
+    assert first in ("int8", "float32") and exact._TIMED_KERNEL == first
+    monkeypatch.setattr(torch, "_int_mm", None)  # not timed again: the choice stays
+    assert exact.linear_kernel() == first
 
 
 def test_integer_arithmetic_costs_no_rate(q3):

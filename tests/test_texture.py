@@ -59,9 +59,10 @@ def test_texture_file_holds_one_head_per_model(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("sharpen", [0.0, 0.5])
-def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype, sharpen):
-    assert_same_pixels_any_threads_or_batch(random_texture(cfg=TextureConfig(channels=8, sharpen=sharpen)), 96, 64, dtype)
+@pytest.mark.parametrize("sharpen, decodes", [(0.0, 2), (0.5, 2), (0.5, 1)])
+def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype, sharpen, decodes):
+    cfg = TextureConfig(channels=8, sharpen=sharpen, decodes=decodes)
+    assert_same_pixels_any_threads_or_batch(random_texture(cfg=cfg), 96, 64, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -140,6 +141,25 @@ def test_power_shapes_the_draws_spread():
     assert torch.allclose(b.drawn(z, n), z + mu + 0.9 * log_sigma.exp() ** 2 * n, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="power must be a number from 0 to 4"):
         TextureConfig(power=5)
+
+
+def test_one_decoding_takes_the_change_against_the_input():
+    """decodes 1: the change is dec(z') - x, x the default decoder's image (one taef2 decoding a
+    tile instead of two); decodes 2, the default, is dec(z') - dec(z), what files decoded to
+    before `decodes` existed. The codec's path (refine: channels-last, single-threaded passes)
+    computes the same as the module's forward, up to float32 rounding."""
+    two, one = random_texture(), random_texture(cfg=TextureConfig(channels=8, decodes=1))  # the same weights
+    x = to_tensor(photo_crop(0, 0, 96, 64)).contiguous()
+    noise = one._noise(x)
+    with torch.no_grad():
+        z = one.encoder(x)
+        drawn = one.decoder(one.drawn(z, noise))
+        for t, change in ((one, drawn - x), (two, drawn - one.decoder(z))):
+            assert torch.allclose(t(x, noise), t.finish(x, change), atol=1e-6)
+            assert torch.allclose(t.refine(x), t.finish(x, change).clamp(0, 1), atol=1e-4)
+    assert not torch.allclose(one.refine(x), two.refine(x), atol=1e-3)
+    with pytest.raises(ValueError, match="decodes must be 1 or 2"):
+        TextureConfig(decodes=3)
 
 
 def test_the_noise_is_fixed_by_the_pixels():

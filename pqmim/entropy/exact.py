@@ -6,8 +6,11 @@ coding paths `advance` and `hidden`) whose arithmetic is fixed here instead of l
 
 - every linear layer: each input row is rounded to 7-bit integers under a power-of-two scale
   (`quantize`, int8) and multiplied by the weights rounded to int8 per output channel
-  (`quantize_int8`, what int8 model files store) in int32 (`torch._int_mm`, about ten times
-  the float64 product's speed on this CPU), then scaled back in float32;
+  (`quantize_int8`, what int8 model files store), then scaled back in float32. The CPU takes
+  the faster of two exact kernels for the same integer sums (`linear_kernel`): int32
+  (`torch._int_mm`, fast where the CPU has int8 dot-product instructions, VNNI or AMX) or a
+  float32 product (sums below 2**24: exact; about 30 times `_int_mm`'s speed on a CPU with
+  AVX2 only, where `_int_mm` has no fast kernel);
 - attention: q and k rounded to 9-bit integers per row and head, v per head and channel over
   the keys; the softmax's exp read from a table as integer weights, the probabilities rounded
   to 14 bits; both products are sums of integers below 2**24 (exact in float32, whatever the
@@ -33,6 +36,7 @@ that of the float64 path (-0.0003% on Kodak: FORMAT.md), so a model needs no ret
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -55,6 +59,32 @@ PHI_RANGE = 8
 # True: every exact product is computed as a float64 matrix product (as on a GPU) instead of
 # int8 or float32 kernels; the results must not change (tests, `python -m bench exactness`).
 FLOAT64_PRODUCTS = False
+
+# The linear layers' kernel on the CPU: "int8" (torch._int_mm), "float32", or None: the faster
+# of the two here, timed once per process (`linear_kernel`). Either gives the same integers.
+LINEAR_KERNEL: str | None = None
+_TIMED_KERNEL: str | None = None
+
+
+def linear_kernel() -> str:
+    """LINEAR_KERNEL, or (None) whichever of int8 and float32 products of int8 integers is faster
+    on this CPU, timed once on a product of a small layer's size (a few ms; the second of two
+    calls each, the first warming up). Only speed depends on it: both are exact."""
+    global _TIMED_KERNEL
+    if LINEAR_KERNEL is not None:
+        return LINEAR_KERNEL
+    if _TIMED_KERNEL is None:
+        a = torch.ones(256, 192, dtype=torch.int8)
+        b = torch.ones(192, 192, dtype=torch.int8)
+        fa, fb = a.float(), b.float()
+        seconds = {}
+        for name, run in (("int8", lambda: torch._int_mm(a, b)), ("float32", lambda: fa @ fb)):
+            for _ in range(2):
+                start = time.perf_counter()
+                run()
+                seconds[name] = time.perf_counter() - start
+        _TIMED_KERNEL = min(seconds, key=seconds.get)
+    return _TIMED_KERNEL
 
 
 def inverse_step(top: torch.Tensor, bits: int) -> torch.Tensor:
@@ -141,6 +171,7 @@ class IntegerLinear(nn.Module):
         super().__init__()
         q, scale = quantize_int8(linear.weight.detach().float().cpu())
         self.register_buffer("weight_t", q.t().contiguous())  # (in, out) int8
+        self.register_buffer("weight_tf", self.weight_t.float(), persistent=False)  # the same integers, float32
         self.register_buffer("scale", scale)  # (out,) float32
         self.register_buffer("bias", linear.bias.detach().float().cpu())
         if linear.in_features > 1024:  # 1024 * 127 * 127 < 2**24
@@ -148,12 +179,11 @@ class IntegerLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        v, step = quantize(x.reshape(-1, shape[-1]), LINEAR_BITS)
-        v = v.to(torch.int8)
-        if v.device.type == "cpu" and not FLOAT64_PRODUCTS:
-            acc = torch._int_mm(v, self.weight_t).float()  # int32 sums, below 2**24 for in_features <= 1024: exact in float32
-        else:
-            acc = (v.double() @ self.weight_t.double()).float()  # the same integers
+        v, step = quantize(x.reshape(-1, shape[-1]), LINEAR_BITS)  # integers |v| <= 127, float32
+        if v.device.type == "cpu" and not FLOAT64_PRODUCTS and linear_kernel() == "int8":
+            acc = torch._int_mm(v.to(torch.int8), self.weight_t).float()  # int32 sums, below 2**24: exact in float32
+        else:  # float32 on the CPU, float64 elsewhere: the same integer sums
+            acc = int_product(v, self.weight_tf, self.weight_t.shape[0] * 127 * 127)
         return (acc * step * self.scale + self.bias).reshape(*shape[:-1], -1)
 
 

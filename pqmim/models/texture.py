@@ -10,13 +10,16 @@ r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and
 
     z = enc(x);  z' = z + mu + strength * sigma^p * n,  n ~ N(0, 1) from a fixed seed (with `sharpen`,
                                                           blue: its 3x3 local mean partly taken out)
-    out = x + dec(z') - dec(z)
+    out = x + dec(z') - dec(z)          (`decodes` 2, before 0.12.2)
+    out = x + (dec(z') - x)             (`decodes` 1, since 0.12.2: one taef2 decoding fewer)
 
 with p = `power` (1 before 0.12.0; 2 since: texture drawn where the head is unsure of what was lost;
 strength 0.8 since 0.12.1).
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
-would lose (it is not lossless either): where the head predicts nothing, out = x. With
+would lose (it is not lossless either): where the head predicts nothing, out = x. With one
+decoding, what taef2's round trip loses of x's detail is replaced by its own, and the flatten
+below keeps x's colour and shading: out = dec(z') less its local mean, plus x's local mean. With
 `flatten` r the change's local mean (a (2r + 1)-pixel box, applied twice) is taken out first, so
 the slow part of it, a shift of colour and shading, stays the default decoder's (32 as shipped).
 
@@ -25,7 +28,7 @@ Invariants:
   file decodes either way and the default path is untouched.
 - Deterministic: the noise comes from a generator seeded by the tile's own pixels, and each tile
   of fixed size (pqmim/tiling.py `refine_tiled`) is computed by single-threaded calls, its
-  encoding and then its two decodings (taef2's GroupNorm spans its input, so no pass can run in
+  encoding and then its decodings (taef2's GroupNorm spans its input, so no pass can run in
   row bands); tiles go side by side, as many as there are threads, which changes no call's
   arithmetic, and every pass gets channels-last input with that layout's own strides (a view
   that merely passes for channels-last is convolved as NCHW: other arithmetic). A file gives
@@ -65,6 +68,7 @@ class TextureConfig:
     flatten: int = 0  # radius in pixels: remove the change's local mean (a box blur, twice), 0 = keep it
     sharpen: float = 0.0  # of the noise's 3x3 local mean taken out (blue noise); 0 = white noise, as before 0.11
     power: float = 1.0  # the draw's spread is strength * sigma^power: 1 as predicted, as before 0.12; 2 more where sigma is large
+    decodes: int = 2  # taef2 decodings a tile: 2, change dec(z') - dec(z), as before 0.12.2; 1, dec(z') - x
 
     def __post_init__(self) -> None:
         if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
@@ -77,6 +81,8 @@ class TextureConfig:
             raise ValueError("invalid texture config: sharpen must be a number from 0 to 1")
         if not (isinstance(self.power, (int, float)) and not isinstance(self.power, bool) and 0 <= self.power <= 4):
             raise ValueError("invalid texture config: power must be a number from 0 to 4")
+        if self.decodes not in (1, 2) or isinstance(self.decodes, bool):
+            raise ValueError("invalid texture config: decodes must be 1 or 2")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextureConfig":
@@ -115,7 +121,7 @@ class LatentTexture(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         z = self.encoder(x)  # (B, 32, H/8, W/8)
-        return self.finish(x, self.decoder(self.drawn(z, noise)) - self.decoder(z))
+        return self.finish(x, self.decoder(self.drawn(z, noise)) - (self.decoder(z) if self.cfg.decodes == 2 else x))
 
     def drawn(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """z + mu + strength * sigma^power * noise: the latents with texture drawn in (float32).
@@ -125,7 +131,7 @@ class LatentTexture(nn.Module):
         return z.float() + mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
 
     def finish(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
-        """x plus the change dec(z') - dec(z), less its local mean where `flatten` asks."""
+        """x plus the change dec(z') - dec(z) (or dec(z') - x), less its local mean where `flatten` asks."""
         if self.cfg.flatten:  # texture only: colour and shading stay the default decoder's
             r = self.cfg.flatten
             mean = change
@@ -148,7 +154,7 @@ class LatentTexture(nn.Module):
         bfloat16 where the CPU has it natively, about 3x faster per pass on AMX; the head and the
         noise stay in float32), each pass one single-threaded call on the fixed_pieces pool:
         as many pieces at a time as the pool has threads, their encodings side by side, then
-        their decodings (two a piece). Which thread runs a pass, and how many run together,
+        their decodings (`decodes` a piece). Which thread runs a pass, and how many run together,
         changes no pass's arithmetic: the same pixels with any thread count or batch."""
         pieces = iter(pieces)
         if next(self.parameters()).device.type != "cpu":
@@ -160,9 +166,10 @@ class LatentTexture(nn.Module):
             run = lambda net, v: pool.submit(self._pass, net, v, dtype)  # noqa: E731
             while group := list(itertools.islice(pieces, workers)):
                 latents = [job.result() for job in [run(self.encoder, p) for p in group]]
-                pairs = [(run(self.decoder, self.drawn(z, self._noise(p))), run(self.decoder, z)) for p, z in zip(group, latents)]
-                for p, (a, b) in zip(group, pairs):
-                    yield self.finish(p, a.result() - b.result()).clamp(0, 1)
+                drawn = [run(self.decoder, self.drawn(z, self._noise(p))) for p, z in zip(group, latents)]
+                plain = [run(self.decoder, z) for z in latents] if self.cfg.decodes == 2 else [None] * len(group)
+                for p, a, b in zip(group, drawn, plain):
+                    yield self.finish(p, a.result() - (p if b is None else b.result())).clamp(0, 1)
 
     def _noise(self, piece: torch.Tensor) -> torch.Tensor:
         """The (1, 32, h/8, w/8) noise for a (1, 3, h, w) piece, seeded by its pixels: standard

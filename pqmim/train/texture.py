@@ -4,7 +4,7 @@
         --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --sharpen 0.5 --export models   # 0.11.0
     python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --heads-from 0.11.0.safetensors --channels 128 \
         --flatten 32 --sharpen 0.5 --strength 0.9375 --power 2 --export models   # 0.12.0: 0.11.0's heads
-    (0.12.1, shipped: the same from 0.12.0's file with --strength 0.8)
+    (0.12.1: the same from 0.12.0's file with --strength 0.8; 0.12.2, shipped: from 0.12.1's with --decodes 1)
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--flatten", type=int, default=TextureConfig.flatten, help="radius of the change's local mean removed (0: kept)")
     ap.add_argument("--sharpen", type=float, default=TextureConfig.sharpen, help="of the noise's 3x3 local mean taken out (0: white)")
     ap.add_argument("--power", type=float, default=TextureConfig.power, help="the draw's spread is strength * sigma^power")
+    ap.add_argument("--decodes", type=int, default=TextureConfig.decodes, help="taef2 decodings a tile: 2 or 1 (pqmim/models/texture.py)")
     ap.add_argument("--heads-from", type=Path, help="a texture decoder file: its heads as stored, not fitted (another config for them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--export", type=Path, help="write pqmim-texture.safetensors and its card here (e.g. models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TextureConfig(args.channels, args.strength, args.flatten, args.sharpen, args.power)
+    cfg = TextureConfig(args.channels, args.strength, args.flatten, args.sharpen, args.power, args.decodes)
     args.out.mkdir(parents=True, exist_ok=True)
     enc, dec = load_taef2(args.taef2)
     enc.eval().requires_grad_(False)
