@@ -11,7 +11,7 @@ the pool's workers run torch single-threaded; when the calling thread's outermos
 its own count is what it was before. So the codec never changes another thread's count: two
 threads coding at once with two Codec objects, or a thread training beside one coding, each
 keep their own setting (tests/test_pixels.py). Sections nest (the inner one reuses the outer
-one's worker count).
+one's worker count). The workers run with grad mode off: the pieces are inference.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ import torch
 _local = threading.local()  # depth: sections open in this thread; saved: its count before the first
 
 
-def _single_threaded() -> None:
+def _worker() -> None:
+    """A pool thread: torch single-threaded, and grad mode off (it is per thread, and on in a new
+    thread: autograd would otherwise record every piece's operations and keep their inputs)."""
     torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
 
 
 @contextlib.contextmanager
@@ -40,7 +43,7 @@ def fixed_pieces() -> Iterator[ThreadPoolExecutor]:
         torch.set_num_threads(1)
     _local.depth = depth + 1
     try:
-        with ThreadPoolExecutor(max(1, _local.saved), initializer=_single_threaded) as pool:
+        with ThreadPoolExecutor(max(1, _local.saved), initializer=_worker) as pool:
             yield pool
     finally:
         _local.depth = depth

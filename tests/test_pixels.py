@@ -14,6 +14,7 @@ from conftest import make_tiny_model, photo_crop
 from pqmim.codec import Codec, transform_dtype
 from pqmim.evaluate import psnr_uint8
 from pqmim.models import banded
+from pqmim.threads import fixed_pieces
 
 TRANSFORMS = ["float32", "bfloat16"]
 
@@ -105,6 +106,17 @@ def test_banded_synthesis_computes_the_decoder(tiny_codec):
     with torch.no_grad():
         plain = (model.decoder(model.quantizer.latents_for(codes[None])) + 0.5).clamp(0, 1)
     assert float((model.decode_codes(codes[None]) - plain).abs().max()) < 1e-5
+
+
+def test_pieces_are_computed_without_autograd():
+    """The pool's workers run with grad mode off (a new thread starts with it on): a band of a
+    transform whose weights require grad records no graph, which would keep its inputs alive."""
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    assert conv.weight.requires_grad
+    with fixed_pieces() as pool:
+        assert not pool.submit(torch.is_grad_enabled).result()
+        assert not pool.submit(conv, torch.randn(1, 8, 4, 4)).result().requires_grad
+    assert torch.is_grad_enabled()  # the calling thread's own mode is left alone
 
 
 def test_coding_leaves_the_thread_count_alone_even_when_two_threads_code(tiny_codec):

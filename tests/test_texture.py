@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from pqmim import Codec, tiling, zoo
 from pqmim.image import to_tensor, to_uint8
-from pqmim.models import ModelFileError
+from pqmim.models import ModelFileError, banded
 from pqmim.models.perceptual import Refiner, RefinerConfig, load_decoder
 from pqmim.models.texture import LatentTexture, TextureConfig, TextureHead, seed_of
+from pqmim.threads import fixed_pieces
 
 from conftest import PHOTO, ROOT, assert_same_pixels_any_threads_or_batch, flags, needs_shared, photo_crop, write_photos
 
@@ -61,8 +62,24 @@ def test_texture_file_holds_one_head_per_model(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sharpen, decodes", [(0.0, 2), (0.5, 2), (0.5, 1)])
 def test_texture_pixels_do_not_depend_on_threads_or_batch(dtype, sharpen, decodes):
+    """136 rows: 17 at 1/8 resolution, a full row band and a band of one at every resolution
+    taef2 computes (banded.BAND_ROWS 16)."""
     cfg = TextureConfig(channels=8, sharpen=sharpen, decodes=decodes)
-    assert_same_pixels_any_threads_or_batch(random_texture(cfg=cfg), 96, 64, dtype)
+    assert_same_pixels_any_threads_or_batch(random_texture(cfg=cfg), 96, 136, dtype)
+
+
+def test_banded_taef2_computes_taef2():
+    """taef2's passes in row bands (the texture decoder's CPU path) compute what its modules
+    compute, to float rounding, at heights that leave a short last band at every resolution;
+    the mid blocks' GroupNorm, which needs its whole input, included."""
+    t = random_texture()
+    x = to_tensor(photo_crop(0, 0, 48, 296)).clone(memory_format=torch.channels_last)  # 37 rows at 1/8
+    with torch.no_grad(), fixed_pieces() as pool:
+        z = banded.run(t.encoder, x, pool)
+        assert z.shape == (1, 32, 37, 6) and torch.allclose(z, t.encoder(x), atol=1e-5)
+        assert torch.allclose(banded.run(t.decoder, z, pool), t.decoder(z), atol=1e-5)
+        with pytest.raises(NotImplementedError, match="cannot compute a Upsample"):
+            banded.run(torch.nn.Sequential(torch.nn.Upsample(scale_factor=2, mode="bilinear")), z, pool)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -76,9 +93,9 @@ def test_texture_pixels_do_not_depend_on_the_input_layout(dtype):
     assert torch.equal(t.refine(a, dtype), t.refine(a.contiguous(), dtype))
 
 
-def test_texture_tiles_go_side_by_side_with_the_pixels_of_one_at_a_time():
-    """refine_tiled hands a LatentTexture all its tiles, which it refines as many at a time as it
-    has threads: the pixels are those of each tile refined alone, with 1, 2 or 3 threads."""
+def test_texture_tiles_have_the_pixels_of_one_at_a_time():
+    """refine_tiled hands a LatentTexture all its tiles, which it refines one after another, each
+    on all its threads: the pixels are those of each tile refined alone, with 1, 2 or 3 threads."""
     t = random_texture()
     rgb = photo_crop(0, 0, 200, 136)  # tiles of 64 + a 32-pixel halo: 4 x 3 tiles of several sizes
     alone = np.empty_like(rgb)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoencoder import ResBlock, Upsample
+from .taef2 import Block, Clamp
 
 BAND_ROWS = 16  # rows of a layer's output per band: part of what fixes the decoded pixels
 
@@ -89,10 +90,12 @@ def bands(height: int) -> list[tuple[int, int]]:
     return [(a, min(a + BAND_ROWS, height)) for a in range(0, height, BAND_ROWS)]
 
 
-def _conv_stage(pool: Executor, conv: nn.Conv2d, x: torch.Tensor, pre: Callable | None = None, post: Post | None = None) -> torch.Tensor:
+def _conv_stage(
+    pool: Executor, conv: nn.Conv2d, x: torch.Tensor, pre: Callable | None = None, post: Post | None = None, autocast: torch.dtype | None = None
+) -> torch.Tensor:
     """post(conv(pre(x))) band by band: each band reads the rows of x its output rows need
     (zero rows beyond the edges, as the convolution's own padding; pre must keep zero at zero,
-    as GELU does), and elementwise work rides along in the same pass."""
+    as GELU and ReLU do), and elementwise work rides along in the same pass."""
     if conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple):
         raise NotImplementedError("banded transforms support plain convolutions only")
     (kh, _), (sh, _), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
@@ -111,31 +114,72 @@ def _conv_stage(pool: Executor, conv: nn.Conv2d, x: torch.Tensor, pre: Callable 
         y = F.conv2d(inp, conv.weight, conv.bias, stride=conv.stride, padding=(0, pw))
         return y if post is None else post(y, a, b)
 
-    return torch.cat(list(pool.map(band, bands(out_height))), 2)
+    return torch.cat(_map(pool, band, bands(out_height), autocast), 2)
 
 
-def _elementwise(pool: Executor, fn: Callable, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat(list(pool.map(lambda r: fn(x[:, :, r[0] : r[1]]), bands(x.shape[2]))), 2)
+def _elementwise(pool: Executor, fn: Callable, x: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """fn band by band, for work that maps rows to rows (an activation, a nearest upsampling)."""
+    return torch.cat(_map(pool, lambda r: fn(x[:, :, r[0] : r[1]]), bands(x.shape[2]), autocast), 2)
 
 
-def run(net: nn.Sequential, x: torch.Tensor, pool: Executor) -> torch.Tensor:
+def _map(pool: Executor, fn: Callable, items: list, autocast: torch.dtype | None) -> list:
+    """fn of each item on the pool, under CPU autocast to `autocast` where one is given (autocast
+    is per thread, so it is entered in the thread that computes)."""
+    if autocast is None:
+        return list(pool.map(fn, items))
+
+    def under(item):
+        with torch.autocast("cpu", dtype=autocast):
+            return fn(item)
+
+    return list(pool.map(under, items))
+
+
+def _activation(layer: nn.Module | None) -> Callable | None:
+    """The function of an activation layer that rides along with the convolution before it."""
+    if isinstance(layer, nn.GELU) and layer.approximate == "none":
+        return F.gelu
+    if isinstance(layer, nn.ReLU) and not layer.inplace:
+        return F.relu
+    return None
+
+
+def _taef2_block(pool: Executor, block: Block, x: torch.Tensor, autocast: torch.dtype | None) -> torch.Tensor:
+    """taef2's `Block` in bands; a mid block's GroupNorm needs its whole input, so it runs in
+    one call between the banded 1x1 convolutions around it (at 1/8 resolution: cheap)."""
+    if block.pool is not None:
+        squeeze, norm, _, unsqueeze = block.pool
+        p = _conv_stage(pool, squeeze, x, autocast=autocast)
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            p = norm(p)
+        x = _conv_stage(pool, unsqueeze, p, pre=F.relu, post=lambda y, a, b, x=x: x[:, :, a:b] + y, autocast=autocast)
+    c1, _, c2, _, c3 = block.conv
+    h = _conv_stage(pool, c1, x, post=lambda y, a, b: F.relu(y), autocast=autocast)
+    h = _conv_stage(pool, c2, h, post=lambda y, a, b: F.relu(y), autocast=autocast)
+    return _conv_stage(pool, c3, h, post=lambda y, a, b, x=x: F.relu(y + x[:, :, a:b]), autocast=autocast)
+
+
+def run(net: nn.Sequential, x: torch.Tensor, pool: Executor, autocast: torch.dtype | None = None) -> torch.Tensor:
     """net(x) for a transform of the kinds in `autoencoder.py` (the encoder's or the decoder's
-    `net`), computed image by image in fixed bands (so an image's result does not depend on the
-    batch either); call it with torch set to one thread (`pqmim.threads.fixed_pieces`), the pool
-    giving the parallelism."""
+    `net`) or in `taef2.py`, computed image by image in fixed bands (so an image's result does
+    not depend on the batch either); call it with torch set to one thread
+    (`pqmim.threads.fixed_pieces`), the pool giving the parallelism. `autocast`: run every band
+    under CPU autocast to that dtype (the texture decoder's bfloat16 passes; pqmim's own
+    transforms are `lowered` instead). An input of 3 channels is convolved in the layout it
+    comes in (pqmim's transforms take NCHW images; the texture decoder channels-last ones)."""
     if x.shape[0] != 1:
-        return torch.cat([run(net, xi, pool) for xi in x.split(1)])
+        return torch.cat([run(net, xi, pool, autocast) for xi in x.split(1)])
     if x.shape[1] >= 8:  # channels-last convolves faster on this CPU, except an RGB input
         x = x.contiguous(memory_format=torch.channels_last)
     layers = list(net)
     i = 0
     while i < len(layers):
         layer = layers[i]
-        then_gelu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.GELU) and layers[i + 1].approximate == "none"
+        act = _activation(layers[i + 1]) if i + 1 < len(layers) and isinstance(layer, (nn.Conv2d, Upsample)) else None
         if isinstance(layer, nn.Conv2d):
-            x = _conv_stage(pool, layer, x, post=(lambda y, a, b: F.gelu(y)) if then_gelu else None)
-        elif isinstance(layer, nn.GELU) and layer.approximate == "none":
-            x = _elementwise(pool, F.gelu, x)
+            x = _conv_stage(pool, layer, x, post=(lambda y, a, b, act=act: act(y)) if act else None, autocast=autocast)
+        elif _activation(layer) is not None:
+            x = _elementwise(pool, _activation(layer), x, autocast)
         elif type(layer).__name__ == "GDN":  # compressai's (I)GDN: per pixel, across channels only;
             x = _elementwise(pool, lambda t, gdn=layer: gdn(t.float()), x)  # float32 even when lowered
         elif isinstance(layer, ResBlock):
@@ -143,11 +187,16 @@ def run(net: nn.Sequential, x: torch.Tensor, pool: Executor) -> torch.Tensor:
                 raise NotImplementedError("banded transforms expect GELU residual blocks")
             h = _conv_stage(pool, layer.conv1, x, pre=F.gelu, post=lambda y, a, b: F.gelu(y))
             x = _conv_stage(pool, layer.conv2, h, post=lambda y, a, b, x=x: x[:, :, a:b] + y)
-            then_gelu = False
         elif isinstance(layer, Upsample):
             shuffle = layer.shuffle
-            x = _conv_stage(pool, layer.conv, x, post=(lambda y, a, b: F.gelu(shuffle(y))) if then_gelu else (lambda y, a, b: shuffle(y)))
+            x = _conv_stage(pool, layer.conv, x, post=(lambda y, a, b: act(shuffle(y))) if act else (lambda y, a, b: shuffle(y)), autocast=autocast)
+        elif isinstance(layer, nn.Upsample) and layer.mode == "nearest" and layer.scale_factor in (2, 2.0) and layer.size is None:
+            x = _elementwise(pool, layer, x, autocast)  # a row of output is a row of input, repeated
+        elif isinstance(layer, Clamp):
+            x = _elementwise(pool, layer, x, autocast)
+        elif isinstance(layer, Block):
+            x = _taef2_block(pool, layer, x, autocast)
         else:
             raise NotImplementedError(f"banded transforms cannot compute a {type(layer).__name__}")
-        i += 2 if then_gelu else 1
+        i += 2 if act else 1
     return x.contiguous()

@@ -27,12 +27,12 @@ Invariants:
 - Same files: its input is the default decoder's 8-bit image, a function of the codes, so every
   file decodes either way and the default path is untouched.
 - Deterministic: the noise comes from a generator seeded by the tile's own pixels, and each tile
-  of fixed size (pqmim/tiling.py `refine_tiled`) is computed by single-threaded calls, its
-  encoding and then its decodings (taef2's GroupNorm spans its input, so no pass can run in
-  row bands); tiles go side by side, as many as there are threads, which changes no call's
-  arithmetic, and every pass gets channels-last input with that layout's own strides (a view
-  that merely passes for channels-last is convolved as NCHW: other arithmetic). A file gives
-  the same perceptual pixels with any thread count or batch, on one
+  of fixed size (pqmim/tiling.py `refine_tiled`) is computed in row bands fixed by each layer's
+  height (pqmim/models/banded.py), each band one single-threaded call; taef2's GroupNorm spans
+  its input, so it runs in one call on its whole (1/8-resolution) input, between bands. Every
+  pass gets channels-last input with that layout's own strides (a view that merely passes for
+  channels-last is convolved as NCHW: other arithmetic). A file gives the same perceptual
+  pixels with any thread count or batch, on one
   machine and transforms setting (bfloat16 passes give other pixels than float32 ones, by about
   46 dB PSNR on kodim01, and may differ between bfloat16 ISAs, as the default decoder's do).
 - One file serves several models: taef2 is shared, one head per model, keyed by the model id
@@ -42,7 +42,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -54,6 +53,7 @@ from torch import nn
 
 from ..config import from_fields
 from ..threads import fixed_pieces
+from . import banded
 from .taef2 import taef2_decoder, taef2_encoder
 from .weights import ModelFileError, check_state, read_tensors, save_tensors
 
@@ -150,26 +150,30 @@ class LatentTexture(nn.Module):
     def refine_pieces(self, pieces: Iterable[torch.Tensor], dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
         """`refine` of each (1, 3, h, w) piece, yielded in order; sizes may differ (a large
         image's tiles: pqmim/tiling.py `refine_tiled`). Each piece's noise is seeded by its own
-        pixels. On the CPU taef2's passes run in `dtype` (the codec's transforms setting:
-        bfloat16 where the CPU has it natively, about 3x faster per pass on AMX; the head and the
-        noise stay in float32), each pass one single-threaded call on the fixed_pieces pool:
-        as many pieces at a time as the pool has threads, their encodings side by side, then
-        their decodings (`decodes` a piece). Which thread runs a pass, and how many run together,
-        changes no pass's arithmetic: the same pixels with any thread count or batch."""
-        pieces = iter(pieces)
+        pixels. On the CPU taef2's passes run in fixed row bands on the fixed_pieces pool
+        (`banded.run`: every band one single-threaded call, the mid blocks' GroupNorm one call on
+        its whole input), in `dtype` (the codec's transforms setting: bfloat16 under autocast
+        where the CPU has it natively, about 3x faster per pass on AMX; the head and the noise
+        stay in float32). Bands fixed by each layer's height, whichever thread computes them:
+        the same pixels with any thread count or batch, and a single-tile image uses every
+        thread (before 0.12.3 a tile was one single-threaded call: 6 s of taef2 on one core for
+        a 768x512 image here, whatever the thread count)."""
         if next(self.parameters()).device.type != "cpu":
             for p in pieces:
                 yield self(p, self._noise(p).to(p.device)).clamp(0, 1)
             return
-        workers = torch.get_num_threads()  # the pool's size (fixed_pieces)
+        autocast = torch.bfloat16 if dtype == torch.bfloat16 else None
         with fixed_pieces() as pool:
-            run = lambda net, v: pool.submit(self._pass, net, v, dtype)  # noqa: E731
-            while group := list(itertools.islice(pieces, workers)):
-                latents = [job.result() for job in [run(self.encoder, p) for p in group]]
-                drawn = [run(self.decoder, self.drawn(z, self._noise(p))) for p, z in zip(group, latents)]
-                plain = [run(self.decoder, z) for z in latents] if self.cfg.decodes == 2 else [None] * len(group)
-                for p, a, b in zip(group, drawn, plain):
-                    yield self.finish(p, a.result() - (p if b is None else b.result())).clamp(0, 1)
+            # outputs channels-last, as a whole pass gives them: the head's convolutions and the
+            # flatten's box sums add in another order in another layout (other pixels than 0.12.2's)
+            taef2 = lambda net, v: banded.run(net, v, pool, autocast).float().contiguous(memory_format=torch.channels_last)  # noqa: E731
+            for p in pieces:
+                # channels-last with that layout's own strides, the RGB input too: a view that
+                # merely passes for channels-last (image[None] of a channels-last batch) is
+                # convolved as NCHW, other arithmetic and 2.7x slower (encoder, kodim01)
+                z = taef2(self.encoder, p.clone(memory_format=torch.channels_last))
+                change = taef2(self.decoder, self.drawn(z, self._noise(p))) - (taef2(self.decoder, z) if self.cfg.decodes == 2 else p)
+                yield self.finish(p, change).clamp(0, 1)
 
     def _noise(self, piece: torch.Tensor) -> torch.Tensor:
         """The (1, 32, h/8, w/8) noise for a (1, 3, h, w) piece, seeded by its pixels: standard
@@ -185,20 +189,6 @@ class LatentTexture(nn.Module):
             return n
         centre = n[:, :, 1:-1, 1:-1]
         return (centre - a * F.avg_pool2d(n, 3, stride=1)) / ((1 - a / 9) ** 2 + 8 * (a / 9) ** 2) ** 0.5
-
-    @staticmethod
-    @torch.no_grad()
-    def _pass(net: nn.Module, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """net(v) in a pool's thread, in float32 out: channels-last (oneDNN's fast layout), in
-        bfloat16 under autocast when `dtype` asks (GroupNorm stays float32 there). Grad mode and
-        autocast are per thread, so both are set here (without no_grad autograd would keep every
-        activation: gigabytes at full resolution)."""
-        # A copy with channels-last's own strides, not `contiguous`: that passes a view such as
-        # image[None] of a channels-last batch (batch stride 3) as it is, and the convolutions
-        # then take it for NCHW and run about 2.7x slower (taef2's encoder on kodim01).
-        v = v.clone(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            return net(v).float()
 
     # -- weights
     def save(self, path: str | Path, heads: dict[str, dict[str, torch.Tensor]], serves: list[dict], storage: str = "int8") -> None:
