@@ -13,8 +13,10 @@ A band of a 3x3 convolution reads one row above and below it from the (zero-padd
 input, so the bands need no overlap beyond the convolution's own reach, and the elementwise
 work around a convolution (GELU before and after, the residual sum, the pixel shuffle) is done
 in the same pass over the band. Activations are channels-last, which this CPU convolves faster.
-The layers are the few kinds defined in `autoencoder.py`; anything else is refused rather than
-computed in another way.
+The layers are the few kinds defined in `autoencoder.py` and in `taef2.py` (the texture
+decoder's autoencoder: ReLU, nearest upsampling, its blocks; a mid block's GroupNorm spans its
+whole input, so it is one call between the banded convolutions around it); anything else is
+refused rather than computed in another way.
 
 Precision: a transform runs as stored (float32), or `lowered` to bfloat16 on CPUs that multiply
 bfloat16 natively (`native_bfloat16`: AVX512-BF16 or AMX-BF16), where its convolutions run about
