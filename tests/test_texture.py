@@ -130,6 +130,20 @@ def test_flatten_removes_the_changes_local_mean():
     assert torch.allclose(t.finish(x, change), x + change - box(box(change)), atol=1e-5)
 
 
+def test_flatten_in_strips_on_a_pool_is_one_calls():
+    """The decoding path's box runs in strips of rows and of columns on the pool: every mean sums
+    the same window in the same order, so the result is one call's to the bit, with a short last
+    strip each way and any thread count."""
+    t = random_texture(cfg=TextureConfig(channels=8, flatten=32))
+    x = to_tensor(photo_crop(0, 0, 150, 100))  # strips of 64: 64 + 36 rows, 64 + 64 + 22 columns
+    change = torch.randn(1, 3, 100, 150, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    one = t.finish(x, change)
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        with fixed_pieces() as pool:
+            assert torch.equal(t.finish(x, change, pool), one), n
+
+
 def test_sharpened_noise_is_blue_with_unit_variance():
     """`sharpen` a takes a of the noise's 3x3 local mean out: unit variance still, and neighbours
     anticorrelated by what that kernel gives (a = 0.5: -0.101), where white noise has none. With

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -130,14 +131,19 @@ class LatentTexture(nn.Module):
         mu, log_sigma = self.head(z.float())
         return z.float() + mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
 
-    def finish(self, x: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
-        """x plus the change dec(z') - dec(z) (or dec(z') - x), less its local mean where `flatten` asks."""
+    def finish(self, x: torch.Tensor, change: torch.Tensor, pool: Executor | None = None) -> torch.Tensor:
+        """x plus the change dec(z') - dec(z) (or dec(z') - x), less its local mean where `flatten`
+        asks. With a `pool` the box runs on it in pieces (`STRIP` rows for a row box, as many
+        columns for a column box: each piece holds whole windows, so every mean is the sum it is
+        in one call)."""
         if self.cfg.flatten:  # texture only: colour and shading stay the default decoder's
             r = self.cfg.flatten
+            rows = lambda t: F.avg_pool2d(t, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)  # noqa: E731
+            cols = lambda t: F.avg_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)  # noqa: E731
             mean = change
             for _ in range(2):  # a box is a row box then a column box: 2(2r + 1) reads a pixel, not (2r + 1)^2
-                mean = F.avg_pool2d(mean, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
-                mean = F.avg_pool2d(mean, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
+                mean = _in_strips(pool, rows, mean, 2)
+                mean = _in_strips(pool, cols, mean, 3)
             change = change - mean
         return x + change
 
@@ -173,7 +179,7 @@ class LatentTexture(nn.Module):
                 # convolved as NCHW, other arithmetic and 2.7x slower (encoder, kodim01)
                 z = taef2(self.encoder, p.clone(memory_format=torch.channels_last))
                 change = taef2(self.decoder, self.drawn(z, self._noise(p))) - (taef2(self.decoder, z) if self.cfg.decodes == 2 else p)
-                yield self.finish(p, change).clamp(0, 1)
+                yield self.finish(p, change, pool).clamp(0, 1)
 
     def _noise(self, piece: torch.Tensor) -> torch.Tensor:
         """The (1, 32, h/8, w/8) noise for a (1, 3, h, w) piece, seeded by its pixels: standard
@@ -224,6 +230,17 @@ class LatentTexture(nn.Module):
         texture.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
         texture.serves = ids
         return texture.eval()
+
+
+STRIP = 64  # rows (or columns) of a piece of the flatten's box
+
+
+def _in_strips(pool: Executor | None, fn: Callable, t: torch.Tensor, dim: int) -> torch.Tensor:
+    """fn(t) for an fn that maps each slice of `t` along `dim` to itself (a box along the other
+    axis), in strips of `STRIP` along `dim` on the pool; one call without one."""
+    if pool is None:
+        return fn(t)
+    return torch.cat(list(pool.map(fn, t.split(STRIP, dim))), dim)
 
 
 def seed_of(image: torch.Tensor) -> int:
