@@ -51,7 +51,7 @@ from pqmim.fileio import atomic_write_json
 from pqmim.image import load_image
 from pqmim.models import ModelFileError
 from pqmim.models.perceptual import load_decoder, served_ids
-from pqmim.train.perceptual import LOW_POOL, describe_loss
+from pqmim.train.perceptual import LOW_POOL, description
 
 from .fid import fid_differences, fid_kid_of, inception_features, patches, spread
 
@@ -217,7 +217,7 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
         iterations = int(snapshot.group(1))
         card["training"] = {**card.get("training", {}), "iterations_done": iterations, "wall_s": None, "seen": None, "per_s": None}
         if "plan" in card:
-            card["description"] = f"refines the default decoder's image for realism ({describe_loss(card['plan'], iterations)}); same files"
+            card["description"] = description(card["plan"], iterations, card.get("class") == "latent-texture")
     card["selection"] = {
         "chosen": src.name,
         **setup,

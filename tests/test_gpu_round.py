@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, make_tiny_model
+from conftest import ROOT, TINY, make_tiny_model
 from pqmim import BitstreamError, ModelFileError, gpu_round, pack, zoo
 from pqmim import format as fmt
 from pqmim.codec import Codec
@@ -251,16 +251,17 @@ def test_a_rung_trained_on_from_a_model_keeps_its_codebooks():
 
 def test_perceptual_jobs_run_only_when_named_and_their_arguments_parse(tmp_path):
     """They serve the shipped q1-q3, so a plain round (which may retrain those) leaves them out;
-    named, each is a `pqmim.train.perceptual` command whose plan is valid and online on the GPU."""
+    named, each is a `pqmim.train.perceptual` command whose plan is valid and online on the GPU;
+    the texture trial tunes the shipped texture decoder for the models it serves."""
     from pqmim.models.perceptual import RefinerConfig
     from pqmim.train import perceptual
     from pqmim.train.loop import plan_from_dict
 
     assert not [j for j in gpu_round.default_plan(20, "p.tar").jobs if j.kind == "perceptual"]
-    names = ["pqmim-perceptual-lpips", "pqmim-perceptual-gan", "pqmim-perceptual-wide", "pqmim-perceptual-alex"]
+    names = ["pqmim-perceptual-lpips", "pqmim-perceptual-gan", "pqmim-perceptual-wide", "pqmim-perceptual-alex", "pqmim-perceptual-texture"]
     plan = gpu_round.default_plan(8, "p.tar", only=names)
     assert [j.name for j in plan.jobs] == names
-    adv, kinds = [], []
+    adv, kinds, mse = [], [], []
     for job in plan.jobs:
         argv = gpu_round.device.job_argv(job, tmp_path, "export")  # as collect exports an unfinished job
         assert argv[1:3] == ["-m", "pqmim.train.perceptual"]
@@ -268,11 +269,18 @@ def test_perceptual_jobs_run_only_when_named_and_their_arguments_parse(tmp_path)
         p = plan_from_dict(perceptual.PerceptualPlan, json.loads(args.plan))
         assert p.online and p.ema > 0 and p.snapshot_every > 0 and p.minutes <= 8 - gpu_round.OVERHEAD_MIN
         assert args.device == "cuda" and args.export == str(tmp_path / "export") and args.stages == "export"
-        assert args.models == gpu_round.plan.PERCEPTUAL_SERVES and args.train == args.val == "p.tar"
+        assert args.train == args.val == "p.tar"
+        if job.name.endswith("texture"):
+            assert args.models == gpu_round.plan.TEXTURE_SERVES and str(args.texture) == gpu_round.plan.TEXTURE_FILE
+            assert (ROOT / args.texture).is_file()  # what the job reads is what ships
+        else:
+            assert args.models == gpu_round.plan.PERCEPTUAL_SERVES and args.texture is None
         RefinerConfig.from_dict(p.refiner)
         adv.append(p.k_adv)
         kinds.append(p.d_kind)
-    assert adv[0] == 0 and all(a > 0 for a in adv[1:]) and kinds == ["patch"] * 3 + ["alex"]
+        mse.append(p.k_mse)
+    assert adv[0] == 0 and all(a > 0 for a in adv[1:]) and kinds == ["patch"] * 3 + ["alex"] * 2
+    assert mse[-1] == 0 and all(m > 0 for m in mse[:-1])  # the texture trial: no pixel MSE, which would teach it to ignore the noise
 
 
 def test_a_perceptual_decoder_ships_only_once_selected(tmp_path):

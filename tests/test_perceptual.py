@@ -171,6 +171,89 @@ def test_online_training_with_averaged_weights_snapshots_and_a_late_export(tiny_
     )  # int8 of the average
 
 
+def texture_file(path, ids: list[str]):
+    """A latent-texture decoder file (random heads, taef2 as initialised) serving `ids`."""
+    from pqmim.models.texture import LatentTexture, TextureConfig, TextureHead
+
+    torch.manual_seed(0)
+    texture = LatentTexture(TextureConfig(channels=8, flatten=4, sharpen=0.5, power=2, decodes=1))
+    heads = {}
+    for i, mid in enumerate(ids):
+        torch.manual_seed(1 + i)
+        heads[mid] = TextureHead(8).state_dict()
+    texture.save(path, heads, [{"name": f"m{i}", "model_id": mid} for i, mid in enumerate(ids)], storage="float32")
+    return path
+
+
+def test_texture_tuning_starts_as_its_file_decodes_and_learns_only_the_decoder(tmp_path):
+    """What the GPU round's texture trial trains: each model's texture decoder as its file decodes
+    it (the same noise, head and flatten), one taef2 decoder for all of them, and no gradient
+    into taef2's encoder or the heads; saved, it is a texture file of the models it has heads for."""
+    from pqmim.models.texture import LatentTexture
+    from pqmim.train.perceptual import TextureTuning
+
+    ids = ["0000000a", "0000000b"]
+    path = texture_file(tmp_path / "t.safetensors", ids)
+    tuning = TextureTuning(path, ids).train()
+    x = to_tensor(np.stack([photo_crop(0, 0, 64, 64, v) for v in range(2)]))
+    with torch.no_grad():
+        for j, mid in enumerate(ids):
+            shipped = LatentTexture.load(path, mid)
+            assert torch.allclose(tuning(x, j).clamp(0, 1), shipped.refine(x), atol=1e-5)  # refine: banded, rounding apart
+        assert not torch.equal(tuning(x, 0), tuning(x, 1))  # each model's own head
+    tuning(x, 1).square().mean().backward()
+    learned = {n for n, w in tuning.named_parameters() if w.grad is not None and w.grad.abs().sum() > 0}
+    assert learned and all(n.startswith("textures.0.decoder.") for n in learned)
+    assert {id(w) for w in tuning.parameters() if w.requires_grad} == {id(w) for w in tuning.textures[1].decoder.parameters()}
+    weight = next(tuning.textures[0].decoder.parameters())
+    with torch.no_grad():
+        weight.add_(0.01)
+    serves = [{"name": "a", "model_id": ids[0]}, {"name": "b", "model_id": ids[1]}, {"name": "c", "model_id": "0000000c"}]
+    tuning.save(tmp_path / "u.safetensors", serves, storage="float32")
+    for mid in ids:
+        old, new = LatentTexture.load(path, mid), LatentTexture.load(tmp_path / "u.safetensors", mid)
+        assert new.serves == ids  # no head for 0000000c: not served
+        assert torch.equal(next(new.decoder.parameters()), weight) and not torch.equal(next(old.decoder.parameters()), weight)
+        same = {k: v for k, v in old.state_dict().items() if not k.startswith("decoder.")}
+        assert all(torch.equal(v, new.state_dict()[k]) for k, v in same.items())
+    with pytest.raises(ValueError, match="no texture head"):
+        TextureTuning(path, ["0000000c"])
+
+
+@needs_shared
+def test_training_a_texture_decoder_exports_a_texture_file_the_codec_uses(tiny_ladder, tmp_path):
+    """`--texture`: a run trains the file's taef2 decoder for the models it serves, snapshots and
+    exports texture decoder files with the file's encoder and heads, and the codec decodes with
+    the export; a plan of stored pairs, or a model the file has no head for, is refused."""
+    from pqmim.models.texture import LatentTexture
+    from pqmim.train import perceptual
+
+    folder, ids = tiny_ladder
+    source = texture_file(tmp_path / "t.safetensors", [ids["pqmim-q1"], ids["pqmim-q2"]])
+    write_photos(tmp_path / "data", {"train": [photo_crop(0, 0, 96, 80, v) for v in range(3)], "val": [photo_crop(0, 0, 256, 256, 5)]})
+    plan = {"iterations": 4, "batch": 2, "crop": 64, "online": True, "ema": 0.5, "snapshot_every": 2, "lr": 1e-3}
+    plan.update(k_mse=0.0, k_adv=0.15, gan_from=0, d_kind="alex")
+    data = dict(train=tmp_path / "data" / "train", val=tmp_path / "data" / "val", texture=source, storage="float32")
+    perceptual.main(flags(out=tmp_path / "run", models="pqmim-q1", **data, plan=plan, export=folder, name="pqmim-texture"))
+    mid = ids["pqmim-q1"]
+    old, snap = LatentTexture.load(source, mid), LatentTexture.load(folder / "pqmim-texture.it000002.safetensors", mid)
+    new = LatentTexture.load(folder / "pqmim-texture.safetensors", mid)
+    assert new.serves == snap.serves == [mid]  # the models trained for, of those the file serves
+    for k, v in old.state_dict().items():
+        assert torch.equal(v, new.state_dict()[k]) != k.startswith("decoder."), k  # only the decoder learned
+    card = json.loads((folder / "pqmim-texture.json").read_text())
+    assert card["class"] == "latent-texture" and card["tuned_from"] == "t.safetensors" and card["config"]["flatten"] == 4
+    assert card["description"].endswith("trained on (LPIPS + MSE of 8x8 block means + conditional GAN on AlexNet features); same files")
+    codec = Codec.from_pretrained("pqmim-q1")
+    file = codec.compress(photo_crop(0, 0, 64, 64))
+    expected = tiling.refine_tiled(new, np.asarray(codec.decompress(file)), codec.tile_pixels, codec.transform_dtype)
+    assert np.array_equal(np.asarray(codec.decompress(file, perceptual=True)), expected)
+    with pytest.raises(SystemExit, match="online"):
+        perceptual.main(flags(out=tmp_path / "stored", models="pqmim-q1", **data, plan={**plan, "online": False}))
+    with pytest.raises(SystemExit, match="no texture head"):
+        perceptual.main(flags(out=tmp_path / "q3", models="pqmim-q3", **data, plan=plan))
+
+
 def test_feature_discriminator_trains_its_heads_not_alexnet():
     """The projected discriminator's step moves its heads only: AlexNet is LPIPS's network too,
     and the refiner's adversarial gradient reaches the image through it."""
@@ -209,6 +292,7 @@ def test_a_cards_loss_names_the_terms_trained_with():
     assert describe_loss(gan_only, 1000) == "MSE + conditional GAN on AlexNet features"
     assert describe_loss(gan_only, 300) == "MSE"  # stopped before the GAN began
     assert describe_loss({"k_low": 4000.0, "k_adv": 0.15, "gan_from": 0}, 1) == "MSE + LPIPS + MSE of 8x8 block means + conditional GAN"
+    assert describe_loss({"k_mse": 0.0, "k_adv": 0.0, "gan_from": 0}, 1) == "LPIPS"  # the texture trial's pixel MSE is off
 
 
 SHIPPED = sorted(ROOT.glob("models/pqmim-perceptual*.safetensors"))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..checkout import ROOT, SHARED, head_commit
-from .plan import LPIPS_TRIP, MODELS_BUDGET, PERCEPTUAL_SERVES, TRIP, WHEELS
+from .plan import LPIPS_TRIP, MODELS_BUDGET, PERCEPTUAL_SERVES, TEXTURE_FILE, TRIP, WHEELS
 from .device import read_json_or_empty
 
 
@@ -26,7 +26,7 @@ def prepare(
     tracked weights out of the index, and check what travels fits in 64 MiB. A round that
     carries start models (launch --init) needs a smaller pack: `max_mib`, `max_side`. With
     `perceptual`, the LPIPS backbone (float16) joins the trip, and the models the perceptual
-    jobs serve count as carried."""
+    jobs serve and the texture decoder's file count as carried."""
     import torch
 
     from .. import pack
@@ -76,11 +76,11 @@ def prepare(
     tree = sum((ROOT / p).stat().st_size for p in listed.decode().split("\0") if p and (ROOT / p).is_file())
     paths = [TRIP / "pack.tar", *whl.glob("*.whl")]
     if perceptual:
-        paths += [LPIPS_TRIP] + [ROOT / "models" / f"{n}.safetensors" for n in PERCEPTUAL_SERVES]
+        paths += [LPIPS_TRIP, ROOT / TEXTURE_FILE] + [ROOT / "models" / f"{n}.safetensors" for n in PERCEPTUAL_SERVES]
     carried = sum(p.stat().st_size for p in paths)
     what = (
         ".round/pack.tar, .round/whl"
-        + (", .round/lpips.pth, " + ", ".join(f"models/{n}.safetensors" for n in PERCEPTUAL_SERVES)) * perceptual
+        + (", .round/lpips.pth, " + ", ".join([*(f"models/{n}.safetensors" for n in PERCEPTUAL_SERVES), TEXTURE_FILE])) * perceptual
     )
     print(
         f"launch travels: {tree / 2**20:.1f} MiB of the tree + {carried / 2**20:.1f} MiB carried ({what}) = {(tree + carried) / 2**20:.1f} MiB of 64"

@@ -34,6 +34,8 @@ class Job:
 
 MODULES = {"pqmim": "pqmim.train", "baseline": "bench.train_baselines", "perceptual": "pqmim.train.perceptual"}
 PERCEPTUAL_SERVES = ["pqmim-q1", "pqmim-q2", "pqmim-q3"]  # whose weights a perceptual job needs carried
+TEXTURE_SERVES = ["pqmim-q1", "pqmim-q2"]  # the shipped texture decoder's models (its file carried too)
+TEXTURE_FILE = "models/pqmim-texture.safetensors"  # relative: the device runs in the checkout's root
 
 
 @dataclass
@@ -54,7 +56,12 @@ def perceptual_jobs(train: float, pack: str, device: str) -> list[Job]:
     with a wider refiner, and the GAN with the projected discriminator on LPIPS's AlexNet (which
     learns in fewer steps, and a round's minutes are few). Each writes snapshots of its averaged
     weights, chosen among here by held-out FID (`python -m bench perceptual-select`). The GAN
-    starts after 1000 iterations of MSE + LPIPS, at HiFiC's weight."""
+    starts after 1000 iterations of MSE + LPIPS, at HiFiC's weight.
+
+    And one trial of the texture decoder that serves q1 and q2 (`--texture`): its taef2 decoder
+    learns to draw the head's noisy latents as photos, with LPIPS, block means and the projected
+    GAN from the start (it starts as a realistic decoder, not as the identity), no pixel MSE
+    (which would teach it to ignore the noise), and a fine-tuning step size."""
     base = {
         "minutes": round(train, 2),
         "iterations": 10**7,
@@ -75,9 +82,11 @@ def perceptual_jobs(train: float, pack: str, device: str) -> list[Job]:
         "pqmim-perceptual-wide": {**base, "refiner": {"width": 48, "channels": 128, "blocks": 4}},
         "pqmim-perceptual-alex": {**base, "d_kind": "alex"},
     }
-    common = ["--models", *PERCEPTUAL_SERVES, "--train", pack, "--val", pack, "--lpips-backbone", str(LPIPS_TRIP)]
-    common += ["--device", device, "--threads", "2"]
-    return [Job(name, ["--plan", json.dumps(plan), *common], "perceptual") for name, plan in trials.items()]
+    common = ["--train", pack, "--val", pack, "--lpips-backbone", str(LPIPS_TRIP), "--device", device, "--threads", "2"]
+    jobs = [Job(name, ["--plan", json.dumps(plan), "--models", *PERCEPTUAL_SERVES, *common], "perceptual") for name, plan in trials.items()]
+    texture = {**base, "lr": 3e-5, "k_mse": 0.0, "gan_from": 0, "d_kind": "alex"}
+    args = ["--plan", json.dumps(texture), "--models", *TEXTURE_SERVES, "--texture", TEXTURE_FILE, *common]
+    return jobs + [Job("pqmim-perceptual-texture", args, "perceptual")]
 
 
 def default_plan(

@@ -9,6 +9,13 @@ iteration (stored pairs would be seen hundreds of times), `ema` weights, and `sn
 the refiner as it would ship, every so many iterations, for held-out selection by FID here
 (`python -m bench perceptual-select`), since LPIPS and PSNR do not rank refiners by FID.
 
+With `--texture FILE` (an `online` plan) what learns is not a Refiner but the taef2 decoder of a
+latent-texture decoder file (pqmim/models/texture.py, `TextureTuning`): its encoder and each
+model's head stay as the file has them, the draw is the file's (its noise, strength, power and
+flatten), and the decoder that turns the drawn latents into pixels learns to draw them as
+photos do. It starts as the file decodes (taef2 as distilled), so a snapshot early in a run is
+close to the shipped decoder; what is written is a texture decoder file for the same models.
+
 The shipped models stay frozen (encoder, quantizer, entropy model and default decoder), so
 every existing file decodes either way (pqmim/models/perceptual.py). The data are pairs
 (original crop, the default decoder's 8-bit reconstruction of it) cut from the training photos
@@ -57,6 +64,7 @@ from ..fileio import atomic_write_json
 from ..image import to_tensor, to_uint8
 from ..models import ModelFileError, PQMIM
 from ..models.perceptual import Refiner, RefinerConfig
+from ..models.texture import LatentTexture
 from .loop import Stage, ckpt_iteration, fit, load_ckpt, log, plan_from_dict, progress, read_json
 
 PAIR = 256  # side of the stored crops; training cuts `crop`-sized pieces out of them
@@ -150,6 +158,36 @@ class AlexDiscriminator(nn.Module):
         return torch.cat([h(torch.cat([self.unit(a), self.unit(b)], 1)).flatten(1) for h, a, b in zip(self.heads, fi, fr)], 1)
 
 
+class TextureTuning(nn.Module):
+    """A latent-texture decoder file's taef2 decoder, learning, for the models the file has heads
+    for: (B, 3, H, W) default-decoder images of `models[j]` -> the texture decoder's images,
+    differentiable in the decoder only. One `LatentTexture` per model, all holding the same
+    encoder and decoder modules (so the decoder is one set of weights, as the file stores it);
+    taef2's encoder and the heads are frozen."""
+
+    def __init__(self, path: str | Path, model_ids: list[str]) -> None:
+        super().__init__()
+        self.source = Path(path)
+        self.textures = nn.ModuleList(LatentTexture.load(path, mid) for mid in model_ids)
+        first = self.textures[0]
+        for t in self.textures:
+            t.encoder, t.decoder = first.encoder, first.decoder
+            t.encoder.requires_grad_(False), t.head.requires_grad_(False)
+        self.model_ids, self.cfg = model_ids, first.cfg
+
+    def forward(self, rec: torch.Tensor, model: int = 0) -> torch.Tensor:
+        t = self.textures[model]
+        noise = torch.cat([t._noise(p) for p in rec.split(1)]).to(rec.device)  # each crop's, as a decode draws it
+        return t(rec, noise)
+
+    def save(self, path: str | Path, serves: list[dict], storage: str = "int8") -> None:
+        """A texture decoder file: the learned decoder, the file's encoder and heads, for the
+        models in `serves` it has a head for."""
+        mine = [s for s in serves if s["model_id"] in self.model_ids]
+        heads = {mid: t.head.state_dict() for mid, t in zip(self.model_ids, self.textures)}
+        self.textures[0].save(path, {s["model_id"]: heads[s["model_id"]] for s in mine}, mine, storage)
+
+
 def reconstruct(model: PQMIM, x: torch.Tensor) -> torch.Tensor:
     """The default decoder's 8-bit image of crops (B, 3, H, W) in [0, 1], as a float tensor on
     the model's device: what the refiner gets when a file is decoded (through the transforms'
@@ -187,7 +225,7 @@ class PerceptualStage(Stage):
 
     def __init__(
         self,
-        refiner: Refiner,
+        refiner: Refiner | TextureTuning,
         plan: PerceptualPlan,
         out: Path,
         models: list[PQMIM],
@@ -203,7 +241,7 @@ class PerceptualStage(Stage):
         self.lpips = LPIPSAlex(lpips_backbone, str(device)).net.requires_grad_(False)
         alex = lambda x: self.lpips.net(self.lpips.scaling_layer(x))  # noqa: E731
         self.disc = (Discriminator(plan.d_ch) if plan.d_kind == "patch" else AlexDiscriminator(alex, plan.d_ch)).to(device)
-        self.params = list(refiner.parameters())
+        self.params = [w for w in refiner.parameters() if w.requires_grad]  # a TextureTuning's decoder only
         self.optimizer = torch.optim.Adam(self.params, lr=plan.lr)
         self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=plan.d_lr, betas=(0.5, 0.999))
         self.state = {"refiner": refiner, "disc": self.disc, "opt": self.optimizer, "d_opt": self.d_opt}
@@ -212,7 +250,7 @@ class PerceptualStage(Stage):
             self.ema = copy.deepcopy(refiner).requires_grad_(False)
             self.state["ema"] = self.ema
 
-    def shipped(self) -> Refiner:
+    def shipped(self) -> Refiner | TextureTuning:
         """The weights that are validated, snapshot and exported: the average, or the refiner."""
         return self.ema if self.ema is not None else self.refiner
 
@@ -244,9 +282,9 @@ class PerceptualStage(Stage):
         self.refiner.train(mode)
         self.disc.train(mode)
 
-    def _online_batch(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _online_batch(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Fresh crops of the photos, flipped at random, and their reconstruction by one of the
-        models (in turn): as many distinct pairs as iterations allow."""
+        models (in turn, its index returned): as many distinct pairs as iterations allow."""
         n, c = self.plan.batch, self.plan.crop
         crops = []
         for i in rng.integers(len(self.photos), size=n):
@@ -254,10 +292,10 @@ class PerceptualStage(Stage):
             y, x = rng.integers(im.shape[0] - c + 1), rng.integers(im.shape[1] - c + 1)
             crop = im[y : y + c, x : x + c]
             crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-        x = to_tensor(np.stack(crops)).to(self.device)
-        return x, reconstruct(self.models[iteration % len(self.models)], x)
+        x, j = to_tensor(np.stack(crops)).to(self.device), iteration % len(self.models)
+        return x, reconstruct(self.models[j], x), j
 
-    def _batch(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         if self.plan.online:
             return self._online_batch(iteration, rng)
         n, c = self.plan.batch, self.plan.crop
@@ -267,7 +305,12 @@ class PerceptualStage(Stage):
         for src in (self.orig, self.rec):
             crops = [src[i, :, y : y + c, x : x + c] for i, y, x in zip(idx, ys, xs)]
             out.append(torch.stack([p.flip(-1) if f else p for p, f in zip(crops, flips)]).to(self.device).float() / 255)
-        return out[0], out[1]
+        return out[0], out[1], None  # the models' pairs mixed (a Refiner serves them all alike)
+
+    @staticmethod
+    def _apply(net: Refiner | TextureTuning, rec: torch.Tensor, model: int | None) -> torch.Tensor:
+        """The perceptual decoder's image of `rec`, the default decoder's image of models[model]."""
+        return net(rec, model) if isinstance(net, TextureTuning) else net(rec)
 
     def loss(self, iteration: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         p = self.plan
@@ -278,8 +321,8 @@ class PerceptualStage(Stage):
                     e.lerp_(w, 1 - decay)
         if self.snapshots and p.snapshot_every and iteration and iteration % p.snapshot_every == 0:
             self.snapshots(iteration, self.shipped())
-        x, rec = self._batch(iteration, rng)
-        y = self.refiner(rec)
+        x, rec, j = self._batch(iteration, rng)
+        y = self._apply(self.refiner, rec, j)
         dy, dx = rng.integers(ALEX_STRIDE, size=2)
         cut = lambda z: z[:, :, dy : dy + p.crop - ALEX_STRIDE, dx : dx + p.crop - ALEX_STRIDE]  # noqa: E731
         gan = p.k_adv > 0 and iteration >= p.gan_from
@@ -310,7 +353,7 @@ class PerceptualStage(Stage):
         figures = {}
         for j, model in enumerate(self.models):
             o, r = orig[j * k : (j + 1) * k], rec[j * k : (j + 1) * k]
-            y = self.shipped()(r).clamp(0, 1)
+            y = self._apply(self.shipped(), r, j).clamp(0, 1)
             figures[f"m{j}_psnr"] = psnr_uint8(to_uint8(o), to_uint8(y))
             figures[f"m{j}_psnr_mse"] = psnr_uint8(to_uint8(o), to_uint8(r))
             figures[f"m{j}_lpips"] = self.lpips(y * 2 - 1, o * 2 - 1).mean().item()
@@ -325,10 +368,19 @@ class PerceptualStage(Stage):
 def describe_loss(plan: dict, iterations: int) -> str:
     """The loss terms a refiner was trained with, for its card."""
     terms = (
-        ["MSE"] + ["LPIPS"] * (plan.get("k_lpips", 1.0) > 0) + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
+        ["MSE"] * (plan.get("k_mse", 100.0) > 0)
+        + ["LPIPS"] * (plan.get("k_lpips", 1.0) > 0)
+        + [f"MSE of {LOW_POOL}x{LOW_POOL} block means"] * (plan.get("k_low", 0) > 0)
     )
     gan = "conditional GAN" + " on AlexNet features" * (plan.get("d_kind") == "alex")
     return " + ".join(terms + [gan] * (plan["k_adv"] > 0 and plan["gan_from"] < iterations))
+
+
+def description(plan: dict, iterations: int, texture: bool = False) -> str:
+    """A perceptual decoder card's description: a refiner's, or (`texture`) a tuned texture decoder's."""
+    if texture:
+        return f"adds texture in taef2's latent space to the default decoder's image, its taef2 decoder trained on ({describe_loss(plan, iterations)}); same files"
+    return f"refines the default decoder's image for realism ({describe_loss(plan, iterations)}); same files"
 
 
 def serving(names: list[str], models: list[PQMIM]) -> list[dict]:
@@ -352,17 +404,34 @@ def snapshot_path(dest: Path, name: str, iteration: int) -> Path:
     return dest / f"{name}.it{iteration:06d}.safetensors"
 
 
-def export(refiner: Refiner, serves: list[dict], out: Path, dest: Path, name: str, storage: str, data: dict, device: str) -> Path:
-    """The refiner as shipped (safetensors + card) and what it serves (`serving`)."""
+def export(
+    refiner: Refiner | TextureTuning, serves: list[dict], out: Path, dest: Path, name: str, storage: str, data: dict, device: str
+) -> Path:
+    """The refiner (or tuned texture decoder) as shipped (safetensors + card) and what it serves
+    (`serving`; a texture decoder: those of them its file has heads for)."""
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}.safetensors"
     copy.deepcopy(refiner).cpu().eval().save(path, serves, storage)
-    Refiner.load(path)  # what ships reads back
     plan = read_json(out / "perceptual_plan.json")
     trained = progress(load_ckpt(out / "perceptual.pt"))
+    texture = isinstance(refiner, TextureTuning)
+    if texture:
+        serves = [s for s in serves if s["model_id"] in refiner.model_ids]
+        for s in serves:
+            LatentTexture.load(path, s["model_id"])  # what ships reads back
+        source = refiner.source.with_suffix(".json")
+        kind = {
+            "class": "latent-texture",
+            "tuned_from": refiner.source.name,
+            "fit": json.loads(source.read_text()).get("fit") if source.is_file() else None,  # the heads' (as they came)
+        }
+    else:
+        Refiner.load(path)  # what ships reads back
+        kind = {}
     card = {
         "kind": zoo.PERCEPTUAL,
-        "description": f"refines the default decoder's image for realism ({describe_loss(plan, trained['iterations_done'])}); same files",
+        "description": description(plan, trained["iterations_done"], texture),
+        **kind,
         "config": asdict(refiner.cfg),
         "serves": serves,
         "storage": storage,
@@ -401,6 +470,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", default="pqmim-perceptual")
     ap.add_argument("--storage", default="int8")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument(
+        "--texture", type=Path, help="a latent-texture decoder file: train its taef2 decoder (for --models it has heads for), not a refiner"
+    )
     return ap
 
 
@@ -416,6 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     plan_path = args.out / "perceptual_plan.json"
     fields = read_json(plan_path) or {**asdict(PerceptualPlan()), **json.loads(args.plan)}
     plan = plan_from_dict(PerceptualPlan, fields)
+    if args.texture and not plan.online:  # stored pairs mix the models; a texture head serves one
+        raise SystemExit("--texture needs an online plan (each batch through one model, whose head draws)")
     if json.loads(args.plan) and any(fields.get(k) != v for k, v in json.loads(args.plan).items()):
         raise SystemExit(f"{args.out} was started with another plan: use a new --out")
     atomic_write_json(plan_path, asdict(plan))
@@ -424,10 +498,16 @@ def main(argv: list[str] | None = None) -> None:
     serves = serving(args.models, models)
     dest = Path(args.export) if args.export else None
 
-    def snapshot(iteration: int, refiner: Refiner) -> None:
+    def snapshot(iteration: int, refiner: Refiner | TextureTuning) -> None:
         copy.deepcopy(refiner).cpu().eval().save(snapshot_path(dest, args.name, iteration), serves, args.storage)
 
-    refiner = Refiner(RefinerConfig.from_dict(plan.refiner))
+    if args.texture:
+        try:
+            refiner = TextureTuning(args.texture, [m.model_id().hex() for m in models])
+        except ValueError as e:  # no head for one of the models
+            raise SystemExit(str(e)) from None
+    else:
+        refiner = Refiner(RefinerConfig.from_dict(plan.refiner))
     stage = PerceptualStage(
         refiner, plan, args.out, models, Path(args.lpips_backbone), args.train, args.val, args.seed, device, snapshot if dest else None
     )
