@@ -243,6 +243,7 @@ def test_training_a_texture_decoder_exports_a_texture_file_the_codec_uses(tiny_l
         assert torch.equal(v, new.state_dict()[k]) != k.startswith("decoder."), k  # only the decoder learned
     card = json.loads((folder / "pqmim-texture.json").read_text())
     assert card["class"] == "latent-texture" and card["tuned_from"] == "t.safetensors" and card["config"]["flatten"] == 4
+    assert "MIT, models/LICENSE.taesd" in card["taef2"]  # taef2's notice goes with weights derived from it
     assert card["description"].endswith("trained on (LPIPS + MSE of 8x8 block means + conditional GAN on AlexNet features); same files")
     codec = Codec.from_pretrained("pqmim-q1")
     file = codec.compress(photo_crop(0, 0, 64, 64))

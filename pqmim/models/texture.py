@@ -60,6 +60,7 @@ from .weights import ModelFileError, check_state, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-texture-1"
 LATENT = 32  # taef2's latent channels
+TAEF2_SOURCE = "github madebyollin/taesd taef2_encoder.pth, taef2_decoder.pth (MIT, models/LICENSE.taesd)"  # for cards
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ from ..fileio import atomic_write_json
 from ..image import to_tensor, to_uint8
 from ..models import ModelFileError, PQMIM
 from ..models.perceptual import Refiner, RefinerConfig
-from ..models.texture import LatentTexture
+from ..models.texture import TAEF2_SOURCE, LatentTexture
 from .loop import Stage, ckpt_iteration, fit, load_ckpt, log, plan_from_dict, progress, read_json
 
 PAIR = 256  # side of the stored crops; training cuts `crop`-sized pieces out of them
@@ -318,7 +318,8 @@ class PerceptualStage(Stage):
             decay = min(p.ema, (1 + iteration) / (10 + iteration))
             with torch.no_grad():
                 for e, w in zip(self.ema.parameters(), self.refiner.parameters()):
-                    e.lerp_(w, 1 - decay)
+                    if w.requires_grad:  # a TextureTuning's frozen encoder and heads: nothing to average
+                        e.lerp_(w, 1 - decay)
         if self.snapshots and p.snapshot_every and iteration and iteration % p.snapshot_every == 0:
             self.snapshots(iteration, self.shipped())
         x, rec, j = self._batch(iteration, rng)
@@ -422,6 +423,7 @@ def export(
         source = refiner.source.with_suffix(".json")
         kind = {
             "class": "latent-texture",
+            "taef2": f"{TAEF2_SOURCE}, its decoder trained on from {refiner.source.name}",
             "tuned_from": refiner.source.name,
             "fit": json.loads(source.read_text()).get("fit") if source.is_file() else None,  # the heads' (as they came)
         }

@@ -42,7 +42,7 @@ from ..data import describe_source, list_images, load_rgb
 from ..fileio import atomic_file, atomic_write_json
 from ..image import to_tensor
 from ..models import PQMIM
-from ..models.texture import LatentTexture, TextureConfig, TextureHead
+from ..models.texture import TAEF2_SOURCE, LatentTexture, TextureConfig, TextureHead
 from ..models.weights import STORAGES
 from .perceptual import reconstruct
 from .taef2 import load_taef2
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "config": asdict(cfg),
         "serves": serves,
         "storage": args.storage,
-        "taef2": "github madebyollin/taesd taef2_encoder.pth, taef2_decoder.pth (MIT, models/LICENSE.taesd)",
+        "taef2": TAEF2_SOURCE,
         "plan": plan,
         "fit": reports,
         "training": {
