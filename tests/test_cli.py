@@ -95,6 +95,11 @@ def test_refuses_to_overwrite_without_force(tmp_path, photo, tiny_model_file):
     assert r.returncode == 1 and out.read_bytes() == b"precious"
     assert run("encode", photo, "-o", out, "--model-file", tiny_model_file, "--force").returncode == 0
     assert out.read_bytes().startswith(b"PQM")
+    png = tmp_path / "x.png"
+    png.write_bytes(b"precious")
+    r = run("decode", out)  # refused before its model is looked for (none ships for this file's id)
+    assert r.returncode == 1 and b"exists (use --force" in r.stderr and png.read_bytes() == b"precious"
+    assert b"model" in run("decode", out, "--force").stderr  # with --force, the model is what fails
 
 
 def test_unsupported_images(tmp_path, tiny_model_file):

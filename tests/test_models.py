@@ -152,6 +152,42 @@ def test_hostile_model_files_are_refused_before_use(tmp_path):
         PQMIM.load(write("missing.safetensors", missing, TINY.to_dict()))
 
 
+def test_expected_state_is_the_built_models_state():
+    """The meta-device build that checks a file against its config (initialisers skipped) has
+    the names, shapes and dtypes of a model built for real."""
+    from pqmim.models.weights import expected_state
+
+    real = make_tiny_model().state_dict()
+    expected = expected_state(lambda: PQMIM(TINY))
+    assert real.keys() == expected.keys()
+    assert all(expected[k].is_meta and (expected[k].shape, expected[k].dtype) == (v.shape, v.dtype) for k, v in real.items())
+
+
+def test_loading_the_shipped_models_imports_no_compiler():
+    """Every command loads a model: its meta-device build must not run one of torch's Python
+    decompositions (a meta normal_, arithmetic on a meta tensor), whose first call imports
+    torch._dynamo or sympy, 1.4 s more for each command than the load itself."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import sys\n"
+        "from pqmim import zoo\n"
+        "from pqmim.codec import shipped_codec\n"
+        "served = {s['name'] for c in zoo.perceptual_decoders() for s in c['serves']}\n"
+        "for card in zoo.list_models():\n"
+        "    codec = shipped_codec(card['name'])\n"
+        "    if card['name'] in served:\n"
+        "        codec.perceptual_decoder()\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
 def test_gdn_model_files_and_banded_transforms(tmp_path):
     """A GDN model (the yardstick's trial architecture) saves and loads, its id differs from the
     GELU model's, and the banded transforms compute what its modules compute."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import (
     CLIError,
     read_input,
+    check_output,
     write_output,
     say,
     Timings,
@@ -34,6 +35,8 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
     with t("read"):
         pic = read_picture_arg(src)
     h, w = pic.rgb.shape[:2]
+    out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
+    check_output(out, args.force, [src])  # before the coding: a refusal costs no time
     with t("encode"):
         if codec is None:
             budget = args.max_bytes if args.max_bytes is not None else bytes_for_bpp(args.max_bpp, w, h)
@@ -50,7 +53,6 @@ def encode_file(codec, args: argparse.Namespace, src: str, out: str | None) -> N
                     arithmetic="float64" if args.compat else None,
                 )
                 name = codec.name
-    out = out or ("-" if src == "-" else str(Path(src).with_suffix(".pqm")))
     with t("write"):
         write_output(out, data, args.force, [src])
     if not args.quiet and out != "-":
@@ -70,6 +72,8 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
     with t("read"):
         data = read_input(src)
         header, payload, complete = unpack_partial(data) if args.partial else (*unpack(data), True)
+    out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
+    check_output(out, args.force, [src])  # before the model and the decoding: a refusal costs no time
     key = args.model_file or args.model or zoo.name_for_id(header.model_id) or header.model_id.hex()
     if key not in codecs:
         codecs[key] = load_codec(args.model, args.model_file, data, verbose=args.verbose, device=args.device)
@@ -86,7 +90,6 @@ def decode_file(codecs: dict, args: argparse.Namespace, src: str, out: str | Non
         say(
             f"{src}: cut short: {len(data)} bytes hold {header.steps_in(len(payload))} of {header.steps} coding steps; the rest is filled in"
         )
-    out = out or ("-" if src == "-" else str(Path(src).with_suffix(".png")))
     buf = io.BytesIO()
     keep = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
     with t("write"):

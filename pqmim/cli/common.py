@@ -29,13 +29,11 @@ def read_input(path: str) -> bytes:
     return p.read_bytes()
 
 
-def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None:
-    """Write atomically (pqmim.fileio: permissions from the umask), or to stdout for -."""
-    from ..fileio import atomic_write
-
+def check_output(path: str, force: bool, inputs: list[str]) -> None:
+    """CLIError unless `path` may be written: not an input, not there (or --force), not a
+    folder, in a folder that exists. The commands check it before coding and `write_output`
+    again when it writes."""
     if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
         return
     dest = Path(path)
     for src in inputs:
@@ -48,7 +46,18 @@ def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None
     folder = dest.parent if str(dest.parent) else Path(".")
     if not folder.is_dir():
         raise CLIError(f"no such folder: {folder}")
-    atomic_write(dest, data)
+
+
+def write_output(path: str, data: bytes, force: bool, inputs: list[str]) -> None:
+    """Write atomically (pqmim.fileio: permissions from the umask), or to stdout for -."""
+    from ..fileio import atomic_write
+
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    check_output(path, force, inputs)
+    atomic_write(Path(path), data)
 
 
 def say(msg: str) -> None:

@@ -30,6 +30,7 @@ sub-pixels), PSNR -0.0004 dB. Banding, hence thread and batch invariance, is unc
 from __future__ import annotations
 
 import copy
+import threading
 from concurrent.futures import Executor
 from typing import Callable
 
@@ -116,25 +117,38 @@ def _conv_stage(
         y = F.conv2d(inp, conv.weight, conv.bias, stride=conv.stride, padding=(0, pw))
         return y if post is None else post(y, a, b)
 
-    return torch.cat(_map(pool, band, bands(out_height), autocast), 2)
+    return _gather(pool, band, bands(out_height), autocast)
 
 
 def _elementwise(pool: Executor, fn: Callable, x: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
     """fn band by band, for work that maps rows to rows (an activation, a nearest upsampling)."""
-    return torch.cat(_map(pool, lambda r: fn(x[:, :, r[0] : r[1]]), bands(x.shape[2]), autocast), 2)
+    return _gather(pool, lambda r: fn(x[:, :, r[0] : r[1]]), bands(x.shape[2]), autocast)
 
 
-def _map(pool: Executor, fn: Callable, items: list, autocast: torch.dtype | None) -> list:
-    """fn of each item on the pool, under CPU autocast to `autocast` where one is given (autocast
-    is per thread, so it is entered in the thread that computes)."""
-    if autocast is None:
-        return list(pool.map(fn, items))
+def _gather(pool: Executor, band: Callable, rows: list[tuple[int, int]], autocast: torch.dtype | None) -> torch.Tensor:
+    """The bands band(rows[i]) stacked along the height (dim 2), as torch.cat would stack them
+    (same values, same memory format), but each written into one output by the pool thread that
+    computed it: no serial copy of the whole layer after its bands. The first band done makes the
+    output: its channels, width, dtype, layout and rows per input row (a band may grow, as a
+    pixel shuffle or a nearest upsampling doubles the rows). Autocast is per thread, so it is
+    entered in the thread that computes."""
+    made: list[tuple[torch.Tensor, int]] = []
+    lock = threading.Lock()
 
-    def under(item):
-        with torch.autocast("cpu", dtype=autocast):
-            return fn(item)
+    def write(r: tuple[int, int]) -> None:
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            y = band(r)
+        with lock:
+            if not made:
+                scale = y.shape[2] // (r[1] - r[0])
+                layout = torch.channels_last if y.shape[1] > 1 and y.stride(1) == 1 else torch.contiguous_format
+                made.append((torch.empty((*y.shape[:2], rows[-1][1] * scale, y.shape[3]), dtype=y.dtype, memory_format=layout), scale))
+        out, scale = made[0]
+        out[:, :, r[0] * scale : r[1] * scale] = y
 
-    return list(pool.map(under, items))
+    for _ in pool.map(write, rows):  # consumed, so that a band's exception is raised here
+        pass
+    return made[0][0]
 
 
 def _activation(layer: nn.Module | None) -> Callable | None:

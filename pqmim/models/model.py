@@ -23,7 +23,7 @@ from . import banded
 from .autoencoder import Decoder, Encoder
 from .quantizer import FiniteScalarQuantizer, ProductQuantizer
 from .transformer import MIMTransformer
-from .weights import ModelFileError, check_state, read_tensors, save_tensors
+from .weights import ModelFileError, check_state, expected_state, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-model-1"
 ENTROPY = "entropy."  # the entropy model's tensors: all that an entropy variant file holds
@@ -129,8 +129,7 @@ class PQMIM(nn.Module):
             if any(getattr(base.cfg, f) != getattr(cfg, f) for f in AUTOENCODER_FIELDS):
                 raise ModelFileError(f"{path}: config does not match its base's autoencoder")
             tensors = {**{k: v for k, v in base.state_dict().items() if not k.startswith(ENTROPY)}, **tensors}
-        with torch.device("meta"):  # shapes first, without allocating anything
-            expected = cls(cfg).state_dict()
+        expected = expected_state(lambda: cls(cfg))
         check_state(path, tensors, expected)
         model = cls(cfg)
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})

@@ -34,7 +34,7 @@ from ..threads import fixed_pieces
 from ..tiling import context_radius
 from . import banded
 from .autoencoder import ResBlock, Upsample, init_weights
-from .weights import ModelFileError, check_state, file_metadata, read_tensors, save_tensors
+from .weights import ModelFileError, check_state, expected_state, file_metadata, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-perceptual-1"
 
@@ -124,8 +124,7 @@ class Refiner(nn.Module):
             ids = [s["model_id"] for s in serves]
         except (KeyError, ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: bad perceptual decoder metadata: {e}") from None
-        with torch.device("meta"):
-            expected = cls(cfg).state_dict()
+        expected = expected_state(lambda: cls(cfg))
         check_state(path, tensors, expected)
         refiner = cls(cfg)
         refiner.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})

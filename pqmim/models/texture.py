@@ -56,7 +56,7 @@ from ..config import from_fields
 from ..threads import fixed_pieces
 from . import banded
 from .taef2 import taef2_decoder, taef2_encoder
-from .weights import ModelFileError, check_state, read_tensors, save_tensors
+from .weights import ModelFileError, check_state, expected_state, read_tensors, save_tensors
 
 FORMAT_TAG = "pqmim-texture-1"
 LATENT = 32  # taef2's latent channels
@@ -220,8 +220,7 @@ class LatentTexture(nn.Module):
             raise ModelFileError(f"{path}: bad texture decoder metadata: {e}") from None
         if model_id not in ids:
             raise ValueError(f"{path}: no texture head for model id {model_id} (it has heads for: {', '.join(ids) or 'none'})")
-        with torch.device("meta"):
-            expected = cls(cfg).state_dict()
+        expected = expected_state(lambda: cls(cfg))
         shared = {k: v for k, v in expected.items() if not k.startswith("head.")}
         heads = {f"heads.{mid}.{k[len('head.') :]}": v for mid in ids for k, v in expected.items() if k.startswith("head.")}
         check_state(path, tensors, {**shared, **heads})

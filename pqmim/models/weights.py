@@ -13,10 +13,13 @@ file without the key is float16 or float32, as written before int8 storage exist
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..fileio import atomic_write
 
@@ -68,7 +71,7 @@ def _dequantized(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     for key, scale in tensors.items():
         if not key.startswith(SCALE_PREFIX):
             continue
-        name = key[len(SCALE_PREFIX):]
+        name = key[len(SCALE_PREFIX) :]
         q = out.get(name)
         if q is None or q.dtype != torch.int8 or q.dim() < 2 or scale.dtype != torch.float32 or tuple(scale.shape) != (q.shape[0],):
             raise ModelFileError(f"{path}: int8 tensor {name} does not match its scale")
@@ -118,9 +121,31 @@ def read_tensors(path: str | Path, format_tag: str, what: str) -> tuple[dict[str
     return meta, tensors
 
 
+class _NoInit(TorchFunctionMode):
+    """Inside `expected_state` the initialisers (torch.nn.init's, Tensor.normal_) do nothing:
+    on meta tensors, which hold no values, they change nothing, but torch's meta normal_ is a
+    Python decomposition that imports torch._dynamo the first time it runs (1.4 s of every
+    command's start; so does arithmetic on meta tensors: tests/test_model.py keeps the models'
+    constructors free of it)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", None) == "normal_":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def expected_state(build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
+    """The state dict `build()` makes, as meta tensors: its names, shapes and dtypes with nothing
+    allocated, so that a file's tensors are checked against its config (`check_state`) before a
+    config from a hostile file can ask for gigabytes."""
+    with torch.device("meta"), _NoInit():
+        return build().state_dict()
+
+
 def check_state(path: str | Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """ModelFileError unless `tensors` has exactly the names and shapes of `expected` (a state
-    dict built on the meta device from the file's config) and only finite float values."""
+    """ModelFileError unless `tensors` has exactly the names and shapes of `expected` (from
+    `expected_state`, built from the file's config) and only finite float values."""
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))[:3]
         extra = sorted(set(tensors) - set(expected))[:3]
