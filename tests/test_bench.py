@@ -165,6 +165,7 @@ def test_speed_bench_times_pqmim_beside_webp_and_avif(tmp_path):
         pq, perceptual = [r for r in rows if r["image"] == size and r["codec"].startswith("pqmim")]
         assert pq["encode_s"] > 0 and pq["decode_s"] > 0 and pq["bytes"] > 0 and pq["decode_peak_mb"] > 0
         assert perceptual["codec"].endswith("decoded --perceptual") and perceptual["bytes"] == pq["bytes"] and perceptual["decode_s"] > 0
+        assert pq["decode_start_s"] > 0 and perceptual["decode_start_s"] > 0
         for r in rows:
             if r["image"] == size and r["codec"] in ("webp", "avif") and "skipped" not in r:
                 assert r["encode_s"] > 0 and (r["bytes"] <= pq["bytes"]) != r["over_budget"]
