@@ -26,7 +26,7 @@ class ProductQuantizer(nn.Module):
         super().__init__()
         self.m, self.k, self.sub_dim = m, k, sub_dim
         self.decay, self.eps = decay, eps
-        self.register_buffer("codebooks", torch.empty(m, k, sub_dim).normal_(0, 0.1))
+        self.register_buffer("codebooks", torch.empty(m, k, sub_dim).normal_(0, 0.1))  # no arithmetic: weights.expected_state
         self.register_buffer("ema_count", torch.ones(m, k))
         self.register_buffer("ema_sum", self.codebooks.clone())
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))

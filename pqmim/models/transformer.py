@@ -100,7 +100,7 @@ class MIMTransformer(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.mask_emb, std=0.02)
-        self.register_buffer("offsets", torch.tensor([i * cfg.k for i in range(cfg.m)]), persistent=False)
+        self.register_buffer("offsets", torch.tensor([i * cfg.k for i in range(cfg.m)]), persistent=False)  # weights.expected_state
 
     def embed(self, tok: torch.Tensor) -> torch.Tensor:
         """Codes (..., m), offset into the stacked tables -> the sum of their embeddings (..., d)."""
