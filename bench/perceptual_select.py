@@ -50,6 +50,7 @@ from pqmim.evaluate import LPIPSAlex, block_psnr, psnr_uint8
 from pqmim.fileio import atomic_write_json
 from pqmim.image import load_image
 from pqmim.models import ModelFileError
+from pqmim.models.weights import file_metadata
 from pqmim.models.perceptual import load_decoder, served_ids
 from pqmim.train.perceptual import LOW_POOL, description
 
@@ -202,11 +203,18 @@ def _interval(m: dict) -> str:
 def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
     """Copy the best candidate serving every model into dest/name.safetensors, with a card: its
     run's card (plan, data, device) where one is beside it, the selection's figures, and `serves`
-    naming the models measured (its file may have been trained for more)."""
+    naming the models measured (its file may have been trained for more). A shipped decoder of
+    that name must be of the candidate's kind (a refiner or a texture file)."""
     best = min((r for r in rows[1:] if r["serves_all"]), key=lambda r: r["score"], default=None)
     if best is None:
         raise SystemExit("no candidate serves every model measured")
     src = Path(best["candidate"])
+    shipped = next((c["path"] for c in zoo.perceptual_decoders() if c["name"] == name), None)
+    kind, shipped_kind = file_metadata(src).get("format"), shipped and file_metadata(shipped).get("format")
+    if shipped is not None and shipped_kind != kind:  # shipping it would swap one kind of decoder for another
+        raise SystemExit(
+            f"{name} ships as a {shipped_kind} file and the best candidate, {src.name}, is a {kind} file: pick it under another --name"
+        )
     stem, snapshot = src.stem, SNAPSHOT.search(src.stem)
     run_card = src.with_name(f"{SNAPSHOT.sub('', stem)}.json")
     card = json.loads(run_card.read_text()) if run_card.exists() else {"kind": zoo.PERCEPTUAL}

@@ -288,6 +288,9 @@ def test_perceptual_selection_holds_out_the_bench_images_and_picks_the_best_that
     assert "GAN" not in card["description"]  # iteration 100 came before the GAN term (from 150)
     with pytest.raises(SystemExit, match="serves every model"):
         pick([rows[0], rows[3]], tmp_path / "dest2", "pqmim-perceptual", {})
+    with pytest.raises(SystemExit, match="ships as a pqmim-texture-1 file .* pqmim-perceptual-1 file"):
+        pick(rows, tmp_path / "dest3", "pqmim-texture", {})  # a refiner never replaces the texture decoder
+    assert not (tmp_path / "dest3").exists()
 
 
 @needs_shared  # the FID Inception weights
