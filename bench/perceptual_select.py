@@ -210,10 +210,10 @@ def pick(rows: list[dict], dest: Path, name: str, setup: dict) -> Path:
         raise SystemExit("no candidate serves every model measured")
     src = Path(best["candidate"])
     shipped = next((c["path"] for c in zoo.perceptual_decoders() if c["name"] == name), None)
-    kind, shipped_kind = file_metadata(src).get("format"), shipped and file_metadata(shipped).get("format")
-    if shipped is not None and shipped_kind != kind:  # shipping it would swap one kind of decoder for another
+    kinds = [file_metadata(f).get("format") for f in (shipped, src)] if shipped is not None else []
+    if kinds and kinds[0] != kinds[1]:  # shipping it would swap one kind of decoder for another
         raise SystemExit(
-            f"{name} ships as a {shipped_kind} file and the best candidate, {src.name}, is a {kind} file: pick it under another --name"
+            f"{name} ships as a {kinds[0]} file and the best candidate, {src.name}, is a {kinds[1]} file: pick it under another --name"
         )
     stem, snapshot = src.stem, SNAPSHOT.search(src.stem)
     run_card = src.with_name(f"{SNAPSHOT.sub('', stem)}.json")

@@ -71,7 +71,7 @@ def _dequantized(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     for key, scale in tensors.items():
         if not key.startswith(SCALE_PREFIX):
             continue
-        name = key[len(SCALE_PREFIX) :]
+        name = key[len(SCALE_PREFIX):]
         q = out.get(name)
         if q is None or q.dtype != torch.int8 or q.dim() < 2 or scale.dtype != torch.float32 or tuple(scale.shape) != (q.shape[0],):
             raise ModelFileError(f"{path}: int8 tensor {name} does not match its scale")
@@ -125,7 +125,7 @@ class _NoInit(TorchFunctionMode):
     """Inside `expected_state` the initialisers (torch.nn.init's, Tensor.normal_) do nothing:
     on meta tensors, which hold no values, they change nothing, but torch's meta normal_ is a
     Python decomposition that imports torch._dynamo the first time it runs (1.4 s of every
-    command's start; so does arithmetic on meta tensors: tests/test_model.py keeps the models'
+    command's start; so does arithmetic on meta tensors: tests/test_models.py keeps the models'
     constructors free of it)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
