@@ -131,27 +131,49 @@ def fid_kid_of(reference: torch.Tensor, decoded: torch.Tensor) -> dict:
 
 
 def frechet(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """FID of two feature sets (n_a, d) and (n_b, d) with few samples (n < d), exactly and fast:
-    tr sqrt(S_a S_b) is the nuclear norm of A B^T / sqrt((n_a - 1)(n_b - 1)), A and B the centred
-    features (the nonzero eigenvalues of A^T A B^T B are the squared singular values of A B^T),
-    an n x n problem instead of torch-fidelity's d x d eigenvalues (d = 2048): what makes a
-    bootstrap of FID affordable. Equal to `fid_kid_of`'s FID up to rounding (tested).
+    """FID of two feature sets (n_a, d) and (n_b, d), exactly and fast: `frechet_to` with one set."""
+    return frechet_to(a, [b], weights)[0]
 
-    `weights` (n,), paired sets only (n_a = n_b): row i counted weights[i] times, exactly as if it
-    were repeated (a repeated row adds w x x^T to the scatter, as the row sqrt(w) x does once);
-    a bootstrap draw that repeats photos then costs the distinct photos' rows, not all of them."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if weights is None:
-        wa, wb = np.ones(len(a)), np.ones(len(b))
-    elif len(a) == len(b) == len(weights):
-        wa = wb = np.asarray(weights, np.float64)
-    else:
-        raise ValueError(f"{len(weights)} weights for sets of {len(a)} and {len(b)} rows")
-    na, nb = wa.sum() - 1, wb.sum() - 1
-    ma, mb = wa @ a / wa.sum(), wb @ b / wb.sum()
-    a, b = np.sqrt(wa)[:, None] * (a - ma), np.sqrt(wb)[:, None] * (b - mb)
-    cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(na * nb)
-    return float(np.square(ma - mb).sum() + np.square(a).sum() / na + np.square(b).sum() / nb - 2 * cross)
+
+def frechet_to(a: np.ndarray, others: list[np.ndarray], weights: np.ndarray | None = None) -> list[float]:
+    """FID of feature set `a` (n_a, d) against each of `others` (n_b, d), exactly, in whichever
+    form is cheaper; what makes a bootstrap of FID affordable. Equal to `fid_kid_of`'s FID up to
+    rounding (tested, both forms). The term that costs is tr sqrt(S_a S_b):
+    - few samples (min(n_a, n_b) <= d, d = 2048 here): the nuclear norm of A B^T / sqrt((n_a - 1)
+      (n_b - 1)), A and B the centred features (the nonzero eigenvalues of A^T A B^T B are the
+      squared singular values of A B^T): an n_a x n_b problem instead of d x d;
+    - more: A = Q R (R is d x d, made once for all of `others`), so S_a S_b has the eigenvalues
+      of R S_b R^T / (n_a - 1) = C^T C / ((n_a - 1)(n_b - 1)), C = B R^T: one d x d symmetric
+      eigenvalue problem per set.
+
+    `weights` (n,), paired sets only (every set n rows): row i counted weights[i] times, exactly
+    as if it were repeated (a repeated row adds w x x^T to the scatter, as the row sqrt(w) x does
+    once); a bootstrap draw that repeats photos then costs the distinct photos' rows, not all of
+    them."""
+
+    def centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        x = np.asarray(x, np.float64)
+        w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+        if len(w) != len(x):
+            raise ValueError(f"{len(w)} weights for a set of {len(x)} rows")
+        m = w @ x / w.sum()
+        return np.sqrt(w)[:, None] * (x - m), m, w.sum() - 1
+
+    a, ma, na = centred(a)
+    d = a.shape[1]
+    r = None  # A's R, made once if a set needs the d x d form
+    out = []
+    for b in others:
+        b, mb, nb = centred(b)
+        if min(len(a), len(b)) <= d:
+            cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(na * nb)
+        else:
+            if r is None:
+                r = np.linalg.qr(a, mode="r")
+            c = b @ r.T
+            cross = np.sqrt(np.clip(np.linalg.eigvalsh(c.T @ c), 0, None)).sum() / np.sqrt(na * nb)
+        out.append(float(np.square(ma - mb).sum() + np.square(a).sum() / na + np.square(b).sum() / nb - 2 * cross))
+    return out
 
 
 def fid_differences(
@@ -177,8 +199,8 @@ def fid_differences(
         drawn = np.flatnonzero(times)
         rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in drawn])
         w = np.repeat(times[drawn], np.asarray(groups)[drawn])
-        at = frechet(r[rows], x[rows], w)
-        diffs[d] = [frechet(r[rows], y[rows], w) - at for y in ys]
+        at, *fids = frechet_to(r[rows], [x[rows], *(y[rows] for y in ys)], w)
+        diffs[d] = [f - at for f in fids]
     return [(float(lo), float(hi)) for lo, hi in np.percentile(diffs, [5, 95], axis=0).T]
 
 

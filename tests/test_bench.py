@@ -215,7 +215,7 @@ def test_bench_progressive_quick(tmp_path):
 
 
 def test_fast_fid_equals_torch_fidelitys_and_the_bootstrap_tells_decoders_apart():
-    """`frechet` (n x n) gives torch-fidelity's FID (d x d) with fewer samples than dimensions;
+    """`frechet` gives torch-fidelity's FID in both its forms (n x n with fewer samples than dimensions, d x d with more);
     the paired bootstrap's interval holds 0 for a decoder against itself, lies above 0 for a
     worse one and below for a better one."""
     import torch
@@ -238,6 +238,12 @@ def test_fast_fid_equals_torch_fidelitys_and_the_bootstrap_tells_decoders_apart(
     )
     with pytest.raises(ValueError, match="weights"):
         frechet(reference.numpy(), base.numpy()[:30], times)
+    # more samples than dimensions: the d x d form, the same FID (and the same with weights)
+    many = np.concatenate([reference.numpy()] * 3), np.concatenate([base.numpy(), base.numpy()[::-1], base.numpy() + 0.1])
+    assert len(many[0]) > d and frechet(*many) == pytest.approx(fid_kid_of(*map(torch.from_numpy, many))["fid"], rel=1e-6)
+    assert frechet(*many, np.tile(times, 3)) == pytest.approx(
+        frechet(*(m[np.repeat(np.arange(3 * n), np.tile(times, 3))] for m in many)), rel=1e-6
+    )
     worse = base + 0.5
     better = reference + torch.from_numpy(rng.normal(scale=0.3, size=(n, d)).astype(np.float32))
     same, up, down = fid_differences(reference, base, [base, worse, better], groups, draws=50)
@@ -349,6 +355,33 @@ def test_classical_at_names_its_points_and_refuses_bad_ones():
     assert r.returncode == 2 and "unknown model 'pqmim-q9'" in r.stderr
     r = run_module("bench.classical_at", "avif:15", "--images", "0")
     assert r.returncode == 2 and "--images must be at least 1" in r.stderr
+
+
+@needs_shared  # the FID Inception weights
+def test_classical_at_measures_the_photos_of_another_folder(tmp_path, monkeypatch):
+    """--photos DIR pairs the points on every photo of DIR (a held-out set): all their patches,
+    each point's rate from its own bytes; a folder that is missing or holds no image, or
+    --photos without --against, is refused before anything is measured."""
+    from PIL import Image
+
+    from bench import classical_at
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for v in range(3):
+        Image.fromarray(photo_crop(0, 0, 512, 384, v)).save(photos / f"{v}.png")  # 3 patches each
+    monkeypatch.setattr(classical_at, "RESULTS", tmp_path)  # the cache
+    coarse, fine = classical_at.point_of("avif:5"), classical_at.point_of("avif:60")
+    rows = classical_at.paired([coarse], fine, None, photos)
+    assert [r["point"] for r in rows] == [fine, coarse] and [r["patches"] for r in rows] == [9, 9]
+    assert rows[0]["fid_delta_90"] is None and rows[1]["bpp"] < rows[0]["bpp"] and rows[1]["fid"] > rows[0]["fid"]
+    for args, why in [
+        (["--photos", str(tmp_path / "nowhere"), "--against", "avif:60"], "No such file"),
+        (["--photos", str(tmp_path), "--against", "avif:60"], "no images found"),
+        (["--photos", str(photos)], "--photos needs --against"),
+    ]:
+        r = run_module("bench.classical_at", "avif:5", *args)
+        assert r.returncode == 2 and why in r.stderr, r.stderr
 
 
 def test_a_pqmim_points_cache_key_sees_its_pixels():
