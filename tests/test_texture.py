@@ -4,6 +4,7 @@ place beside the refiner in the codec, and what the shipped one does to a real p
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -172,6 +173,25 @@ def test_power_shapes_the_draws_spread():
     assert torch.allclose(b.drawn(z, n), z + mu + 0.9 * log_sigma.exp() ** 2 * n, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="power must be a number from 0 to 4"):
         TextureConfig(power=5)
+
+
+def test_mean_scales_the_predicted_mean(tmp_path):
+    """The draw is z + mean * mu + strength * sigma^power * n: `mean` 1 (the default, and what a
+    file without the field reads as) is the draw files decoded to before `mean` existed, bit for
+    bit; `mean` 0 draws the noise about z itself."""
+    a, none = random_texture(), random_texture(cfg=TextureConfig(channels=8, mean=0.0))  # the same head
+    gen = torch.Generator().manual_seed(2)
+    z, n = torch.randn((1, 32, 4, 6), generator=gen), torch.randn((1, 32, 4, 6), generator=gen)
+    mu, log_sigma = a.head(z)
+    assert mu.abs().min() > 0
+    assert torch.equal(a.drawn(z, n), z + mu + 0.6 * log_sigma.exp() * n)
+    assert torch.equal(none.drawn(z, n), z + 0.6 * log_sigma.exp() * n)
+    assert TextureConfig.from_dict({k: v for k, v in asdict(SMALL).items() if k != "mean"}).mean == 1.0
+    half = random_texture(cfg=TextureConfig(channels=8, mean=0.5))
+    half.save(tmp_path / "t.safetensors", {"0000000a": half.head.state_dict()}, [{"name": "a", "model_id": "0000000a"}], "float32")
+    assert LatentTexture.load(tmp_path / "t.safetensors", "0000000a").cfg.mean == 0.5
+    with pytest.raises(ValueError, match="mean must be a number from 0 to 1"):
+        TextureConfig(mean=1.5)
 
 
 def test_one_decoding_takes_the_change_against_the_input():

@@ -8,13 +8,14 @@ resolution, trained on far more photos than ours), where a small head predicts, 
 position, the mean `mu` and spread `sigma` of what the coding lost there,
 r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and adds a draw:
 
-    z = enc(x);  z' = z + mu + strength * sigma^p * n,  n ~ N(0, 1) from a fixed seed (with `sharpen`,
-                                                          blue: its 3x3 local mean partly taken out)
+    z = enc(x);  z' = z + a * mu + strength * sigma^p * n,  n ~ N(0, 1) from a fixed seed (with `sharpen`,
+                                                              blue: its 3x3 local mean partly taken out)
     out = x + dec(z') - dec(z)          (`decodes` 2, before 0.12.2)
     out = x + (dec(z') - x)             (`decodes` 1, since 0.12.2: one taef2 decoding fewer)
 
 with p = `power` (1 before 0.12.0; 2 since: texture drawn where the head is unsure of what was lost;
-strength 0.8 since 0.12.1).
+strength 0.8 since 0.12.1) and a = `mean` (1 as shipped: the predicted mean is what the val scenes'
+FID gains most from and what photos of people and objects lose most by, models/TRAINING.md).
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
 would lose (it is not lossless either): where the head predicts nothing, out = x. With one
@@ -71,6 +72,7 @@ class TextureConfig:
     sharpen: float = 0.0  # of the noise's 3x3 local mean taken out (blue noise); 0 = white noise, as before 0.11
     power: float = 1.0  # the draw's spread is strength * sigma^power: 1 as predicted, as before 0.12; 2 more where sigma is large
     decodes: int = 2  # taef2 decodings a tile: 2, change dec(z') - dec(z), as before 0.12.2; 1, dec(z') - x
+    mean: float = 1.0  # of the predicted mean mu added: 1 as before 0.12.5; 0 draws texture only, about mu's zero
 
     def __post_init__(self) -> None:
         if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
@@ -85,6 +87,8 @@ class TextureConfig:
             raise ValueError("invalid texture config: power must be a number from 0 to 4")
         if self.decodes not in (1, 2) or isinstance(self.decodes, bool):
             raise ValueError("invalid texture config: decodes must be 1 or 2")
+        if not (isinstance(self.mean, (int, float)) and not isinstance(self.mean, bool) and 0 <= self.mean <= 1):
+            raise ValueError("invalid texture config: mean must be a number from 0 to 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextureConfig":
@@ -126,11 +130,12 @@ class LatentTexture(nn.Module):
         return self.finish(x, self.decoder(self.drawn(z, noise)) - (self.decoder(z) if self.cfg.decodes == 2 else x))
 
     def drawn(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """z + mu + strength * sigma^power * noise: the latents with texture drawn in (float32).
+        """z + mean * mu + strength * sigma^power * noise: the latents with texture drawn in (float32).
         A power above 1 draws more where the head is unsure what was lost (edges, foliage) and
-        less where it is sure (flat sky): held-out FID and KID prefer it (models/TRAINING.md, 0.12.0)."""
+        less where it is sure (flat sky): held-out FID and KID prefer it (models/TRAINING.md, 0.12.0).
+        `mean` 1 times mu is mu, bit for bit: files of `mean` 1 decode to the pixels they did."""
         mu, log_sigma = self.head(z.float())
-        return z.float() + mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
+        return z.float() + self.cfg.mean * mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
 
     def finish(self, x: torch.Tensor, change: torch.Tensor, pool: Executor | None = None) -> torch.Tensor:
         """x plus the change dec(z') - dec(z) (or dec(z') - x), less its local mean where `flatten`
