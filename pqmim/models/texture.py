@@ -72,7 +72,7 @@ class TextureConfig:
     sharpen: float = 0.0  # of the noise's 3x3 local mean taken out (blue noise); 0 = white noise, as before 0.11
     power: float = 1.0  # the draw's spread is strength * sigma^power: 1 as predicted, as before 0.12; 2 more where sigma is large
     decodes: int = 2  # taef2 decodings a tile: 2, change dec(z') - dec(z), as before 0.12.2; 1, dec(z') - x
-    mean: float = 1.0  # of the predicted mean mu added: 1 as before 0.12.5; 0 draws texture only, about mu's zero
+    mean: float = 1.0  # of the predicted mean mu added: 1 as before 0.12.5; 0 draws the noise about z alone
 
     def __post_init__(self) -> None:
         if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
