@@ -1,11 +1,11 @@
 import sys
 
-USAGE = "usage: python -m bench {run,report,speed,curves,exactness,progressive,perceptual-select} [options]   (each takes -h; `pqmim bench ...` is the same)"
+USAGE = "usage: python -m bench {run,report,speed,curves,exactness,progressive,perceptual-select,texture-gate} [options]   (each takes -h; `pqmim bench ...` is the same)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("run", "report", "speed", "curves", "exactness", "progressive", "perceptual-select"):
+    if not argv or argv[0] not in ("run", "report", "speed", "curves", "exactness", "progressive", "perceptual-select", "texture-gate"):
         print(USAGE, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from .perceptual_select import main as perceptual_select
 
         return perceptual_select(rest)
+    if cmd == "texture-gate":
+        from .texture_gate import main as texture_gate
+
+        return texture_gate(rest)
     if cmd == "curves":
         from .curves import main as curves
 

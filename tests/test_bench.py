@@ -395,3 +395,22 @@ def test_a_pqmim_points_cache_key_sees_its_pixels():
     assert outcome(f32) != outcome(Codec.from_pretrained("pqmim-q1", transforms="bfloat16"))
     if zoo.perceptual_decoders():
         assert outcome(_Perceptual(f32)) != outcome(f32)
+
+
+def test_texture_gate_fit_opens_where_the_mean_is_predicted_to_help():
+    """bench.texture_gate.fit: a ridge regression of the distance change y on the statistics,
+    turned into clamp(1/2 - y_hat / (2 width), 0, 1): near 1 where y is well below 0 (the mean
+    brings the Inception features nearer), near 0 where it is well above; its cross-validated
+    report sees a relationship that is there and none in noise."""
+    from bench.texture_gate import fit
+
+    rng = np.random.default_rng(0)
+    stats = rng.normal(size=(400, 12)) * rng.uniform(0.01, 3, size=12) + rng.normal(size=12)
+    y = 4 * (stats[:, 3] - stats[:, 3].mean()) / stats[:, 3].std() + 0.3 * rng.normal(size=400)
+    weight, bias, report = fit(stats, y, ridge=1.0, width=0.5)
+    gate = np.clip(stats @ weight + bias, 0, 1)
+    assert report["photos"] == 400 and report["cv_correlation"] > 0.95 and report["cv_sign_agreement"] > 0.9
+    assert gate[y < -2].min() == 1 and gate[y > 2].max() == 0
+    assert 0 < np.mean((gate > 0) & (gate < 1)) < 0.2  # the soft zone is narrow
+    _, _, noise = fit(stats, rng.normal(size=400), ridge=100.0, width=0.5)
+    assert abs(noise["cv_correlation"]) < 0.2

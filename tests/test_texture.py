@@ -15,7 +15,8 @@ from pqmim import Codec, tiling, zoo
 from pqmim.image import to_tensor, to_uint8
 from pqmim.models import ModelFileError, banded
 from pqmim.models.perceptual import Refiner, RefinerConfig, load_decoder
-from pqmim.models.texture import LatentTexture, TextureConfig, TextureHead, seed_of
+from pqmim.models.texture import LatentTexture, TextureConfig, TextureGate, TextureHead, seed_of
+from pqmim.models.weights import read_tensors, save_tensors
 from pqmim.threads import fixed_pieces
 
 from conftest import PHOTO, ROOT, assert_same_pixels_any_threads_or_batch, flags, needs_shared, photo_crop, write_photos
@@ -194,6 +195,50 @@ def test_mean_scales_the_predicted_mean(tmp_path):
         TextureConfig(mean=1.5)
 
 
+def test_the_gate_scales_the_mean_per_tile(tmp_path):
+    """With `gate` the draw is z + mean * a * mu + ..., a = clamp(w . s + b, 0, 1) from the tile's
+    own statistics s: as made (w 0, b 1) it is the ungated draw bit for bit; a gate at 0 is
+    `mean` 0's draw; the statistics are each tile's own, so two tiles in a batch get their own
+    a; the gate's tensors are stored with each head; a file without the field is ungated."""
+    plain, gated = random_texture(), random_texture(cfg=TextureConfig(channels=8, gate=True))  # the same head and taef2
+    assert TextureConfig.from_dict({k: v for k, v in asdict(SMALL).items() if k != "gate"}).gate is False
+    assert plain.head.gate is None
+    gen = torch.Generator().manual_seed(3)
+    z, n = torch.randn((2, 32, 4, 6), generator=gen), torch.randn((2, 32, 4, 6), generator=gen)
+    z[1] *= 2
+    mu, log_sigma = plain.head(z)
+    assert torch.equal(gated.drawn(z, n), plain.drawn(z, n))  # as made: a = 1
+    with torch.no_grad():
+        gated.head.gate.bias.fill_(-1)
+    assert torch.equal(gated.drawn(z, n), z + 0.6 * log_sigma.exp() * n)  # a = 0
+    s = TextureGate.statistics(z, mu, log_sigma)
+    assert s.shape == (2, TextureGate.STATISTICS)
+    assert torch.allclose(s[:, :32], z.flatten(2).mean(2)) and torch.allclose(s[:, 32:64], z.flatten(2).std(2))
+    with torch.no_grad():  # a = 0.5 for the first tile; the second, of larger z spread, is clamped at 1
+        gated.head.gate.weight.zero_()
+        gated.head.gate.weight[32:64] = 0.5 / s[0, 32:64].sum()
+        gated.head.gate.bias.zero_()
+    a = gated.head.gate(z, mu, log_sigma).flatten()
+    assert torch.allclose(a, torch.tensor([0.5, 1.0]))
+    want = z + a[:, None, None, None] * mu + 0.6 * log_sigma.exp() * n
+    assert torch.allclose(gated.drawn(z, n), want, atol=1e-6)
+    assert torch.allclose(gated.drawn(z[1:], n[1:]), want[1:], atol=1e-6)  # a tile's a is its own, batched or not
+    gated.save(tmp_path / "g.safetensors", {"0000000a": gated.head.state_dict()}, [{"name": "a", "model_id": "0000000a"}], "float32")
+    back = LatentTexture.load(tmp_path / "g.safetensors", "0000000a")
+    assert back.cfg.gate and torch.equal(back.head.gate.weight, gated.head.gate.weight)
+    assert torch.equal(back.drawn(z, n), gated.drawn(z, n))
+    # a file whose config says gated but whose heads have no gate is refused, not decoded ungated
+    serves = [{"name": "a", "model_id": "0000000a"}]
+    plain.save(tmp_path / "p.safetensors", {"0000000a": plain.head.state_dict()}, serves, "float32")
+    meta, tensors = read_tensors(tmp_path / "p.safetensors", "pqmim-texture-1", "pqmim texture decoder")
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "gate": True})
+    save_tensors(tmp_path / "p.safetensors", tensors, meta, "float32")
+    with pytest.raises(ModelFileError):
+        LatentTexture.load(tmp_path / "p.safetensors", "0000000a")
+    with pytest.raises(ValueError, match="gate must be true or false"):
+        TextureConfig(gate=1)
+
+
 def test_one_decoding_takes_the_change_against_the_input():
     """decodes 1: the change is dec(z') - x, x the default decoder's image (one taef2 decoding a
     tile instead of two); decodes 2, the default, is dec(z') - dec(z), what files decoded to
@@ -271,9 +316,41 @@ def test_shipped_texture_decoder_puts_back_detail_the_default_decoder_blurs():
             codec = Codec.from_pretrained(s["name"])
             data = codec.compress(rgb)
             plain, rich = (np.asarray(codec.decompress(data, perceptual=p)) for p in (False, True))
+            texture = load_decoder(card["path"], s["model_id"])
+            if texture.head.gate is not None:  # q1's gate shuts the mean on this photo (below): the head's detail, gate open
+                with torch.no_grad():
+                    texture.head.gate.weight.zero_()
+                    texture.head.gate.bias.fill_(1)
+                rich = tiling.refine_tiled(texture, plain, codec.tile_pixels, codec.transform_dtype)
             original, before, after = high_frequency(rgb), high_frequency(plain), high_frequency(rich)
             assert before < 0.5 * original and abs(after - original) < abs(before - original) and after < 1.5 * original, s["name"]
             assert block_psnr(rgb, rich, 8) > block_psnr(rgb, plain, 8) - 6, s["name"]
+
+
+@needs_shared
+@pytest.mark.skipif(not SHIPPED, reason="no texture decoder in models/")
+def test_shipped_q1_gate_opens_on_a_forest_and_shuts_on_shops():
+    """q1's gate (bench/texture_gate.py, fitted on training photos only) reads a tile's latent
+    statistics: on held-out val photos where the predicted mean measurably helped (a forest path)
+    it gives the whole mean, where it cost most (a fast-food restaurant, a candy store) none;
+    on the repository's parrots (kodim23) none. Measured 1, 0, 0, 0 when it shipped (0.13.0)."""
+    from PIL import Image
+
+    from bench.texture_gate import statistics
+    from pqmim.checkout import VAL
+
+    codec = Codec.from_pretrained("pqmim-q1")
+    texture = load_decoder(ROOT / "models" / "pqmim-texture.safetensors", codec.model.model_id().hex())
+
+    def gate(path):
+        with Image.open(path) as im:
+            plain = np.asarray(codec.decompress(codec.compress(np.asarray(im.convert("RGB")))))
+        s = torch.from_numpy(statistics(texture, plain))
+        return float((s @ texture.head.gate.weight + texture.head.gate.bias).clamp(0, 1))
+
+    assert gate(next(VAL.glob("forest_path_sun_amolizervsrahv*"))) > 0.9
+    shops = [next(VAL.glob(n + "*")) for n in ("fastfood_restaurant_sun_aubvtr", "candy_store_sun_aoqcvifuszwpcv")]
+    assert max(gate(p) for p in [*shops, PHOTO]) < 0.1
 
 
 def test_each_model_has_at_most_one_shipped_perceptual_decoder():
@@ -294,7 +371,6 @@ def test_heads_fitted_one_model_per_run_make_the_file_one_run_makes(tiny_ladder,
     side, then the command with all the models, write the file one run for all of them writes,
     without fitting again."""
     from pqmim.models.texture import FORMAT_TAG
-    from pqmim.models.weights import read_tensors
     from pqmim.train import texture as train_texture
 
     folder, ids = tiny_ladder

@@ -15,7 +15,10 @@ r = enc(original) - enc(x) (fitted per pqmim model: pqmim/train/texture.py), and
 
 with p = `power` (1 before 0.12.0; 2 since: texture drawn where the head is unsure of what was lost;
 strength 0.8 since 0.12.1) and a = `mean` (1 as shipped: the predicted mean is what the val scenes'
-FID gains most from and what photos of people and objects lose most by, models/TRAINING.md).
+FID gains most from and what photos of people and objects lose most by, models/TRAINING.md). With
+`gate` (0.13.0) a is `mean` times the head's `TextureGate`, a number in [0, 1] per tile read off
+the tile's own latent statistics: the mean where it is predicted to bring the tile nearer the
+original in Inception's eyes, none where it is predicted to take it further (bench/texture_gate.py).
 
 Adding the difference of two decodes, not dec(z') itself, keeps what taef2's own round trip
 would lose (it is not lossless either): where the head predicts nothing, out = x. With one
@@ -27,7 +30,8 @@ the slow part of it, a shift of colour and shading, stays the default decoder's 
 Invariants:
 - Same files: its input is the default decoder's 8-bit image, a function of the codes, so every
   file decodes either way and the default path is untouched.
-- Deterministic: the noise comes from a generator seeded by the tile's own pixels, and each tile
+- Deterministic: the noise comes from a generator seeded by the tile's own pixels, the gate from
+  the tile's own latents (reduced by single-threaded calls, as everything in `refine_pieces`), and each tile
   of fixed size (pqmim/tiling.py `refine_tiled`) is computed in row bands fixed by each layer's
   height (pqmim/models/banded.py), each band one single-threaded call; taef2's GroupNorm spans
   its input, so it runs in one call on its whole (1/8-resolution) input, between bands. Every
@@ -73,6 +77,7 @@ class TextureConfig:
     power: float = 1.0  # the draw's spread is strength * sigma^power: 1 as predicted, as before 0.12; 2 more where sigma is large
     decodes: int = 2  # taef2 decodings a tile: 2, change dec(z') - dec(z), as before 0.12.2; 1, dec(z') - x
     mean: float = 1.0  # of the predicted mean mu added: 1 as before 0.12.5; 0 draws the noise about z alone
+    gate: bool = False  # each head has a TextureGate: mu scaled per tile by what it reads off the tile (0.13)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and 1 <= self.channels <= 1024):
@@ -89,23 +94,52 @@ class TextureConfig:
             raise ValueError("invalid texture config: decodes must be 1 or 2")
         if not (isinstance(self.mean, (int, float)) and not isinstance(self.mean, bool) and 0 <= self.mean <= 1):
             raise ValueError("invalid texture config: mean must be a number from 0 to 1")
+        if not isinstance(self.gate, bool):
+            raise ValueError("invalid texture config: gate must be true or false")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextureConfig":
         return from_fields(cls, d, "texture config")
 
 
+class TextureGate(nn.Module):
+    """How much of the predicted mean a tile gets: clamp(w . s + b, 0, 1), s the tile's `STATISTICS`
+    (per latent channel: the mean and standard deviation of z, the mean of mu and of |mu|, the
+    mean and standard deviation of log sigma), w and b fitted per model (bench/texture_gate.py)
+    to predict from them whether the mean brings the tile's Inception features nearer the
+    original's (it does on the val scenes and costs on photos of people and objects: models/TRAINING.md)."""
+
+    STATISTICS = 6 * LATENT
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(self.STATISTICS))
+        self.bias = nn.Parameter(torch.ones(1))  # as made: 1 everywhere, the ungated draw
+
+    @staticmethod
+    def statistics(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+        """(B, 32, h, w) each -> (B, STATISTICS), float32."""
+        z, mu, log_sigma = (t.float().flatten(2) for t in (z, mu, log_sigma))
+        return torch.cat([z.mean(2), z.std(2), mu.mean(2), mu.abs().mean(2), log_sigma.mean(2), log_sigma.std(2)], 1)
+
+    def forward(self, z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+        """-> (B, 1, 1, 1) in [0, 1]."""
+        return (self.statistics(z, mu, log_sigma) @ self.weight + self.bias).clamp(0, 1)[:, None, None, None]
+
+
 class TextureHead(nn.Module):
     """(B, 32, h, w) taef2 latents -> mean and log spread, each (B, 32, h, w), of what the coding
-    lost there. Four 3x3 convolutions: it sees 9x9 latent positions (72x72 pixels)."""
+    lost there. Four 3x3 convolutions: it sees 9x9 latent positions (72x72 pixels). With `gate`,
+    a TextureGate too (used by `LatentTexture.drawn`)."""
 
-    def __init__(self, channels: int = 64) -> None:
+    def __init__(self, channels: int = 64, gate: bool = False) -> None:
         super().__init__()
         c = channels
         self.net = nn.Sequential(
             nn.Conv2d(LATENT, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 2 * LATENT, 3, padding=1),
         )  # fmt: skip
+        self.gate = TextureGate() if gate else None
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(z)
@@ -122,7 +156,7 @@ class LatentTexture(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = taef2_encoder(), taef2_decoder()
-        self.head = TextureHead(cfg.channels)
+        self.head = TextureHead(cfg.channels, cfg.gate)
         self.serves: list[str] = []  # ids of the models its file has a head for
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -134,8 +168,10 @@ class LatentTexture(nn.Module):
         A power above 1 draws more where the head is unsure what was lost (edges, foliage) and
         less where it is sure (flat sky): held-out FID and KID prefer it (models/TRAINING.md, 0.12.0).
         `mean` 1 times mu is mu, bit for bit: files of `mean` 1 decode to the pixels they did."""
-        mu, log_sigma = self.head(z.float())
-        return z.float() + self.cfg.mean * mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
+        z = z.float()
+        mu, log_sigma = self.head(z)
+        mean = self.cfg.mean * self.head.gate(z, mu, log_sigma) if self.head.gate is not None else self.cfg.mean
+        return z + mean * mu + self.cfg.strength * (self.cfg.power * log_sigma).exp() * noise
 
     def finish(self, x: torch.Tensor, change: torch.Tensor, pool: Executor | None = None) -> torch.Tensor:
         """x plus the change dec(z') - dec(z) (or dec(z') - x), less its local mean where `flatten`
