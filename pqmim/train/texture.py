@@ -137,7 +137,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         mid = model.model_id().hex()
         fitted = args.out / f"head-{mid}-{args.crops}-{args.seed}-{args.steps}-{args.channels}-x{args.threads}.pt"
         if args.heads_from:  # the heads as that file stores them; its card (beside it) has their fit
-            heads[mid] = LatentTexture.load(args.heads_from, mid).head.state_dict()
+            head = LatentTexture.load(args.heads_from, mid).head
+            if head.gate is not None:  # fitted for that file's draw: the file written here has none
+                print(
+                    f"note: {args.heads_from} holds a gate for {name}'s head; the file written has none (fit one: python -m bench texture-gate)"
+                )
+            heads[mid] = {k: v for k, v in head.state_dict().items() if not k.startswith("gate.")}
             card = args.heads_from.with_suffix(".json")
             reports[name] = json.loads(card.read_text()).get("fit", {}).get(name) if card.is_file() else None
             read.append(name)
