@@ -68,7 +68,8 @@ class _Patches(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.items[i])).permute(2, 0, 1)
+        # a copy: the patches may be read-only views of a decoded image, which torch warns about
+        return torch.from_numpy(np.array(self.items[i])).permute(2, 0, 1)
 
 
 def _fingerprint(items: list[np.ndarray], weights: Path) -> str:

@@ -11,7 +11,7 @@ from . import pillow as _pillow  # noqa: F401  (registers the .pqm format with P
 from .format import BitstreamError
 from .image import UnsupportedImageError
 
-__version__ = "0.13.0"
+__version__ = "0.13.1"
 __all__ = ["Codec", "BitstreamError", "UnsupportedImageError", "ModelFileError", "__version__"]
 
 

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--perceptual",
         action="store_true",
-        help="decode for realism: the same codes through the perceptual decoder (sharper texture, lower PSNR; q1 to q3; at q2 it suits landscapes and scenes more than people and objects: README)",
+        help="decode for realism: the same codes through the perceptual decoder (sharper texture, lower PSNR; q1 to q3: README)",
     )
     talk_opts(p)
     model_opts(p)
