@@ -39,7 +39,7 @@ from pqmim import Codec, tiling
 from pqmim.checkout import FID_WEIGHTS
 from pqmim.data import list_images
 from pqmim.fileio import atomic_write_json
-from pqmim.image import load_image
+from pqmim.image import load_image, to_tensor
 from pqmim.models.texture import LatentTexture, TextureGate
 from pqmim.models.weights import file_metadata
 
@@ -72,13 +72,19 @@ def measure(codec: Codec, texture: LatentTexture, photos: list[Path], weights: P
     return {"names": np.array(names), "stats": np.array(stats), "dist": np.array(dist)}  # dist: default, mean 1, mean 0
 
 
-def statistics(texture: LatentTexture, rgb: np.ndarray) -> np.ndarray:
-    """`TextureGate.statistics` of an HxWx3 uint8 image (cropped to multiples of 8), float32."""
-    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 255
-    x = x[:, :, : x.shape[2] // 8 * 8, : x.shape[3] // 8 * 8]
+def latents(texture: LatentTexture, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, mu, log_sigma) of an HxWx3 uint8 image as a whole (cropped to multiples of 8), float32:
+    what the gate is fitted on (decoding reads them per tile)."""
+    h, w = rgb.shape[0] // 8 * 8, rgb.shape[1] // 8 * 8
     with torch.no_grad():
-        z = texture.encoder(x)
-        return TextureGate.statistics(z, *texture.head(z))[0].numpy()
+        # NCHW: the layout the shipped gates were fitted on (channels-last moves z by ~1e-5)
+        z = texture.encoder(to_tensor(rgb[:h, :w]).contiguous())
+        return (z, *texture.head(z))
+
+
+def statistics(texture: LatentTexture, rgb: np.ndarray) -> np.ndarray:
+    """`TextureGate.statistics` of an HxWx3 uint8 image (`latents`), float32."""
+    return TextureGate.statistics(*latents(texture, rgb))[0].numpy()
 
 
 def _with(texture: LatentTexture, **fields) -> LatentTexture:

@@ -338,6 +338,7 @@ def test_shipped_gates_open_on_a_forest_and_shut_on_shops(name):
     and 0 (q1, 0.13.0) or 1 (q2, 0.13.1) when they shipped."""
     from PIL import Image
 
+    from bench.texture_gate import latents
     from pqmim.checkout import VAL
 
     codec = Codec.from_pretrained(name)
@@ -346,10 +347,8 @@ def test_shipped_gates_open_on_a_forest_and_shut_on_shops(name):
     def gate(path):  # the head's gate on the whole default-decoded image, float32, as it was fitted
         with Image.open(path) as im:
             plain = np.asarray(codec.decompress(codec.compress(np.asarray(im.convert("RGB")))))
-        h, w = plain.shape[0] // 8 * 8, plain.shape[1] // 8 * 8
         with torch.no_grad():
-            z = texture.encoder(to_tensor(plain[:h, :w]))
-            return float(texture.head.gate(z, *texture.head(z)).flatten()[0])
+            return float(texture.head.gate(*latents(texture, plain)).flatten()[0])
 
     assert gate(next(VAL.glob("forest_path_sun_amolizervsrahv*"))) > 0.9
     shops = [next(VAL.glob(n + "*")) for n in ("fastfood_restaurant_sun_aubvtr", "candy_store_sun_aoqcvifuszwpcv")]
