@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         heads = {}
         for s in serves:
             head = LatentTexture.load(source, s["model_id"]).head.state_dict()
-            head.update(gates.get(s["model_id"], {"gate.weight": torch.zeros(TextureGate.STATISTICS), "gate.bias": torch.ones(1)}))
+            head.update(gates.get(s["model_id"], TextureGate.open_state()))
             heads[s["model_id"]] = head
         gated.encoder, gated.decoder = texture.encoder, texture.decoder  # taef2, shared by every head
         dest = Path(args.export) / source.name
@@ -171,13 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         card_path = source.with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         card["config"] = dataclasses.asdict(gated.cfg)
-        card["gate"] = {
-            "photos": args.photos,
-            "ridge": args.ridge,
-            "width": args.width,
-            "fitted": reports,
-            "date": time.strftime("%Y-%m-%d"),
-        }
+        fitted = {"photos": args.photos, "ridge": args.ridge, "width": args.width, "date": time.strftime("%Y-%m-%d")}
+        card["gate"] = {name: {**fitted, "fitted": report} for name, report in reports.items()}  # per model: train.texture carries them
         atomic_write_json(dest.with_suffix(".json"), card, indent=2)
         print(f"wrote {dest}")
     return 0

@@ -414,3 +414,42 @@ def test_texture_gate_fit_opens_where_the_mean_is_predicted_to_help():
     assert 0 < np.mean((gate > 0) & (gate < 1)) < 0.2  # the soft zone is narrow
     _, _, noise = fit(stats, rng.normal(size=400), ridge=100.0, width=0.5)
     assert abs(noise["cv_correlation"]) < 0.2
+
+
+def test_texture_gate_export_gates_the_models_fitted_and_opens_the_rest(tiny_ladder, tmp_path, monkeypatch):
+    """`python -m bench texture-gate --export`: the models named get the fitted gate, every other
+    head an open one (its draw bit for bit), every other tensor as it was; the card says per model
+    how each gate was fitted (train.texture carries that with the head). The Inception
+    measurements are stood in for: the fit itself is the test above's."""
+    import torch
+
+    from bench import texture_gate
+    from pqmim.models.texture import FORMAT_TAG, LatentTexture, TextureConfig, TextureGate
+    from pqmim.models.weights import read_tensors
+
+    from conftest import write_photos
+
+    _, ids = tiny_ladder
+    torch.manual_seed(0)
+    texture = LatentTexture(TextureConfig(8))
+    source = tmp_path / "ungated" / "pqmim-texture.safetensors"
+    source.parent.mkdir()
+    serves = [{"name": n, "model_id": ids[n]} for n in ("pqmim-q1", "pqmim-q2")]
+    texture.save(source, {s["model_id"]: texture.head.state_dict() for s in serves}, serves)
+    write_photos(tmp_path / "photos", {"train": [photo_crop(0, 0, 64, 64, v) for v in range(2)]})
+    rng = np.random.default_rng(0)
+    stats = rng.normal(size=(400, TextureGate.STATISTICS))
+    dist = np.c_[np.zeros(400), stats[:, 0], np.zeros(400)]  # the mean costs where statistic 0 is high
+    monkeypatch.setattr(texture_gate, "measure", lambda *a: {"names": np.arange(400), "stats": stats, "dist": dist})
+    photos, out, export = str(tmp_path / "photos" / "train"), str(tmp_path / "run"), str(tmp_path / "gated")
+    assert (
+        texture_gate.main([str(source), "--models", "pqmim-q1", "--photos", photos, "--out", out, "--export", export, "--ridge", "1"]) == 0
+    )
+    gated = tmp_path / "gated" / source.name
+    (_, before), (_, after) = read_tensors(source, FORMAT_TAG, "t"), read_tensors(gated, FORMAT_TAG, "t")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    q1, q2 = (LatentTexture.load(gated, ids[n]).head.gate for n in ("pqmim-q1", "pqmim-q2"))
+    assert q1.weight[0] < 0 and all(torch.equal(v, q2.state_dict()[k[5:]]) for k, v in TextureGate.open_state().items())
+    card = json.loads(gated.with_suffix(".json").read_text())
+    assert set(card["gate"]) == {"pqmim-q1"} and card["gate"]["pqmim-q1"]["photos"] == [photos] and card["config"]["gate"]
+    assert card["gate"]["pqmim-q1"]["fitted"]["photos"] == 400 and card["gate"]["pqmim-q1"]["ridge"] == 1

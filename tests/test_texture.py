@@ -398,10 +398,42 @@ def test_heads_fitted_one_model_per_run_make_the_file_one_run_makes(tiny_ladder,
     meta_c, c = read_tensors(redrawn, FORMAT_TAG, "t")
     assert c.keys() == b.keys() and all(torch.equal(b[k], c[k]) for k in b) and meta_c["serves"] == meta_b["serves"]
     assert LatentTexture.load(redrawn, ids["pqmim-q1"]).cfg == TextureConfig(8, 0.9, power=2)
-    assert card(redrawn)["fit"] == card(joined)["fit"] and card(redrawn)["plan"]["heads_from"] == joined.name
+    assert card(redrawn)["fit"] == card(joined)["fit"] and card(redrawn)["plan"]["pqmim-q1"]["carried_from"] == str(joined)
+    assert "gate" not in card(redrawn) and not LatentTexture.load(redrawn, ids["pqmim-q1"]).cfg.gate
     # a source card without a model's fit report (an older card): that report is missing, not an error
     older = card(joined)
     del older["fit"]["pqmim-q2"]
     joined.with_suffix(".json").write_text(json.dumps(older))
     redrawn = train_texture.main(both + again + flags(out=tmp_path / "re2", export=tmp_path / "re2" / "export", **common))
     assert card(redrawn)["fit"] == {"pqmim-q1": older["fit"]["pqmim-q1"], "pqmim-q2": None}
+    # one file from several: q1's head and gate from a gated file that serves only it (its card in
+    # 0.13.1's layout), q2's from the ungated one; every tensor carried as it was, q2 an open gate
+    gated = LatentTexture(TextureConfig(8, 0.9, power=2, gate=True))
+    gated.load_state_dict(LatentTexture.load(redrawn, ids["pqmim-q1"]).state_dict(), strict=False)
+    torch.nn.init.normal_(gated.head.gate.weight, std=0.01)
+    source = tmp_path / "gated" / "pqmim-texture.safetensors"
+    source.parent.mkdir()
+    gated.save(source, {ids["pqmim-q1"]: gated.head.state_dict()}, [{"name": "pqmim-q1", "model_id": ids["pqmim-q1"]}])
+    fit = {"photos": 9, "cv_correlation": 0.2}
+    source.with_suffix(".json").write_text(json.dumps({"gate": {"ridge": 100.0, "fitted": {"pqmim-q1": fit}}}))
+    both_files = ["--heads-from", str(source), str(redrawn)]
+    combined = train_texture.main(both + again[:-2] + both_files + flags(out=tmp_path / "c", export=tmp_path / "c" / "export", **common))
+    (_, g), (meta_d, d) = read_tensors(source, FORMAT_TAG, "t"), read_tensors(combined, FORMAT_TAG, "t")
+    assert all(torch.equal(g[k], d[k]) for k in g) and meta_d["serves"] == meta_b["serves"]
+    q2 = f"heads.{ids['pqmim-q2']}."
+    assert all(torch.equal(c[k], d[k]) for k in c if k.startswith(q2))
+    open_gate = {q2 + k: v for k, v in TextureGate.open_state().items()}
+    assert set(d) == set(c) | set(g) | set(open_gate) and all(torch.equal(d[k], v) for k, v in open_gate.items())
+    assert LatentTexture.load(combined, ids["pqmim-q2"]).cfg == TextureConfig(8, 0.9, power=2, gate=True)
+    assert card(combined)["gate"] == {"pqmim-q1": {"ridge": 100.0, "fitted": fit}}
+    with pytest.raises(SystemExit, match="no texture head for any of pqmim-q2"):  # a file given that serves none of them
+        train_texture.main(["--models", "pqmim-q2"] + again[:-2] + ["--heads-from", str(source)] + flags(out=tmp_path / "x", **common))
+    # under another draw the gate (fitted for that draw) is dropped: an ungated file again
+    other = train_texture.main(
+        both
+        + ["--strength", "0.8", "--power", "2"]
+        + both_files
+        + flags(out=tmp_path / "o", **common | {"export": tmp_path / "o" / "export"})
+    )
+    _, e = read_tensors(other, FORMAT_TAG, "t")
+    assert set(e) == set(c) and all(torch.equal(c[k], e[k]) for k in c) and "gate" not in card(other)

@@ -116,6 +116,11 @@ class TextureGate(nn.Module):
         self.weight = nn.Parameter(torch.zeros(self.STATISTICS))
         self.bias = nn.Parameter(torch.ones(1))  # as made: 1 everywhere, the ungated draw
 
+    @classmethod
+    def open_state(cls) -> dict[str, torch.Tensor]:
+        """A head's gate entries (`gate.*`) as made: 1 everywhere, the ungated draw bit for bit."""
+        return {f"gate.{k}": v for k, v in cls().state_dict().items()}
+
     @staticmethod
     def statistics(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
         """(B, 32, h, w) each -> (B, STATISTICS), float32."""

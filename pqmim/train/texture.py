@@ -4,7 +4,10 @@
         --crops 1200 --steps 8000 --channels 128 --threads 1 --flatten 32 --sharpen 0.5 --export models   # 0.11.0
     python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 --heads-from 0.11.0.safetensors --channels 128 \
         --flatten 32 --sharpen 0.5 --strength 0.9375 --power 2 --export models   # 0.12.0: 0.11.0's heads
-    (0.12.1: the same from 0.12.0's file with --strength 0.8; 0.12.2, shipped: from 0.12.1's with --decodes 1)
+    (0.12.1: the same from 0.12.0's file with --strength 0.8; 0.12.2: from 0.12.1's with --decodes 1)
+    python -m pqmim.train.texture --models pqmim-q1 pqmim-q2 pqmim-q3 --heads-from models/pqmim-texture.safetensors \
+        runs/tex-q3/gated/pqmim-texture.safetensors --channels 128 --flatten 32 --sharpen 0.5 --strength 0.8 --power 2 \
+        --decodes 1 --export DIR   # one file from two: q1's and q2's heads and gates as 0.13.1 ships them, q3's gated
 
 For each model: random 256x256 crops of the training photos go through the shipped model (its
 encoder and default decoder, frozen: `perceptual.reconstruct`, the 8-bit image a file decodes
@@ -16,7 +19,9 @@ open a large one). Crops are taken once, seeded, and kept in the run folder; an 
 out, and the log gives their NLL beside that of a fixed per-channel sigma, the baseline the
 head must beat. Each model's head is fitted on its own (seeded alike), and kept in the run
 folder too: runs for one model each, side by side, then the same command with all of them
-(reading what they kept) writes the file that serves them all.
+(reading what they kept) writes the file that serves them all. `--heads-from` carries heads from
+files instead, each tensor as stored; a head's gate (bench/texture_gate.py) only with the draw it
+was fitted for, and then the file is gated, heads that came without one getting an open gate.
 
 What ships is one file: taef2 (published in float16; int8 per output channel by default, to fit
 the models/ budget) and one head per model, with its card.
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import platform
 import time
 from pathlib import Path
@@ -42,7 +47,8 @@ from ..data import describe_source, list_images, load_rgb
 from ..fileio import atomic_file, atomic_write_json
 from ..image import to_tensor
 from ..models import PQMIM
-from ..models.texture import TAEF2_SOURCE, LatentTexture, TextureConfig, TextureHead
+from ..models.perceptual import served_ids
+from ..models.texture import TAEF2_SOURCE, LatentTexture, TextureConfig, TextureGate, TextureHead
 from ..models.weights import STORAGES
 from .perceptual import reconstruct
 from .taef2 import load_taef2
@@ -118,7 +124,13 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--power", type=float, default=TextureConfig.power, help="the draw's spread is strength * sigma^power")
     ap.add_argument("--decodes", type=int, default=TextureConfig.decodes, help="taef2 decodings a tile: 2 or 1 (pqmim/models/texture.py)")
     ap.add_argument("--mean", type=float, default=TextureConfig.mean, help="of the predicted mean added (0: noise only)")
-    ap.add_argument("--heads-from", type=Path, help="a texture decoder file: its heads as stored, not fitted (another config for them)")
+    ap.add_argument(
+        "--heads-from",
+        type=Path,
+        nargs="+",
+        help="texture decoder files: each model's head as the first file serving it stores it, not fitted (another draw for "
+        "them, or one file from several); a gate is kept where its file's draw is this one",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--storage", default="int8", choices=STORAGES, help="weights as shipped (int8: the models/ budget)")
@@ -130,21 +142,29 @@ def main(argv: list[str] | None = None) -> Path | None:
     enc, dec = load_taef2(args.taef2)
     enc.eval().requires_grad_(False)
     photos = list_images(args.train)
-    heads, serves, reports, read = {}, [], {}, []
+    sources = [(path, _card(path)) for path in args.heads_from or []]
+    ids = {name: PQMIM.load(zoo.model_path(name)).model_id().hex() for name in args.models}
+    for path, _ in sources:  # a file given and never read is a mistake in the command
+        if not set(served_ids(path) or []) & set(ids.values()):
+            raise SystemExit(f"{path}: no texture head for any of {', '.join(args.models)}")
+    heads, serves, reports, read, plans, gates = {}, [], {}, [], {}, {}
     t0 = time.time()
     for name in args.models:
-        model = PQMIM.load(zoo.model_path(name)).eval()
-        mid = model.model_id().hex()
+        mid = ids[name]
         fitted = args.out / f"head-{mid}-{args.crops}-{args.seed}-{args.steps}-{args.channels}-x{args.threads}.pt"
-        if args.heads_from:  # the heads as that file stores them; its card (beside it) has their fit
-            head = LatentTexture.load(args.heads_from, mid).head
-            if head.gate is not None:  # fitted for that file's draw: the file written here has none
-                print(
-                    f"note: {args.heads_from} holds a gate for {name}'s head; the file written has none (fit one: python -m bench texture-gate)"
-                )
-            heads[mid] = {k: v for k, v in head.state_dict().items() if not k.startswith("gate.")}
-            card = args.heads_from.with_suffix(".json")
-            reports[name] = json.loads(card.read_text()).get("fit", {}).get(name) if card.is_file() else None
+        source = next(((path, card) for path, card in sources if mid in (served_ids(path) or [])), None)
+        if source:  # the head as that file stores it; its card (beside it) has its fit, plan and gate
+            path, card = source
+            texture = LatentTexture.load(path, mid)
+            heads[mid] = texture.head.state_dict()
+            if texture.head.gate is not None:
+                if replace(texture.cfg, gate=False) == cfg:  # fitted for this very draw: kept
+                    gates[name] = _gate_report(card, name)
+                else:
+                    print(f"note: {path} gates {name}'s head for another draw: dropped (fit one again: python -m bench texture-gate)")
+                    heads[mid] = {k: v for k, v in heads[mid].items() if not k.startswith("gate.")}
+            reports[name] = card.get("fit", {}).get(name)
+            plans[name] = {**card.get("plan", {}), "carried_from": str(path)}
             read.append(name)
         elif fitted.is_file():  # fitted before, at this thread count (float sums differ between counts)
             heads[mid], reports[name] = torch.load(fitted)
@@ -154,7 +174,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             if cache.is_file():
                 z, r = torch.load(cache)
             else:
-                z, r = residuals(model, enc, photos, args.crops, args.seed)
+                z, r = residuals(PQMIM.load(zoo.model_path(name)).eval(), enc, photos, args.crops, args.seed)
                 with atomic_file(cache) as fh:  # a run stopped mid-write leaves no half cache
                     torch.save((z, r), fh)
             print(f"{name}: {len(z)} crops of residuals", flush=True)
@@ -162,8 +182,12 @@ def main(argv: list[str] | None = None) -> Path | None:
             heads[mid] = head.state_dict()
             with atomic_file(fitted) as fh:
                 torch.save((heads[mid], reports[name]), fh)
+        plans.setdefault(name, {"crops": args.crops, "crop": CROP, "steps": args.steps, "batch": 16, "lr": 1e-3, "seed": args.seed})
         print(f"{name}: {json.dumps(reports[name])}", flush=True)
         serves.append({"name": name, "model_id": mid})
+    if gates:  # a gated file: the heads that came without a gate get an open one (their draw bit for bit)
+        cfg = replace(cfg, gate=True)
+        heads = {mid: {**TextureGate.open_state(), **h} for mid, h in heads.items()}
     if args.export is None:
         return None
     texture = LatentTexture(cfg)
@@ -174,10 +198,6 @@ def main(argv: list[str] | None = None) -> Path | None:
     texture.save(path, heads, serves, args.storage)
     for s in serves:
         LatentTexture.load(path, s["model_id"])  # what ships reads back
-    plan = {"crops": args.crops, "crop": CROP, "steps": args.steps, "batch": 16, "lr": 1e-3, "seed": args.seed}
-    if args.heads_from:  # the heads' plan is the file's they came from
-        old = args.heads_from.with_suffix(".json")
-        plan = {**(json.loads(old.read_text()).get("plan", {}) if old.is_file() else {}), "heads_from": args.heads_from.name}
     card = {
         "kind": zoo.PERCEPTUAL,
         "description": "adds texture in taef2's latent space (a predicted mean and seeded noise) to the default decoder's image; same files",
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "serves": serves,
         "storage": args.storage,
         "taef2": TAEF2_SOURCE,
-        "plan": plan,
+        "plan": plans,  # per model: a carried head's is its file's
         "fit": reports,
         "training": {
             "wall_s": round(time.time() - t0),  # this run's: not the fits of heads it read from the run folder
@@ -195,10 +215,27 @@ def main(argv: list[str] | None = None) -> Path | None:
             "torch": torch.__version__,
         },
         "data": describe_source(args.train),
+        **({"gate": gates} if gates else {}),
     }
     atomic_write_json(path.with_suffix(".json"), card)
     print(f"wrote {path} and its card", flush=True)
     return path
+
+
+def _card(path: Path) -> dict:
+    """A texture decoder file's card (beside it; {} where it has none)."""
+    card = path.with_suffix(".json")
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+def _gate_report(card: dict, name: str) -> dict | None:
+    """How a model's gate in a card's file was fitted (bench/texture_gate.py): per model in the
+    cards written now; 0.13.0-0.13.1's hold one fit's settings beside every model's report."""
+    gate = card.get("gate", {})
+    if "fitted" in gate:
+        shared = {k: v for k, v in gate.items() if k != "fitted"}
+        return {**shared, "fitted": gate["fitted"][name]} if name in gate["fitted"] else None
+    return gate.get(name)
 
 
 if __name__ == "__main__":
